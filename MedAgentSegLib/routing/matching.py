@@ -112,7 +112,7 @@ def analyse_label(label: Label, term: Terminology) -> LabelInfo:
         items.append(LabelItem(m.concept, side, c.site))
         i += 1
     # a lesion named after "and" inherits the organ before it: "kidney and masses" -> masses of the kidney
-    for a, b in zip(items, items[1:]):
+    for a, b in zip(items, items[1:], strict=False):
         if term.get(a.concept).kind != "lesion" and term.get(b.concept).kind == "lesion" and b.site is None:
             b.site = a.concept
     return LabelInfo(label=label, items=items, alternatives=alternatives)
