@@ -1,0 +1,54 @@
+"""Engine registry. `create_engine(name)` builds one; heavy imports happen only then."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .base import Engine, EngineError, Prediction, Prompts, resolve_device
+
+__all__ = ["Engine", "EngineError", "Prediction", "Prompts", "resolve_device", "create_engine", "engine_names",
+           "DEFAULT_ENGINE", "CLICK_WEIGHTS"]
+
+# Fine-tuned prompt encoder + mask decoder of the click-aware engine, with its model card beside it.
+CLICK_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "litemedsam_click.pt"
+
+
+def _click_weights_available() -> bool:
+    return CLICK_WEIGHTS.is_file() and CLICK_WEIGHTS.with_suffix(".json").is_file()
+
+
+DEFAULT_ENGINE = "litemedsam-click" if _click_weights_available() else "litemedsam"
+
+
+def engine_names() -> list[str]:
+    names = ["litemedsam"]
+    if _click_weights_available():
+        names.insert(0, "litemedsam-click")
+    return names + ["sam_vit_b", "sam_vit_l", "sam_vit_h"]
+
+
+def create_engine(name: str | None = None, checkpoint: str | Path | None = None, device: str = "auto") -> Engine:
+    """Build an engine by name: 'litemedsam-click' (default when shipped), 'litemedsam', 'sam_vit_b|l|h'.
+
+    checkpoint: for SAM, the path of Meta's checkpoint (required); for LiteMedSAM, an optional full state dict.
+    """
+    name = name or DEFAULT_ENGINE
+    if name == "litemedsam":
+        from .litemedsam import LiteMedSAMEngine
+
+        return LiteMedSAMEngine(checkpoint=checkpoint, device=device)
+    if name == "litemedsam-click":
+        if not _click_weights_available():
+            raise EngineError(f"the click-aware weights are missing ({CLICK_WEIGHTS}); "
+                              "reinstall MedAgentSeg or use --engine litemedsam")
+        from .litemedsam import LiteMedSAMEngine
+
+        card = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
+        return LiteMedSAMEngine(checkpoint=checkpoint, device=device, decoder_weights=CLICK_WEIGHTS,
+                                decoder_sha256=card.get("sha256"), name="litemedsam-click")
+    if name.startswith("sam_"):
+        from .sam import SAMEngine
+
+        return SAMEngine(name[4:], checkpoint, device=device)
+    raise EngineError(f"unknown engine {name!r}; choose one of: {', '.join(engine_names())}")

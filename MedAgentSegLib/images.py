@@ -1,0 +1,221 @@
+"""Reading images, choosing a 2D slice, intensity handling, and writing masks back on the source grid.
+
+Frames: a 3D array is KJI (slice, row, column) as SimpleITK's GetArrayFromImage gives. An axial slice k is
+`array[k]` with rows = J and columns = I, so a pixel (x, y) of the slice is voxel (i, j, k) = (x, y, k).
+2D images are (H, W) or (H, W, 3) with pixel (x, y) = (column, row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LoadedImage", "ImageError", "load_image", "load_mask", "to_engine_rgb", "extract_slice",
+           "insert_slice", "largest_slice", "ijk_to_lps", "write_segmentation", "CT_WINDOWS", "AXES"]
+
+# (level, width) in HU; "abdomen" is the default soft-tissue window.
+CT_WINDOWS = {"abdomen": (40.0, 400.0), "liver": (60.0, 200.0), "lung": (-600.0, 1500.0),
+              "bone": (400.0, 1800.0), "brain": (40.0, 80.0), "mediastinum": (50.0, 350.0)}
+AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+_2D_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+class ImageError(ValueError):
+    """An image could not be read or used; the message names the file and what to do."""
+
+
+@dataclass
+class LoadedImage:
+    """array: 2D (H, W) / (H, W, 3), or 3D KJI. spacing/origin/direction: SimpleITK (x, y, z) order, LPS."""
+
+    path: str
+    array: np.ndarray
+    is_3d: bool
+    modality: str
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
+    origin: tuple[float, ...] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """Spatial shape of a mask on this image: (H, W) for 2D, (K, J, I) for 3D."""
+        return self.array.shape if self.is_3d else self.array.shape[:2]
+
+
+def _guess_modality(array: np.ndarray, is_3d: bool, rgb: bool) -> str:
+    if rgb:
+        return "RGB"
+    if is_3d and array.size and float(np.percentile(array, 1)) < -500:
+        return "CT"  # air in Hounsfield units
+    if is_3d:
+        return "MR"
+    return "gray"
+
+
+def load_image(path: str | Path, modality: str | None = None) -> LoadedImage:
+    """Read a 2D PNG/JPEG (gray or RGB), or a 3D NIfTI/NRRD/MHA file or DICOM series folder via SimpleITK.
+
+    modality: "CT", "MR", ... to override the guess (DICOM's Modality tag, else HU range).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"image not found: {path}; check the path")
+    if path.is_file() and path.suffix.lower() in _2D_SUFFIXES:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                im.load()
+                rgb = im.mode not in ("L", "I", "I;16", "F", "1", "LA")
+                arr = np.asarray(im.convert("RGB" if rgb else ("L" if im.mode in ("L", "1", "LA") else "I")))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ImageError(f"cannot read {path} as an image ({exc}); is the file complete and a PNG/JPEG?") from None
+        if rgb and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+            arr, rgb = arr[..., 0], False
+        return LoadedImage(str(path), arr, False, modality or _guess_modality(arr, False, rgb),
+                           spacing=(1.0, 1.0, 1.0))
+    import SimpleITK as sitk
+
+    meta: dict[str, Any] = {}
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise ImageError(f"no DICOM series found in folder {path}; point at a folder of .dcm files")
+            files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+            reader.SetFileNames(files)
+            reader.MetaDataDictionaryArrayUpdateOn()
+            img = reader.Execute()
+            if reader.HasMetaDataKey(0, "0008|0060"):
+                meta["Modality"] = reader.GetMetaData(0, "0008|0060").strip()
+            meta["series"] = series[0]
+        else:
+            img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        raise ImageError(f"cannot read {path} ({first}); is it a complete NIfTI/NRRD/DICOM image?") from None
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        raise ImageError(f"{path} has {img.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector "
+                         "volume); convert it to a scalar volume first")
+    if img.GetDimension() == 4:
+        raise ImageError(f"{path} is 4D; extract one frame (time point) first")
+    arr = sitk.GetArrayFromImage(img)
+    if img.GetDimension() == 2:
+        mod = modality or meta.get("Modality") or _guess_modality(arr, False, False)
+        return LoadedImage(str(path), arr, False, mod, spacing=tuple(img.GetSpacing()) + (1.0,), metadata=meta)
+    return LoadedImage(str(path), arr, True, modality or meta.get("Modality") or _guess_modality(arr, True, False),
+                       spacing=tuple(img.GetSpacing()), origin=tuple(img.GetOrigin()),
+                       direction=tuple(img.GetDirection()), metadata=meta)
+
+
+def load_mask(path: str | Path, image: LoadedImage, label: int | None = None) -> np.ndarray:
+    """Read a label map on the same grid as `image`; returns bool (label == `label`, or > 0)."""
+    ref = load_image(path)
+    arr = ref.array if ref.array.ndim == len(image.grid_shape) else ref.array[..., 0]
+    if arr.shape != image.grid_shape:
+        raise ImageError(f"mask {path} has shape {arr.shape} but the image has {image.grid_shape}; "
+                         "give the mask made on this image")
+    return arr == label if label is not None else arr > 0
+
+
+def extract_slice(volume: np.ndarray, index: int, axis: str = "axial") -> np.ndarray:
+    """2D slice of a KJI volume. axial -> (J, I); coronal -> (K, I); sagittal -> (K, J)."""
+    if axis not in AXES:
+        raise ImageError(f"unknown slice axis {axis!r}; use one of {', '.join(AXES)}")
+    a = AXES[axis]
+    if not 0 <= index < volume.shape[a]:
+        raise ImageError(f"slice {index} is outside the volume (0..{volume.shape[a] - 1} along {axis})")
+    return np.take(volume, index, axis=a)
+
+
+def insert_slice(volume: np.ndarray, index: int, axis: str, plane: np.ndarray) -> None:
+    """Write a 2D plane (as from extract_slice) into a KJI volume in place."""
+    sl: list[Any] = [slice(None)] * 3
+    sl[AXES[axis]] = index
+    volume[tuple(sl)] = plane
+
+
+def largest_slice(mask: np.ndarray, axis: str = "axial") -> int:
+    """Index of the slice where a KJI mask has the most voxels."""
+    a = AXES[axis]
+    other = tuple(i for i in range(3) if i != a)
+    counts = mask.sum(axis=other)
+    if counts.max() == 0:
+        raise ImageError("the reference mask is empty: no slice holds the target")
+    return int(np.argmax(counts))
+
+
+def to_engine_rgb(plane: np.ndarray, modality: str = "gray", window: str | tuple[float, float] | None = None
+                  ) -> np.ndarray:
+    """Intensity handling for the engine: returns (H, W, 3) uint8.
+
+    CT: a HU window (name from CT_WINDOWS or (level, width); default abdomen). MR and other scalar data:
+    0.5-99.5 percentile stretch. RGB / 8-bit data: unchanged.
+    """
+    plane = np.asarray(plane)
+    if plane.ndim == 3 and plane.shape[2] in (3, 4):
+        return np.ascontiguousarray(plane[..., :3].astype(np.uint8))
+    if plane.ndim != 2:
+        raise ImageError(f"expected a 2D slice, got shape {plane.shape}")
+    mod = (modality or "").upper()
+    if mod == "CT":
+        level, width = CT_WINDOWS[window] if isinstance(window, str) else (window or CT_WINDOWS["abdomen"])
+        lo, hi = level - width / 2, level + width / 2
+    elif plane.dtype == np.uint8:
+        lo, hi = 0.0, 255.0
+    else:
+        lo, hi = (float(v) for v in np.percentile(plane, [0.5, 99.5]))
+    if hi <= lo:
+        hi = lo + 1.0
+    out = np.clip((plane.astype(np.float64) - lo) / (hi - lo), 0, 1) * 255.0
+    gray = np.round(out).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def ijk_to_lps(image: LoadedImage) -> np.ndarray:
+    """4x4 matrix from voxel index (i, j, k) to physical LPS millimetres."""
+    d = np.asarray(image.direction, dtype=float)
+    n = int(round(np.sqrt(d.size)))
+    direction = np.eye(3)
+    direction[:n, :n] = d.reshape(n, n)
+    spacing = np.ones(3)
+    spacing[:len(image.spacing)] = image.spacing[:3]
+    origin = np.zeros(3)
+    origin[:len(image.origin)] = image.origin[:3]
+    m = np.eye(4)
+    m[:3, :3] = direction * spacing[None, :]
+    m[:3, 3] = origin
+    return m
+
+
+def write_segmentation(path: str | Path, image: LoadedImage, segments: list[dict[str, Any]]) -> Path:
+    """Write a Slicer .seg.nrrd on the image's grid.
+
+    segments: [{"name": str, "mask": bool array of image.grid_shape, "color": (r, g, b) 0..1, optional
+    "terminology": slicerio terminology dict}]. Overlapping segments go to separate layers, as Slicer does.
+    """
+    import slicerio
+
+    shape = image.grid_shape
+    ijk_shape = (shape[1], shape[0], 1) if not image.is_3d else (shape[2], shape[1], shape[0])
+    seg = slicerio.create_segmentation(ijk_shape, ijk_to_lps(image))
+    for s in segments:
+        mask = np.asarray(s["mask"]).astype(bool)
+        if mask.shape != shape:
+            raise ImageError(f"segment {s['name']!r} mask {mask.shape} does not match the image grid {shape}")
+        ijk = mask.T[:, :, None] if not image.is_3d else mask.transpose(2, 1, 0)
+        fields = {"id": s.get("id", s["name"].replace(" ", "_")), "name": s["name"],
+                  "color": list(s.get("color", (0.0, 0.8, 0.2)))}
+        if "terminology" in s:
+            fields["terminology"] = s["terminology"]
+        slicerio.add_segment(seg, ijk, fields)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.seg.nrrd")
+    slicerio.write_segmentation(str(tmp), seg)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,310 @@
+"""The agent's environment: one target on one 2D image, turn by turn.
+
+The state is the whole prompt set (box + every click) plus the previous turn's low-res logits, all of it
+re-sent to the engine each turn (MedSAM-Agent's environment forgets earlier clicks; this one does not).
+Each turn is a JSON-serialisable `Turn`; a trajectory can be saved, loaded and replayed, and replaying
+it on the same engine and image gives the same masks bit for bit.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import rle
+from .actions import Action, AddBBox, AddPoint, StopAction, action_from_dict, grid_to_pixel, pixel_to_grid
+from .engines.base import Engine, Prompts, as_rgb_uint8
+
+__all__ = ["Turn", "Session", "SessionError", "replay", "load_trajectory", "TRAJECTORY_FORMAT"]
+
+TRAJECTORY_FORMAT = "medagentseg-trajectory/1"
+
+
+class SessionError(RuntimeError):
+    """An action cannot be applied to the session in its present state; the message says why."""
+
+
+@dataclass
+class Turn:
+    """One turn: what was done, by whom, the prompt state after it, the mask, score and timings.
+
+    action: tool-call dict ({"name", "arguments"}; "edit_prompts" for a user's edit of the prompt state).
+    source: "agent" or "user". prompts: pixel prompt state after the turn; prompts_grid: the same on 0..999.
+    mask: (H, W) bool (serialised as RLE). logits: (1, 256, 256) float32, kept in memory only.
+    """
+
+    index: int
+    action: dict[str, Any]
+    source: str
+    prompts: Prompts
+    prompts_grid: dict[str, Any]
+    mask: np.ndarray
+    score: float | None
+    timings: dict[str, float]
+    logits: np.ndarray | None = field(default=None, repr=False)
+    used_prev_logits: bool = False
+    created: str = ""
+
+    @property
+    def produces_mask(self) -> bool:
+        return self.action["name"] != "stop_action"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "action": self.action, "source": self.source,
+            "prompts": self.prompts.to_dict(), "prompts_grid": self.prompts_grid,
+            "mask_rle": rle.encode(self.mask), "area": int(self.mask.sum()),
+            "score": None if self.score is None else round(float(self.score), 6),
+            "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
+            "used_prev_logits": self.used_prev_logits, "created": self.created,
+        }
+
+
+def _grid_prompts(prompts: Prompts, h: int, w: int) -> dict[str, Any]:
+    box = None
+    if prompts.box is not None:
+        x1, y1, x2, y2 = prompts.box
+        box = [pixel_to_grid(x1, w), pixel_to_grid(y1, h), pixel_to_grid(x2, w), pixel_to_grid(y2, h)]
+    return {"box": box, "points": [[pixel_to_grid(x, w), pixel_to_grid(y, h)] for x, y in prompts.points],
+            "labels": list(prompts.labels)}
+
+
+def image_digest(image: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
+
+
+class Session:
+    """Interactive segmentation of `target` on one 2D image.
+
+    image: (H, W, 3) uint8 RGB or (H, W) uint8, the exact pixels the engine sees (see images.to_engine_rgb).
+    max_turns: how many mask-producing turns `run` lets a policy take (users may always add more).
+    """
+
+    def __init__(self, engine: Engine, image: np.ndarray, target: str, max_turns: int = 5,
+                 metadata: dict[str, Any] | None = None):
+        if not target or not str(target).strip():
+            raise SessionError("no target given: name the structure to segment, e.g. 'liver'")
+        if max_turns < 1:
+            raise SessionError(f"max_turns must be at least 1, got {max_turns}")
+        self.engine = engine
+        self.image = as_rgb_uint8(image)
+        self.height, self.width = self.image.shape[:2]
+        self.target = str(target)
+        self.max_turns = int(max_turns)
+        self.metadata = dict(metadata or {})
+        self.turns: list[Turn] = []
+        self.status = "open"  # open | stopped | accepted
+        t0 = time.perf_counter()
+        engine.set_image(self.image)
+        self.encode_s = time.perf_counter() - t0
+
+    # -- state ---------------------------------------------------------------------------------------
+    @property
+    def prompts(self) -> Prompts:
+        return self.turns[-1].prompts.copy() if self.turns else Prompts()
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Current (H, W) bool mask; all False before the first turn."""
+        return self.turns[-1].mask.copy() if self.turns else np.zeros((self.height, self.width), dtype=bool)
+
+    @property
+    def mask_turns(self) -> int:
+        return sum(1 for t in self.turns if t.produces_mask)
+
+    def _last_logits(self) -> np.ndarray | None:
+        return self.turns[-1].logits if self.turns else None
+
+    def _require_open(self) -> None:
+        if self.status == "accepted":
+            raise SessionError("the segment was accepted and is frozen; start a new session to change it")
+        if self.status == "stopped":
+            raise SessionError("the agent stopped; undo the stop or start a new session to keep refining")
+
+    # -- turns ---------------------------------------------------------------------------------------
+    def _run(self, action: dict[str, Any], source: str, prompts: Prompts, feed_logits: bool) -> Turn:
+        prompts.validate(self.height, self.width)
+        prev = self._last_logits() if feed_logits else None
+        t0 = time.perf_counter()
+        pred = self.engine.predict(prompts, prev_logits=prev)
+        elapsed = time.perf_counter() - t0
+        turn = Turn(index=len(self.turns), action=action, source=source, prompts=prompts,
+                    prompts_grid=_grid_prompts(prompts, self.height, self.width), mask=pred.mask.astype(bool),
+                    score=pred.score, timings={"engine_s": elapsed}, logits=pred.logits,
+                    used_prev_logits=prev is not None,
+                    created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        self.turns.append(turn)
+        return turn
+
+    def act(self, action: Action, source: str = "agent") -> Turn:
+        """Apply a grid-unit action (AddBBox / AddPoint / StopAction)."""
+        self._require_open()
+        if isinstance(action, StopAction):
+            turn = Turn(index=len(self.turns), action=action.to_dict(), source=source, prompts=self.prompts,
+                        prompts_grid=_grid_prompts(self.prompts, self.height, self.width), mask=self.mask,
+                        score=self.turns[-1].score if self.turns else None, timings={},
+                        logits=self._last_logits(),
+                        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+            self.turns.append(turn)
+            self.status = "stopped"
+            return turn
+        if isinstance(action, AddBBox):
+            g = action.bbox_2d
+            box = (grid_to_pixel(g[0], self.width), grid_to_pixel(g[1], self.height),
+                   grid_to_pixel(g[2], self.width), grid_to_pixel(g[3], self.height))
+            return self._box(box, action.to_dict(), source)
+        if isinstance(action, AddPoint):
+            x, y = grid_to_pixel(action.point_2d[0], self.width), grid_to_pixel(action.point_2d[1], self.height)
+            return self._click(x, y, action.positive, action.to_dict(), source)
+        raise SessionError(f"unknown action {action!r}; use AddBBox, AddPoint or StopAction")
+
+    def _box(self, box: tuple[float, float, float, float], action: dict, source: str) -> Turn:
+        prompts = self.prompts
+        replacing = prompts.box is not None
+        prompts.box = tuple(float(v) for v in box)
+        # A new box starts the object over; a replaced box keeps the clicks but not the stale logits.
+        return self._run(action, source, prompts, feed_logits=not replacing and bool(self.turns))
+
+    def _click(self, x: float, y: float, positive: bool, action: dict, source: str) -> Turn:
+        prompts = self.prompts
+        prompts.points.append((float(x), float(y)))
+        prompts.labels.append(1 if positive else 0)
+        return self._run(action, source, prompts, feed_logits=True)
+
+    def add_box(self, x1: float, y1: float, x2: float, y2: float, source: str = "user") -> Turn:
+        """Place or replace the box, in pixels (x = column, y = row)."""
+        self._require_open()
+        action = {"name": "add_bbox", "arguments": {"bbox_2d": [pixel_to_grid(x1, self.width),
+                  pixel_to_grid(y1, self.height), pixel_to_grid(x2, self.width), pixel_to_grid(y2, self.height)]},
+                  "pixels": [float(x1), float(y1), float(x2), float(y2)]}
+        return self._box((x1, y1, x2, y2), action, source)
+
+    def add_click(self, x: float, y: float, positive: bool = True, source: str = "user") -> Turn:
+        """Add a click in pixels (x = column, y = row)."""
+        self._require_open()
+        action = {"name": "add_point", "arguments": {"point_2d": [pixel_to_grid(x, self.width),
+                  pixel_to_grid(y, self.height)], "point_type": "positive" if positive else "negative"},
+                  "pixels": [float(x), float(y)]}
+        return self._click(x, y, positive, action, source)
+
+    def set_prompts(self, prompts: Prompts, source: str = "user") -> Turn:
+        """Re-run the engine from an edited prompt state (a moved or deleted click, a resized box).
+
+        The previous logits are not fed back: they were made from the prompts being replaced.
+        """
+        self._require_open()
+        prompts = prompts.copy()
+        prompts.validate(self.height, self.width)
+        if prompts.empty:
+            raise SessionError("the edited prompt state is empty; keep a box or at least one click, or undo instead")
+        return self._run({"name": "edit_prompts", "arguments": prompts.to_dict()}, source, prompts,
+                         feed_logits=False)
+
+    def undo(self) -> Turn | None:
+        """Remove the last turn (mask, prompts and logits go back to the turn before). None if nothing to undo."""
+        if self.status == "accepted":
+            raise SessionError("the segment was accepted and is frozen; it cannot be undone here")
+        if not self.turns:
+            return None
+        turn = self.turns.pop()
+        if turn.action["name"] == "stop_action":
+            self.status = "open"
+        return turn
+
+    reject = undo
+
+    def accept(self) -> None:
+        """Freeze the session: no further turns or undo."""
+        if not self.turns:
+            raise SessionError("nothing to accept yet: run at least one turn")
+        self.status = "accepted"
+
+    def stop(self) -> Turn:
+        return self.act(StopAction(), source="user")
+
+    def run(self, policy: Any, max_turns: int | None = None,
+            on_turn: Callable[[Turn], None] | None = None) -> list[Turn]:
+        """Let `policy.next_action(session)` act until it stops or `max_turns` mask-producing turns are done."""
+        limit = self.max_turns if max_turns is None else max_turns
+        done: list[Turn] = []
+        while self.status == "open":
+            if self.mask_turns >= limit:
+                done.append(self.act(StopAction(), source="agent"))
+                break
+            turn = self.act(policy.next_action(self), source="agent")
+            done.append(turn)
+            if on_turn is not None:
+                on_turn(turn)
+        return done
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": TRAJECTORY_FORMAT, "target": self.target, "engine": getattr(self.engine, "name", "?"),
+            "image": {"shape": list(self.image.shape), "sha1": image_digest(self.image)},
+            "grid": "pixel = grid * (size - 1) / 999, x = column, y = row",
+            "max_turns": self.max_turns, "status": self.status, "metadata": self.metadata,
+            "timings": {"encode_s": round(self.encode_s, 6)},
+            "turns": [t.to_dict() for t in self.turns],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)  # never leave a half-written trajectory
+        return path
+
+
+def load_trajectory(path: str | Path) -> dict[str, Any]:
+    """Read and check a trajectory JSON; raises ValueError naming the problem."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"trajectory file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); is it a trajectory.json?") from None
+    if not isinstance(data, dict) or data.get("format") != TRAJECTORY_FORMAT:
+        raise ValueError(f"{path} is not a MedAgentSeg trajectory (format {TRAJECTORY_FORMAT!r} expected)")
+    return data
+
+
+def replay(trajectory: dict[str, Any] | str | Path, engine: Engine, image: np.ndarray,
+           check: bool = True) -> Session:
+    """Re-run a saved trajectory on `image` with `engine`; returns the new session.
+
+    check: raise ValueError if the image differs from the recorded one or a replayed mask differs from
+    the recorded mask (bit-exact comparison).
+    """
+    data = trajectory if isinstance(trajectory, dict) else load_trajectory(trajectory)
+    session = Session(engine, image, data["target"], max_turns=data.get("max_turns", 5),
+                      metadata=data.get("metadata"))
+    if check and image_digest(session.image) != data["image"]["sha1"]:
+        raise ValueError("the image differs from the one the trajectory was recorded on; replay needs the same pixels")
+    for rec in data["turns"]:
+        act, src = rec["action"], rec.get("source", "agent")
+        name = act["name"]
+        if name == "edit_prompts":
+            turn = session.set_prompts(Prompts.from_dict(act["arguments"]), source=src)
+        elif name == "add_bbox" and "pixels" in act:
+            turn = session.add_box(*act["pixels"], source=src)
+        elif name == "add_point" and "pixels" in act:
+            x, y = act["pixels"]
+            turn = session.add_click(x, y, act["arguments"]["point_type"] == "positive", source=src)
+        else:
+            turn = session.act(action_from_dict(act), source=src)
+        if check and not np.array_equal(turn.mask, rle.decode(rec["mask_rle"])):
+            raise ValueError(f"replayed turn {rec['index']} gives a different mask than recorded "
+                             f"(engine {session.engine.name} vs recorded {data.get('engine')})")
+    if data.get("status") == "accepted":
+        session.accept()
+    return session
