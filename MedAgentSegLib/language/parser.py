@@ -176,9 +176,12 @@ class RequestParser:
     def _targets_from(self, text: str, req: ParsedRequest) -> list[Target]:
         term = self.term
         mentions, toks, extra = term.find_mentions(text)
+        words = [t for t, _ in toks]
+        if req.modality_spec.sequences and "vertebra" not in words:
+            # a bare "T1"/"T2" next to an MR sequence is the sequence, not the vertebra
+            mentions = [m for m in mentions if m.text not in ("t1", "t2")]
         if not mentions:
             return []
-        words = [t for t, _ in toks]
         # context split: "X in/on/using ..." -> mentions after the preposition are the context (organ/site)
         cut = len(words)
         for i, w in enumerate(words):
