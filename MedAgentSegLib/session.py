@@ -134,6 +134,8 @@ class Session:
         prompts.validate(self.height, self.width)
         prev = self._last_logits() if feed_logits else None
         t0 = time.perf_counter()
+        # The engine may have served another session since: make sure it holds this image (cached: cheap).
+        self.engine.set_image(self.image)
         pred = self.engine.predict(prompts, prev_logits=prev)
         elapsed = time.perf_counter() - t0
         turn = Turn(index=len(self.turns), action=action, source=source, prompts=prompts,

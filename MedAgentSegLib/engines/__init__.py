@@ -28,12 +28,28 @@ def engine_names() -> list[str]:
     return names + ["sam_vit_b", "sam_vit_l", "sam_vit_h"]
 
 
-def create_engine(name: str | None = None, checkpoint: str | Path | None = None, device: str = "auto") -> Engine:
+_ENGINES: dict[tuple, Engine] = {}
+
+
+def create_engine(name: str | None = None, checkpoint: str | Path | None = None, device: str = "auto",
+                  reuse: bool = True) -> Engine:
     """Build an engine by name: 'litemedsam-click' (default when shipped), 'litemedsam', 'sam_vit_b|l|h'.
 
     checkpoint: for SAM, the path of Meta's checkpoint (required); for LiteMedSAM, an optional full state dict.
+    reuse: return the engine already built with the same arguments in this process (sessions re-set their
+    own image before each prediction, so sharing is safe on one thread).
     """
     name = name or DEFAULT_ENGINE
+    key = (name, str(checkpoint), device)
+    if reuse and key in _ENGINES:
+        return _ENGINES[key]
+    engine = _build(name, checkpoint, device)
+    if reuse:
+        _ENGINES[key] = engine
+    return engine
+
+
+def _build(name: str, checkpoint: str | Path | None, device: str) -> Engine:
     if name == "litemedsam":
         from .litemedsam import LiteMedSAMEngine
 

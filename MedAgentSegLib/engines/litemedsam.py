@@ -61,7 +61,7 @@ def preprocess(image: np.ndarray):
     h, w = image.shape[:2]
     scale = INPUT_SIZE / max(h, w)
     new_h, new_w = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
-    t = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    t = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
     t = F.interpolate(t, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
     lo, hi = t.min(), t.max()
     t = (t - lo) / torch.clamp(hi - lo, min=1e-8)

@@ -6,6 +6,7 @@ dict is loaded with weights_only=True; if `sha256` is given it is checked first.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -47,18 +48,22 @@ class SAMEngine(Engine):
         self.use_prev_logits = use_prev_logits
         self.predictor = SamPredictor(model.to(self.device).eval())
         self._shape: tuple[int, int] | None = None
+        self._key: str | None = None
         self.last_timings: dict[str, float] = {}
 
     def set_image(self, image: np.ndarray) -> None:
         image = as_rgb_uint8(image)
+        key = hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
+        if key == self._key:
+            return
         t0 = time.perf_counter()
         self.predictor.set_image(image, image_format="RGB")
-        self._shape = image.shape[:2]
+        self._shape, self._key = image.shape[:2], key
         self.last_timings = {"encode_s": time.perf_counter() - t0}
 
     def reset(self) -> None:
         self.predictor.reset_image()
-        self._shape = None
+        self._shape = self._key = None
 
     def predict(self, prompts: Prompts, prev_logits: np.ndarray | None = None) -> Prediction:
         if self._shape is None:

@@ -1,0 +1,293 @@
+"""`medagentseg` command line: segment, demo, replay (+ route, eval, train-engine, report when installed).
+
+Bad input ends with one line `medagentseg: error: <what was wrong and what to do>` and exit code 2,
+and leaves no partial output files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "run_segment", "SAMPLE_IMAGE", "SAMPLE_LABELS"]
+
+RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
+SAMPLE_IMAGE = RESOURCES / "Samples" / "lits117_liver_ct.nrrd"
+SAMPLE_LABELS = RESOURCES / "Samples" / "lits117_liver_ct_labels.nrrd"
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+def _floats(text: str, n: int, what: str) -> list[float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p != ""]
+    try:
+        vals = [float(p) for p in parts]
+    except ValueError:
+        vals = []
+    if len(vals) != n:
+        raise UsageError(f"{what} {text!r} must be {n} comma-separated numbers")
+    return vals
+
+
+def parse_click(text: str) -> tuple[float, float, bool]:
+    """'X,Y,+' or 'X,Y,-' (pixels) -> (x, y, positive)."""
+    parts = text.replace(" ", "").split(",")
+    if len(parts) != 3 or parts[2] not in ("+", "-", "pos", "neg"):
+        raise UsageError(f"--click {text!r} must be X,Y,+ or X,Y,- (pixels; + inside the target, - outside)")
+    x, y = _floats(",".join(parts[:2]), 2, "--click")
+    return x, y, parts[2] in ("+", "pos")
+
+
+def resolve_target(name: str) -> dict[str, Any]:
+    """Standard segment name, colour and SNOMED CT codes for a target; UsageError with suggestions if unknown."""
+    from .language import parse_request
+
+    parsed = parse_request(f"segment {name}")
+    if not parsed.targets:
+        hint = f" Did you mean: {', '.join(parsed.suggestions)}?" if parsed.suggestions else ""
+        raise UsageError(f"unknown target {name!r}.{hint} Use a structure name such as 'liver' or 'left kidney'")
+    t = parsed.targets[0]
+    info = dict(t.segment)
+    info["name"] = t.name
+    return info
+
+
+def _slicer_terminology(info: dict[str, Any]) -> dict[str, Any] | None:
+    cat, typ = info.get("category"), info.get("type")
+    if not cat or not typ:
+        return None
+    term = {"contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
+            "category": [cat["scheme"], cat["code"], cat["meaning"]],
+            "type": [typ["scheme"], typ["code"], typ["meaning"]]}
+    mod = info.get("modifier")
+    if mod:
+        term["typeModifier"] = [mod["scheme"], mod["code"], mod["meaning"]]
+    return term
+
+
+def run_segment(args: argparse.Namespace) -> dict[str, Any]:
+    """Do the work of `segment`; returns a summary dict. Raises on bad input before writing anything."""
+    from . import images
+    from .engines import create_engine
+    from .metrics import dice
+    from .policies import OraclePolicy
+    from .render import filmstrip
+    from .session import Session
+
+    if args.max_turns < 1:
+        raise UsageError(f"--max-turns must be at least 1, got {args.max_turns}")
+    info = resolve_target(args.target)
+    img = images.load_image(args.image, modality=args.modality)
+    gt3 = images.load_mask(args.gt, img, args.label) if args.gt else None
+    if gt3 is not None and not gt3.any():
+        raise UsageError(f"the reference mask {args.gt} has no voxel with label {args.label}: the mask is empty; "
+                         "pick the right --label")
+    index = None
+    if img.is_3d:
+        n = img.array.shape[images.AXES[args.axis]]
+        if args.slice is not None:
+            index = args.slice
+        elif gt3 is not None:
+            index = images.largest_slice(gt3, args.axis)
+        else:
+            index = n // 2
+        plane = images.extract_slice(img.array, index, args.axis)
+        gt = images.extract_slice(gt3, index, args.axis) if gt3 is not None else None
+        if gt is not None and not gt.any():
+            raise UsageError(f"the reference mask is empty on slice {index}; choose another --slice")
+    else:
+        if args.slice not in (None, 0):
+            raise UsageError(f"--slice {args.slice} given for a 2D image; leave it out")
+        plane, gt = img.array, gt3
+    rgb = images.to_engine_rgb(plane, img.modality, args.window)
+    h, w = rgb.shape[:2]
+    box = _floats(args.box, 4, "--box") if args.box else None
+    clicks = [parse_click(c) for c in args.click or []]
+    from .engines.base import Prompts
+
+    Prompts(tuple(box) if box else None, [(x, y) for x, y, _ in clicks],
+            [1 if p else 0 for _, _, p in clicks]).validate(h, w)
+    policy_name = args.policy or ("oracle" if gt is not None else "scripted")
+    if policy_name == "oracle" and gt is None:
+        raise UsageError("--policy oracle needs a reference mask: add --gt MASK (or use --box/--click)")
+    if policy_name not in ("oracle", "scripted"):
+        raise UsageError(f"unknown policy {policy_name!r}; choose oracle or scripted")
+    if policy_name == "scripted" and box is None and not clicks:
+        raise UsageError("nothing to do: give --box X1,Y1,X2,Y2 and/or --click X,Y,+ (or --gt MASK for the oracle)")
+
+    engine = create_engine(args.engine, checkpoint=args.checkpoint, device=args.device)
+    meta = {"image": str(Path(args.image).resolve()), "slice": index, "axis": args.axis if img.is_3d else None,
+            "modality": img.modality, "window": args.window, "segment": info}
+    session = Session(engine, rgb, info["name"], max_turns=args.max_turns, metadata=meta)
+    if box is not None:
+        session.add_box(*box)
+    for x, y, positive in clicks:
+        session.add_click(x, y, positive)
+    if policy_name == "oracle":
+        session.run(OraclePolicy(gt, rule=args.click_rule, jitter=args.jitter, seed=args.seed,
+                                 stop_iou=args.stop_iou))
+    elif session.status == "open":
+        session.stop()
+
+    mask3 = np.zeros(img.grid_shape, dtype=bool)
+    if img.is_3d:
+        images.insert_slice(mask3, index, args.axis, session.mask)
+    else:
+        mask3[:] = session.mask
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    color = tuple(c / 255.0 for c in info.get("color", (0, 200, 50)))
+    seg = {"name": info["name"], "mask": mask3, "color": color}
+    term = _slicer_terminology(info)
+    if term:
+        seg["terminology"] = term
+    # Write everything into a scratch folder first, then move: a failure leaves no partial output.
+    with tempfile.TemporaryDirectory(dir=out, prefix=".partial-") as tmp:
+        tmp = Path(tmp)
+        images.write_segmentation(tmp / "segmentation.seg.nrrd", img, [seg])
+        session.save(tmp / "trajectory.json")
+        filmstrip(session, tmp / "turns.png", gt=gt)
+        for name in ("segmentation.seg.nrrd", "trajectory.json", "turns.png"):
+            shutil.move(str(tmp / name), str(out / name))
+    summary = {"target": info["name"], "engine": engine.name, "device": engine.device, "slice": index,
+               "turns": [{"action": t.action["name"], "source": t.source, "score": t.score,
+                          **({"dice": round(dice(t.mask, gt), 4)} if gt is not None else {})}
+                         for t in session.turns], "out": str(out)}
+    return summary
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    where = f" (slice {s['slice']})" if s["slice"] is not None else ""
+    print(f"{s['target']}{where} with {s['engine']} on {s['device']}")
+    for i, t in enumerate(s["turns"], 1):
+        extra = f"  Dice {t['dice']:.3f}" if "dice" in t else ""
+        score = f"  score {t['score']:.3f}" if t["score"] is not None else ""
+        print(f"  turn {i}: {t['action']:<12} by {t['source']:<5}{score}{extra}")
+    print(f"wrote {s['out']}/segmentation.seg.nrrd, trajectory.json, turns.png")
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    _print_summary(run_segment(args))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not SAMPLE_IMAGE.is_file():
+        raise UsageError(f"the bundled sample is missing ({SAMPLE_IMAGE}); reinstall from a full checkout")
+    ns = build_parser().parse_args(["segment", str(SAMPLE_IMAGE), "--target", "liver", "--gt", str(SAMPLE_LABELS),
+                                    "--label", "1", "--jitter", "0.1", "--seed", "0", "--max-turns", "5",
+                                    "--stop-iou", "0.92", "--out", args.out, "--device", args.device]
+                                   + (["--engine", args.engine] if args.engine else []))
+    print("Demo: LiTS case 117 (CC BY-NC-SA 4.0), liver, oracle policy with a 10%-jittered box and RITM clicks")
+    _print_summary(run_segment(ns))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from . import images
+    from .engines import create_engine
+    from .session import load_trajectory, replay
+
+    data = load_trajectory(args.trajectory)
+    meta = data.get("metadata", {})
+    image_path = args.image or meta.get("image")
+    if not image_path:
+        raise UsageError("the trajectory does not name its image; pass --image PATH")
+    img = images.load_image(image_path, modality=meta.get("modality"))
+    plane = images.extract_slice(img.array, meta["slice"], meta["axis"]) if img.is_3d else img.array
+    rgb = images.to_engine_rgb(plane, img.modality, meta.get("window"))
+    session = replay(data, create_engine(args.engine or data["engine"], device=args.device), rgb)
+    print(f"replayed {len(session.turns)} turns of {data['target']!r}: every mask identical to the recording")
+    return 0
+
+
+def _add_segment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="2D PNG/JPEG, or 3D NIfTI/NRRD file or DICOM folder")
+    p.add_argument("--target", required=True, help="structure to segment, e.g. liver, 'left kidney', polyp")
+    p.add_argument("--box", help="X1,Y1,X2,Y2 in pixels (x = column, y = row of the 2D image or slice)")
+    p.add_argument("--click", action="append", metavar="X,Y,+|-", help="a click in pixels; repeat for more")
+    p.add_argument("--slice", type=int, help="slice index of a 3D image (default: largest in --gt, else middle)")
+    p.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"])
+    p.add_argument("--gt", help="reference label map on the same grid (enables the oracle policy)")
+    p.add_argument("--label", type=int, default=None, help="label value of the target in --gt (default: any > 0)")
+    p.add_argument("--modality", help="override the modality guess (CT, MR, ...)")
+    p.add_argument("--window", default=None, help="CT window name: abdomen, liver, lung, bone, brain, mediastinum")
+    _add_engine_args(p)
+    p.add_argument("--policy", choices=["oracle", "scripted"], help="default: oracle with --gt, else scripted")
+    p.add_argument("--click-rule", default="ritm", choices=["ritm", "cvpr25"])
+    p.add_argument("--jitter", type=float, default=0.0, help="oracle box jitter, fraction of box size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-iou", type=float, default=None, help="oracle stops once IoU reaches this")
+    p.add_argument("--max-turns", type=int, default=5)
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    from .engines import DEFAULT_ENGINE
+
+    p.add_argument("--engine", default=None, help=f"litemedsam-click, litemedsam, sam_vit_b|l|h (default "
+                                                  f"{DEFAULT_ENGINE})")
+    p.add_argument("--checkpoint", default=None, help="weights path (required for SAM engines)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit code is 2 too; keep one line
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="medagentseg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("segment", help="segment one target on a 2D image or a slice of a 3D image")
+    _add_segment_args(p)
+    p.set_defaults(func=cmd_segment)
+    p = sub.add_parser("demo", help="run the agent on the bundled sample case (no data, no GPU needed)")
+    p.add_argument("--out", default="medagentseg-demo")
+    p.add_argument("--engine", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("replay", help="re-run a trajectory.json and check every mask is reproduced exactly")
+    p.add_argument("trajectory")
+    p.add_argument("--image", help="image path if it moved since recording")
+    p.add_argument("--engine", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_replay)
+    for module, fn in (("routing.cli", "add_route_command"), ("evaluation.cli", "add_eval_command"),
+                       ("training.cli", "add_train_command"), ("evaluation.cli", "add_report_command")):
+        try:
+            mod = __import__(f"{__package__}.{module}", fromlist=[fn])
+        except ImportError:
+            continue
+        if hasattr(mod, fn):
+            getattr(mod, fn)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .actions import ToolCallError
+    from .engines.base import EngineError
+    from .images import ImageError
+    from .session import SessionError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ImageError, EngineError, SessionError, ToolCallError, ValueError, ImportError) as exc:
+        print(f"medagentseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medagentseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

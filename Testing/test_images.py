@@ -1,0 +1,103 @@
+"""Image I/O: 2D, NIfTI/NRRD, DICOM series; intensity handling; .seg.nrrd geometry via slicerio."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+from PIL import Image
+
+from MedAgentSegLib import images
+
+
+def _volume(tmp_path, name="ct.nrrd", spacing=(0.8, 0.8, 2.5)):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(-1000, 1000, size=(6, 20, 30)).astype(np.int16)  # KJI
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin((10.0, -20.0, 5.0))
+    c, s = np.cos(0.3), np.sin(0.3)
+    img.SetDirection((c, -s, 0, s, c, 0, 0, 0, 1))
+    path = tmp_path / name
+    sitk.WriteImage(img, str(path))
+    return path, arr, img
+
+
+def test_2d_rgb_and_gray(tmp_path):
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "b.png")
+    a, b = images.load_image(tmp_path / "a.png"), images.load_image(tmp_path / "b.png")
+    assert a.modality == "RGB" and a.array.shape == (10, 12, 3) and not a.is_3d
+    assert b.array.shape == (10, 12) and b.grid_shape == (10, 12)
+
+
+def test_3d_geometry_and_ct_guess(tmp_path):
+    path, arr, img = _volume(tmp_path)
+    loaded = images.load_image(path)
+    assert loaded.is_3d and loaded.modality == "CT" and np.array_equal(loaded.array, arr)
+    m = images.ijk_to_lps(loaded)
+    for ijk in [(0, 0, 0), (29, 19, 5), (3, 7, 2)]:
+        assert np.allclose((m @ [*ijk, 1])[:3], img.TransformIndexToPhysicalPoint(ijk))
+
+
+def test_dicom_series(tmp_path):
+    _, arr, img = _volume(tmp_path)
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k]
+        sl.SetMetaData("0008|0060", "CT")
+        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
+        sl.SetMetaData("0020|0032", "\\".join(map(str, img.TransformIndexToPhysicalPoint((0, 0, k)))))
+        sl.SetMetaData("0020|0013", str(k))
+        writer.SetFileName(str(folder / f"{k}.dcm"))
+        writer.Execute(sl)
+    loaded = images.load_image(folder)
+    assert loaded.is_3d and loaded.array.shape == arr.shape and loaded.modality == "CT"
+    assert np.array_equal(loaded.array, arr)
+
+
+def test_intensity_handling():
+    ct = np.array([[-1000, -160, 40, 240, 2000]], dtype=np.int16)
+    rgb = images.to_engine_rgb(ct, "CT")  # abdomen window 40/400 -> -160..240
+    assert rgb.shape == (1, 5, 3) and list(rgb[0, :, 0]) == [0, 0, 128, 255, 255]
+    lung = images.to_engine_rgb(ct, "CT", "lung")
+    assert lung[0, 1, 0] > 0
+    mr = np.linspace(0, 1000, 1000).reshape(20, 50)
+    out = images.to_engine_rgb(mr, "MR")
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_bad_images_say_what_is_wrong(tmp_path):
+    with pytest.raises(images.ImageError, match="not found"):
+        images.load_image(tmp_path / "missing.nii.gz")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(images.ImageError, match="cannot read"):
+        images.load_image(tmp_path / "broken.png")
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(images.ImageError, match="cannot read"):
+        images.load_image(tmp_path / "broken.nii.gz")
+    rgbvol = sitk.Image([4, 4, 4], sitk.sitkVectorUInt8, 3)
+    sitk.WriteImage(rgbvol, str(tmp_path / "rgb.nrrd"))
+    with pytest.raises(images.ImageError, match="components"):
+        images.load_image(tmp_path / "rgb.nrrd")
+    with pytest.raises(images.ImageError, match="outside the volume"):
+        images.extract_slice(np.zeros((3, 4, 5)), 3)
+
+
+def test_segmentation_written_on_the_source_grid(tmp_path):
+    path, arr, img = _volume(tmp_path)
+    loaded = images.load_image(path)
+    mask = np.zeros(arr.shape, bool)
+    mask[2, 5:9, 10:20] = True
+    out = images.write_segmentation(tmp_path / "s.seg.nrrd", loaded, [{"name": "liver", "mask": mask}])
+    seg = slicerio.read_segmentation(str(out))
+    assert slicerio.segment_names(seg) == ["liver"]
+    assert np.allclose(seg["ijkToLPS"], images.ijk_to_lps(loaded))
+    back = slicerio.segment_mask(seg, slicerio.segment_from_name(seg, "liver")).astype(bool)
+    assert np.array_equal(back.transpose(2, 1, 0), mask)  # slicerio voxels are IJK
+    with pytest.raises(images.ImageError, match="does not match"):
+        images.write_segmentation(tmp_path / "t.seg.nrrd", loaded, [{"name": "x", "mask": mask[0]}])

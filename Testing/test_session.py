@@ -1,0 +1,129 @@
+"""The environment: whole prompt state, undo, accept, edits, save/load and bit-exact replay (real LiteMedSAM)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from MedAgentSegLib.actions import AddBBox, AddPoint, StopAction
+from MedAgentSegLib.engines import Prompts
+from MedAgentSegLib.metrics import dice
+from MedAgentSegLib.oracle import box_from_mask
+from MedAgentSegLib.policies import OraclePolicy, ScriptedPolicy
+from MedAgentSegLib.session import Session, SessionError, load_trajectory, replay
+
+
+@pytest.fixture()
+def session(lite_engine, kvasir_case):
+    image, _ = kvasir_case
+    return Session(lite_engine, image, "polyp", max_turns=4)
+
+
+def test_box_then_clicks_keeps_every_prompt(session, kvasir_case):
+    _, gt = kvasir_case
+    box = box_from_mask(gt)
+    t1 = session.add_box(*box)
+    assert dice(t1.mask, gt) > 0.85
+    session.add_click(box[0] + 5, box[1] + 5, positive=False)
+    t3 = session.add_click((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, positive=True)
+    assert t3.prompts.box == pytest.approx(box)
+    assert t3.prompts.labels == [0, 1] and len(t3.prompts.points) == 2
+    assert t3.used_prev_logits and not t1.used_prev_logits
+    assert t3.prompts_grid["box"][2] == round(box[2] * 999 / (session.width - 1))
+    assert json.loads(json.dumps(t3.to_dict()))["action"]["name"] == "add_point"
+
+
+def test_undo_restores_previous_state_exactly(session, kvasir_case):
+    _, gt = kvasir_case
+    t1 = session.add_box(*box_from_mask(gt))
+    before = session.mask
+    session.add_click(10, 10, positive=True)
+    assert not np.array_equal(session.mask, before)
+    undone = session.undo()
+    assert undone.action["name"] == "add_point"
+    assert np.array_equal(session.mask, before) and session.prompts.points == []
+    # the next turn after undo continues from turn 1's logits, as if the click never happened
+    again = session.add_click(10, 10, positive=True)
+    assert again.used_prev_logits and again.index == t1.index + 1
+    session.undo(), session.undo()
+    assert session.undo() is None and not session.mask.any()
+
+
+def test_accept_freezes_and_stop_closes(session, kvasir_case):
+    _, gt = kvasir_case
+    with pytest.raises(SessionError, match="nothing to accept"):
+        session.accept()
+    session.add_box(*box_from_mask(gt))
+    session.stop()
+    with pytest.raises(SessionError, match="stopped"):
+        session.add_click(5, 5)
+    session.undo()  # undoing the stop reopens the session
+    session.add_click(5, 5, positive=False)
+    session.accept()
+    with pytest.raises(SessionError, match="accepted"):
+        session.add_click(6, 6)
+    with pytest.raises(SessionError, match="accepted"):
+        session.undo()
+
+
+def test_prompts_outside_the_image_are_refused(session):
+    with pytest.raises(ValueError, match="outside"):
+        session.add_box(-5, 0, 50, 50)
+    with pytest.raises(ValueError, match="outside"):
+        session.add_click(session.width + 3, 4)
+    assert session.turns == []
+
+
+def test_edit_prompts_reruns_from_the_edited_state(session, kvasir_case):
+    _, gt = kvasir_case
+    box = box_from_mask(gt)
+    session.add_box(*box)
+    session.add_click(box[0] + 4, box[1] + 4, positive=False)
+    edited = session.prompts
+    edited.points, edited.labels = [], []  # the user deletes the click
+    t = session.set_prompts(edited)
+    assert t.action["name"] == "edit_prompts" and not t.used_prev_logits
+    assert np.array_equal(t.mask, session.turns[0].mask)  # same prompts, no logits -> same mask as the box turn
+    with pytest.raises(SessionError, match="empty"):
+        session.set_prompts(Prompts())
+
+
+def test_run_stops_at_the_turn_limit(session, kvasir_case):
+    _, gt = kvasir_case
+    turns = session.run(OraclePolicy(gt, jitter=0.1, seed=3))
+    assert session.mask_turns == 4 and turns[-1].action["name"] == "stop_action"
+    assert session.status == "stopped"
+    s2 = Session(session.engine, session.image, "polyp")
+    s2.run(ScriptedPolicy([AddBBox((100, 100, 800, 800)), AddPoint((500, 500), "positive"), StopAction()]))
+    assert [t.action["name"] for t in s2.turns] == ["add_bbox", "add_point", "stop_action"]
+
+
+def test_saved_trajectory_replays_bit_exactly(session, kvasir_case, tmp_path, lite_engine):
+    image, gt = kvasir_case
+    session.run(OraclePolicy(gt, jitter=0.1, seed=1), max_turns=2)
+    session.undo()  # the stop
+    session.add_click(20, 30, positive=False)
+    session.set_prompts(session.prompts)
+    path = session.save(tmp_path / "trajectory.json")
+    data = load_trajectory(path)
+    assert [t["source"] for t in data["turns"]] == ["agent", "agent", "user", "user"]
+    replayed = replay(path, lite_engine, image)
+    for a, b in zip(session.turns, replayed.turns, strict=True):
+        assert np.array_equal(a.mask, b.mask)
+    with pytest.raises(ValueError, match="image differs"):
+        replay(path, lite_engine, image[::-1].copy())
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_trajectory(bad)
+
+
+def test_two_sessions_can_share_one_engine(lite_engine, kvasir_case):
+    image, gt = kvasir_case
+    a = Session(lite_engine, image, "polyp")
+    b = Session(lite_engine, image[:, ::-1].copy(), "polyp")
+    box = box_from_mask(gt)
+    ta = a.add_box(*box)
+    b.add_box(*box)
+    a.undo()
+    assert np.array_equal(a.add_box(*box).mask, ta.mask)  # a's image, not b's, was used
