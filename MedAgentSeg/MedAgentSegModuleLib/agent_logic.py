@@ -1,0 +1,716 @@
+"""The MedAgentSeg logic: sessions on slices of a volume, every turn written into MRML.
+
+No Qt, no dialogs: usable from Slicer's Python console, from the module widget and from pytest with
+``slicer-core``. It reports through two callbacks, ``on_message(ChatMessage)`` and ``on_change()``, and
+raises `AgentError` (a sentence saying what happened and what to do) for bad input.
+
+Threading: model work (engine creation, image encoding, the policy and the prediction of each turn) runs
+on one persistent `SessionExecutor` thread; MRML is read and written only on the thread calling
+`poll()` / `wait()` (Slicer's main thread, through a QTimer). A turn's mask, markups, sequence item and
+segment tags are written together after the engine returns; if any write fails, everything is put back
+and the turn is removed from the session, so nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import slicer
+
+from MedAgentSegLib.engines.base import Prompts
+from MedAgentSegLib.session import Session, Turn
+
+from .geometry import SliceGeometry
+from .mrml_writer import (
+    TAG_PREFIX,
+    MRMLInputError,
+    PromptNodes,
+    SegmentSliceWriter,
+    TrajectoryRecorder,
+    check_volume,
+    ensure_scene_logics,
+    is_segment_locked,
+    slice_geometry,
+    volume_array_kji,
+)
+from .worker import JobResult, SessionExecutor
+
+__all__ = ["AgentError", "ChatMessage", "TurnRecord", "TargetRun", "AgentSegLogic", "TRAJECTORY_FILE",
+           "SLICER_TRAJECTORY_FORMAT", "guess_modality"]
+
+TRAJECTORY_FILE = "trajectory.json"
+SLICER_TRAJECTORY_FORMAT = "medagentseg-slicer-trajectory/1"
+MARKUP_EVENTS = ("PointEndInteractionEvent", "PointRemovedEvent", "PointPositionDefinedEvent")
+
+
+class AgentError(RuntimeError):
+    """A request cannot be carried out; the message says what happened and what to do."""
+
+
+@dataclass
+class ChatMessage:
+    """One line of the chat. role: "user", "agent", "info", "warning" or "error"."""
+
+    role: str
+    text: str
+    turn: int | None = None
+
+
+@dataclass
+class TurnRecord:
+    """What MRML needs to revert one mask-producing turn exactly.
+
+    segments_before: segment ID -> (H, W) bool slice of every segment before the turn.
+    markups_before: content copies of the box / positive / negative nodes before the turn.
+    """
+
+    number: int
+    session_index: int
+    segments_before: dict[str, np.ndarray]
+    markups_before: list[Any]
+    record: dict[str, Any]
+
+
+@dataclass
+class TargetRun:
+    """One session: one target segment on one slice of one volume, and the MRML nodes it writes."""
+
+    volume_node: Any
+    segmentation_node: Any
+    segment_id: str
+    target: str
+    geom: SliceGeometry
+    image_rgb: np.ndarray
+    engine_name: str
+    policy: Any
+    writer: SegmentSliceWriter
+    prompts: PromptNodes
+    recorder: TrajectoryRecorder
+    max_turns: int = 5
+    session: Session | None = None
+    records: list[TurnRecord] = field(default_factory=list)
+    observer_tags: list[tuple[Any, int]] = field(default_factory=list)
+    auto_turns_left: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        return (self.segmentation_node.GetID(), self.segment_id, self.geom.axis, self.geom.index)
+
+    @property
+    def status(self) -> str:
+        return "loading" if self.session is None else self.session.status
+
+    def segment(self) -> Any:
+        return self.segmentation_node.GetSegmentation().GetSegment(self.segment_id)
+
+
+def guess_modality(volume_array: np.ndarray) -> str:
+    """"CT" when the intensities look like Hounsfield units, else "MR" (percentile stretch)."""
+    lo, hi = float(np.min(volume_array)), float(np.max(volume_array))
+    return "CT" if lo <= -500.0 and hi >= 200.0 else "MR"
+
+
+def _to_engine_rgb(plane: np.ndarray, modality: str, window: Any) -> np.ndarray:
+    from MedAgentSegLib.images import to_engine_rgb
+
+    return to_engine_rgb(np.ascontiguousarray(plane), modality=modality, window=window)
+
+
+def describe_action(action: dict[str, Any]) -> str:
+    """A chat-friendly rendering of a tool call, in its 0..999 grid units."""
+    name, args = action.get("name"), action.get("arguments", {})
+    if name == "add_bbox":
+        return f"add_bbox {args.get('bbox_2d')}"
+    if name == "add_point":
+        return f"add_point {args.get('point_2d')} {args.get('point_type')}"
+    if name == "edit_prompts":
+        return f"re-ran from your edited prompts ({len(args.get('points', []))} clicks, " \
+               f"{'a box' if args.get('box') else 'no box'})"
+    if name == "stop_action":
+        return "stop_action"
+    return str(name)
+
+
+class AgentSegLogic:
+    """Drives agent sessions and writes every turn into the scene.
+
+    scene: the MRML scene. executor: the worker (one is created if None). engine_factory(name) -> Engine,
+    called on the worker thread (default: MedAgentSegLib.engines.create_engine). policy_factory(name, gt)
+    -> Policy (default: MedAgentSegLib.policies.create_policy). sequences_logic: Slicer's
+    (``slicer.modules.sequences.logic()``; created for slicer-core if None).
+    """
+
+    def __init__(self, scene: Any, executor: SessionExecutor | None = None,
+                 on_message: Callable[[ChatMessage], None] | None = None,
+                 on_change: Callable[[], None] | None = None,
+                 engine_factory: Callable[[str], Any] | None = None,
+                 policy_factory: Callable[[str, np.ndarray | None], Any] | None = None,
+                 sequences_logic: Any = None, device: str = "auto"):
+        self.scene = scene
+        self.executor = executor or SessionExecutor()
+        self.on_message = on_message
+        self.on_change = on_change
+        self.engine_factory = engine_factory
+        self.policy_factory = policy_factory
+        self.device = device
+        self.sequences_logic = sequences_logic or ensure_scene_logics(scene)
+        self.engines: dict[str, Any] = {}  # touched only on the worker thread
+        self.runs: dict[tuple[str, str, str, int], TargetRun] = {}
+        self.active: TargetRun | None = None
+        self.messages: list[ChatMessage] = []
+        self.engine_device: str | None = None
+        self._writing = False
+        self._edit_pending = False
+        self._stop_requested = False
+        self._scene_tags = [scene.AddObserver(ev, self._on_scene_save)
+                            for ev in (scene.StartSaveEvent, scene.EndSaveEvent)]
+
+    # -- messages --------------------------------------------------------------------------------------
+    def _say(self, role: str, text: str, turn: int | None = None) -> ChatMessage:
+        msg = ChatMessage(role, text, turn)
+        self.messages.append(msg)
+        if self.on_message is not None:
+            self.on_message(msg)
+        return msg
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    @property
+    def busy(self) -> bool:
+        return self.executor.busy
+
+    def poll(self) -> None:
+        """Hand finished worker jobs to the main thread (call from a QTimer)."""
+        self.executor.poll()
+
+    def wait(self, timeout: float = 600.0) -> None:
+        """Block until every queued turn is done and written (console and tests)."""
+        self.executor.wait(timeout)
+
+    def _require_idle(self, what: str) -> None:
+        if self.busy:
+            raise AgentError(f"The agent is still working on a turn, so '{what}' cannot run now. "
+                             "Press Stop (or wait for the turn to finish) and try again.")
+
+    def _require_run(self) -> TargetRun:
+        run = self.active
+        if run is None:
+            raise AgentError("No segmentation session yet: type a request such as 'segment the liver' and press Run.")
+        if run.session is None:
+            raise AgentError("The engine is still loading for this session; wait for the 'Engine ready' message.")
+        return run
+
+    # -- starting ----------------------------------------------------------------------------------------
+    def start(self, volume_node: Any, segmentation_node: Any, target: str, segment_name: str | None = None,
+              axis: str = "K", slice_index: int | None = None, engine: str = "litemedsam",
+              policy: Any = "oracle", reference_segment_id: str | None = None, modality: str | None = None,
+              window: Any = None, max_turns: int = 5) -> TargetRun:
+        """Open (or resume) the session for `target` on slice `slice_index` along IJK `axis`.
+
+        segmentation_node: None creates one. segment_name: the segment to write (default: `target`; created
+        if missing). policy: a name for the policy factory or a policy object. reference_segment_id: for the
+        "oracle" policy, the segment holding the reference mask on this slice.
+        """
+        check_volume(volume_node)
+        if not target or not str(target).strip():
+            raise AgentError("No target given: say what to segment, e.g. 'segment the liver'.")
+        target = str(target).strip()
+        if segmentation_node is None:
+            segmentation_node = slicer.vtkMRMLSegmentationNode()
+            segmentation_node.SetName(self.scene.GenerateUniqueName(f"{volume_node.GetName()} MedAgentSeg"))
+            self.scene.AddNode(segmentation_node)
+            segmentation_node.CreateDefaultDisplayNodes()
+        dims = volume_node.GetImageData().GetDimensions()
+        axis = str(axis).upper()
+        if slice_index is None:
+            slice_index = dims[{"I": 0, "J": 1, "K": 2}.get(axis, 2)] // 2
+        geom = slice_geometry(volume_node, axis, int(slice_index))
+        segmentation = segmentation_node.GetSegmentation()
+        name = segment_name or target
+        segment_id = segmentation.GetSegmentIdBySegmentName(name) or (name if segmentation.GetSegment(name) else "")
+        if segment_id and is_segment_locked(segmentation.GetSegment(segment_id)):
+            raise AgentError(f"Segment '{name}' is locked (accepted or marked Completed), so the agent will not change "
+                             "it. Choose another segment name, or clear the lock: set its status to 'In progress' "
+                             "in the Segmentations module.")
+        key = (segmentation_node.GetID(), segment_id, axis, int(slice_index))
+        existing = self.runs.get(key) if segment_id else None
+        if existing is not None and existing.status != "accepted":
+            self.active = existing
+            self._say("info", f"Resuming '{existing.target}' on slice {axis}={slice_index}: "
+                              f"{len(existing.records)} turn(s) so far.")
+            self._changed()
+            return existing
+        writer = SegmentSliceWriter(self.scene, segmentation_node, volume_node)  # checks geometry, may raise
+        if not segment_id:
+            segment_id = segmentation.AddEmptySegment("", name)
+        segment = segmentation.GetSegment(segment_id)
+        gt = None
+        if isinstance(policy, str) and policy == "oracle":
+            if not reference_segment_id or segmentation.GetSegment(reference_segment_id) is None:
+                raise AgentError("The 'oracle' policy needs a reference segment (the expected answer) in the same "
+                                 "segmentation: pick one in 'Reference segment', or choose another policy.")
+            gt = writer.read_slice(reference_segment_id, geom)
+            if not gt.any():
+                raise AgentError(f"The reference segment is empty on slice {axis}={slice_index}; move to a slice "
+                                 "where it is drawn.")
+        policy_obj = self._make_policy(policy, gt)
+        arr = volume_array_kji(volume_node)
+        modality = modality or guess_modality(arr)
+        image = _to_engine_rgb(geom.extract(arr), modality, window)
+        base = f"MedAgentSeg {name}"
+        prompts = PromptNodes.create(self.scene, base, volume_node.GetTransformNodeID())
+        recorder = TrajectoryRecorder(self.scene, base, self.sequences_logic)
+        run = TargetRun(volume_node, segmentation_node, segment_id, target, geom, image, engine, policy_obj,
+                        writer, prompts, recorder, max_turns=int(max_turns))
+        for node in prompts.nodes:
+            node.SetAttribute(TAG_PREFIX + "Segment", segment_id)
+            node.SetAttribute(TAG_PREFIX + "Slice", f"{axis}={slice_index}")
+            for ev in MARKUP_EVENTS:
+                run.observer_tags.append((node, node.AddObserver(getattr(node, ev), self._on_markups_edited)))
+        segment.SetTag(TAG_PREFIX + "Target", target)
+        segment.SetTag(TAG_PREFIX + "Engine", engine)
+        segment.SetTag(TAG_PREFIX + "Status", "loading")
+        self.runs[(segmentation_node.GetID(), segment_id, axis, int(slice_index))] = run
+        self.active = run
+        self._jump_slice_views(run)
+        self._say("info", f"Preparing '{target}' on slice {axis}={slice_index} of '{volume_node.GetName()}' "
+                          f"with {engine} ({modality} intensities)...")
+        self.executor.submit("open session", self._open_session_job, run,
+                             callback=lambda r: self._on_session_open(run, r))
+        self._changed()
+        return run
+
+    def _make_policy(self, policy: Any, gt: np.ndarray | None) -> Any:
+        if not isinstance(policy, str):
+            if not hasattr(policy, "next_action"):
+                raise AgentError(f"{policy!r} is not a policy (it has no next_action method).")
+            return policy
+        factory = self.policy_factory
+        if factory is None:
+            from MedAgentSegLib.policies import create_policy
+
+            def factory(name, ref):
+                return create_policy(name, gt=ref)
+        try:
+            return factory(policy, gt)
+        except ValueError as exc:
+            raise AgentError(f"Policy '{policy}' cannot be used: {exc}") from None
+
+    def _engine(self, name: str) -> Any:  # worker thread
+        eng = self.engines.get(name)
+        if eng is None:
+            if self.engine_factory is not None:
+                eng = self.engine_factory(name)
+            else:
+                from MedAgentSegLib.engines import create_engine
+
+                eng = create_engine(name, device=self.device)
+            self.engines[name] = eng
+        return eng
+
+    def _open_session_job(self, run: TargetRun) -> Session:  # worker thread
+        engine = self._engine(run.engine_name)
+        return Session(engine, run.image_rgb, run.target, max_turns=run.max_turns,
+                       metadata={"volume": run.volume_node.GetName(), "slice": f"{run.geom.axis}={run.geom.index}"})
+
+    def _on_session_open(self, run: TargetRun, result: JobResult) -> None:
+        if result.error is not None:
+            self._discard_run(run)
+            self._report_error("Could not start the engine", result)
+            return
+        session: Session = result.value
+        run.session = session
+        run.segment().SetTag(TAG_PREFIX + "Status", "open")
+        device = str(getattr(session.engine, "device", "cpu"))
+        self.engine_device = device
+        self._say("info", f"Engine ready: {session.engine.name} on {device}, "
+                          f"image encoded in {session.encode_s:.1f} s.")
+        if device == "cpu":
+            self._say("warning", "Running on CPU: each turn takes about 0.1-2 s and the first one longer. "
+                                 "A CUDA GPU makes it interactive.")
+        if run.auto_turns_left > 0:
+            self._submit_agent_turn(run)
+        self._changed()
+
+    def _discard_run(self, run: TargetRun) -> None:
+        self._remove_observers(run)
+        run.prompts.remove_from_scene(self.scene)
+        for node in run.recorder.nodes():
+            if node.GetScene() is not None:
+                self.scene.RemoveNode(node)
+        self.runs.pop(run.key, None)
+        if self.active is run:
+            self.active = None
+
+    def _remove_observers(self, run: TargetRun) -> None:
+        for node, tag in run.observer_tags:
+            node.RemoveObserver(tag)
+        run.observer_tags.clear()
+
+    def _report_error(self, what: str, result: JobResult) -> None:
+        err = result.error
+        if isinstance(err, ImportError):
+            self._say("error", f"{what}: {err}. Install the missing packages with the 'Install dependencies' "
+                               "button, then try again.")
+        else:
+            self._say("error", f"{what}: {err}. Nothing was changed; fix the cause and try again "
+                               "(details in the Python console).")
+        print(result.trace)  # noqa: T201 - the full traceback belongs in Slicer's Python console
+        self._changed()
+
+    # -- agent turns -------------------------------------------------------------------------------------
+    def run_agent(self, max_turns: int | None = None) -> None:
+        """Let the agent take turns, one after the other, until it stops, `max_turns` are done, or Stop."""
+        run = self.active
+        if run is None:
+            raise AgentError("No segmentation session yet: type a request such as 'segment the liver' and press Run.")
+        if run.status == "accepted":
+            raise AgentError(f"'{run.target}' was accepted and is frozen; start a new request to segment again.")
+        self._stop_requested = False
+        run.auto_turns_left = int(max_turns if max_turns is not None else run.max_turns)
+        if run.session is None:
+            return  # starts when the engine is ready
+        if run.session.status == "stopped":
+            run.session.undo()  # continue after a stop: the stop turn wrote nothing
+        if not self.busy:
+            self._submit_agent_turn(run)
+
+    def step(self) -> None:
+        """Take exactly one agent turn."""
+        self.run_agent(max_turns=1)
+
+    def stop(self) -> None:
+        """Stop after the turn in progress (if any); with none in progress, record the stop in the session."""
+        self._stop_requested = True
+        run = self.active
+        if run is None:
+            return
+        run.auto_turns_left = 0
+        if not self.busy and run.session is not None and run.session.status == "open" and run.session.turns:
+            run.session.stop()
+            run.segment().SetTag(TAG_PREFIX + "Status", "stopped")
+        self._say("info", "Stopped. Edit the clicks or box, press Run to continue, or Accept.")
+        self._changed()
+
+    def _submit_agent_turn(self, run: TargetRun) -> None:
+        if run.session is None or run.session.status != "open":
+            run.auto_turns_left = 0
+            return
+        run.auto_turns_left -= 1
+        self.executor.submit("agent turn", self._agent_turn_job, run, callback=lambda r: self._on_turn(run, r))
+
+    @staticmethod
+    def _agent_turn_job(run: TargetRun) -> Turn:  # worker thread
+        session = run.session  # the number of turns per Run is counted by run.auto_turns_left
+        action = run.policy.next_action(session)
+        return session.act(action, source="agent")
+
+    def _user_turn_job(self, run: TargetRun, kind: str, payload: Any) -> Turn:  # worker thread
+        session = run.session
+        if session.status == "stopped":
+            session.undo()
+        if kind == "click":
+            x, y, positive = payload
+            return session.add_click(x, y, positive, source="user")
+        if kind == "box":
+            return session.add_box(*payload, source="user")
+        return session.set_prompts(payload, source="user")
+
+    def _on_turn(self, run: TargetRun, result: JobResult) -> None:
+        if result.error is not None:
+            run.auto_turns_left = 0
+            self._report_error("The turn failed", result)
+            self._restore_prompts_view(run)
+            return
+        turn: Turn = result.value
+        if not turn.produces_mask:
+            run.auto_turns_left = 0
+            run.segment().SetTag(TAG_PREFIX + "Status", "stopped")
+            self._say("agent", f"The agent stopped after {len(run.records)} turn(s) "
+                               f"(score {self._last_score(run)}). Accept, Reject the last turn, or add a click.")
+            self._changed()
+            return
+        try:
+            self._apply_turn(run, turn)
+        except Exception as exc:  # the MRML write failed: _apply_turn already put everything back
+            run.auto_turns_left = 0
+            self._say("error", f"Turn could not be written into the scene: {exc}. The segment and markups are "
+                               "unchanged; check that the segmentation and volume still exist and try again.")
+            self._changed()
+            return
+        if self._edit_pending:
+            self._edit_pending = False
+            self._on_markups_edited(None, None)
+        elif run.auto_turns_left > 0 and not self._stop_requested:
+            self._submit_agent_turn(run)
+        elif run.auto_turns_left > 0:
+            run.auto_turns_left = 0
+        self._changed()
+
+    @staticmethod
+    def _last_score(run: TargetRun) -> str:
+        return f"{run.records[-1].record['score']:.2f}" if run.records and run.records[-1].record["score"] is not None \
+            else "n/a"
+
+    def _apply_turn(self, run: TargetRun, turn: Turn) -> TurnRecord:
+        """Write one mask-producing turn (main thread): segment slice, markups, sequence item, tags."""
+        for node, what in ((run.segmentation_node, "segmentation"), (run.volume_node, "volume")):
+            if node.GetScene() is None:
+                run.session.undo()
+                raise MRMLInputError(f"the {what} node '{node.GetName()}' was removed from the scene")
+        if run.segment() is None:
+            run.session.undo()
+            raise MRMLInputError(f"segment '{run.segment_id}' was deleted")
+        number = len(run.records) + 1
+        rec = TurnRecord(number, turn.index, run.writer.read_all(run.geom), run.prompts.snapshot(),
+                         self._turn_record(number, turn))
+        self._writing = True
+        try:
+            stored = run.writer.write_slice(run.segment_id, turn.mask, run.geom)
+            run.prompts.write(turn.prompts, run.geom)
+            rec.record["masked_voxels"] = int((stored != turn.mask).sum())
+            run.records.append(rec)
+            self._set_tags(run)
+            run.recorder.record(number, run.segmentation_node, run.segment_id, run.prompts, rec.record)
+        except Exception:
+            if run.records and run.records[-1] is rec:
+                run.records.pop()
+            run.writer.restore(rec.segments_before, run.geom)
+            run.prompts.restore(rec.markups_before)
+            while run.recorder.count > len(run.records):
+                run.recorder.remove_last()
+            self._set_tags(run)
+            run.session.undo()
+            raise
+        finally:
+            self._writing = False
+        extra = f"; the Segment Editor's mask kept {rec.record['masked_voxels']} voxel(s) unchanged" \
+            if rec.record["masked_voxels"] else ""
+        score = "n/a" if turn.score is None else f"{turn.score:.2f}"
+        who = "You" if turn.source == "user" else "Agent"
+        self._say("agent", f"Turn {number} ({who}): {describe_action(turn.action)} - score {score}, "
+                           f"{turn.timings.get('engine_s', 0.0):.2f} s, {int(turn.mask.sum())} px{extra}.", number)
+        return rec
+
+    @staticmethod
+    def _turn_record(number: int, turn: Turn) -> dict[str, Any]:
+        return {"turn": number, "session_index": turn.index, "source": turn.source, "action": turn.action,
+                "score": None if turn.score is None else round(float(turn.score), 4),
+                "timings": {k: round(float(v), 4) for k, v in turn.timings.items()},
+                "area_px": int(turn.mask.sum()), "created": turn.created}
+
+    def _set_tags(self, run: TargetRun) -> None:
+        segment = run.segment()
+        if segment is None:
+            return
+        segment.SetTag(TAG_PREFIX + "Turns", str(len(run.records)))
+        if run.records:
+            segment.SetTag(TAG_PREFIX + "LastTurn", json.dumps(run.records[-1].record))
+        else:
+            segment.RemoveTag(TAG_PREFIX + "LastTurn")
+        if run.session is not None:
+            segment.SetTag(TAG_PREFIX + "Status", run.session.status)
+
+    # -- reverting -----------------------------------------------------------------------------------------
+    def reject(self) -> bool:
+        """Revert the last mask-producing turn: mask, markups and sequence item. False if there is none."""
+        return self._revert("Reject turn")
+
+    def undo(self) -> bool:
+        """Revert the last turn of any kind (a stop is undone by resuming; a mask turn as in `reject`)."""
+        run = self._require_run()
+        self._require_idle("Undo")
+        if run.session.status == "stopped" and run.session.turns and not run.session.turns[-1].produces_mask:
+            run.session.undo()
+            self._set_tags(run)
+            self._say("info", "Undid the stop; press Run or Step to continue.")
+            self._changed()
+            return True
+        return self._revert("Undo")
+
+    def _revert(self, what: str) -> bool:
+        run = self._require_run()
+        self._require_idle(what)
+        if run.session.status == "accepted":
+            raise AgentError(f"'{run.target}' was accepted and is frozen; {what} is not possible. Start a new "
+                             "request to change it.")
+        run.auto_turns_left = 0
+        if not run.records:
+            self._say("info", f"Nothing to {what.lower()}: no turn has been written yet.")
+            return False
+        rec = run.records[-1]
+        while run.session.turns and len(run.session.turns) - 1 > rec.session_index:
+            run.session.undo()  # a stop after the mask turn
+        run.session.undo()
+        self._writing = True
+        try:
+            run.writer.restore(rec.segments_before, run.geom)
+            run.prompts.restore(rec.markups_before)
+            run.recorder.remove_last()
+            run.records.pop()
+            self._set_tags(run)
+        finally:
+            self._writing = False
+        self._say("info", f"{what}: turn {rec.number} reverted ({describe_action(rec.record['action'])}).",
+                  rec.number)
+        self._changed()
+        return True
+
+    def accept(self) -> None:
+        """Freeze the segment: no more turns, markups locked, segment tagged Locked and status Completed."""
+        run = self._require_run()
+        self._require_idle("Accept")
+        if not run.records:
+            raise AgentError("Nothing to accept yet: run at least one turn first.")
+        run.session.accept()
+        run.auto_turns_left = 0
+        self._remove_observers(run)
+        run.prompts.set_locked(True)
+        segment = run.segment()
+        segment.SetTag(TAG_PREFIX + "Locked", "true")
+        try:
+            slicer.vtkSlicerSegmentationsModuleLogic.SetSegmentStatus(
+                segment, slicer.vtkSlicerSegmentationsModuleLogic.Completed)
+        except (AttributeError, TypeError):
+            segment.SetTag("Segmentation.Status", "completed")
+        self._set_tags(run)
+        self._say("info", f"Accepted '{run.target}' after {len(run.records)} turn(s); the segment is now frozen.")
+        self._changed()
+
+    # -- human control -------------------------------------------------------------------------------------
+    def add_click(self, ras: tuple[float, float, float], positive: bool = True) -> None:
+        """Add a click at RAS position `ras` (projected onto the session's slice) and re-run the engine."""
+        run = self._require_run()
+        node = run.prompts.positive if positive else run.prompts.negative
+        node.AddControlPoint(float(ras[0]), float(ras[1]), float(ras[2]))  # fires PointAdded only
+        self._on_markups_edited(None, None)
+
+    def sync_prompts_from_markups(self) -> None:
+        """Re-run the engine from the prompt state now shown in the markups (after edits by script)."""
+        self._on_markups_edited(None, None)
+
+    def _on_markups_edited(self, caller: Any, event: Any) -> None:
+        if self._writing:
+            return
+        run = self.active
+        if caller is not None:
+            run = next((r for r in self.runs.values() if caller in r.prompts.nodes), run)
+        if run is None or run.session is None or run.status == "accepted":
+            return
+        if self.busy:
+            self._edit_pending = True
+            run.auto_turns_left = 0
+            return
+        new = run.prompts.read(run.geom)
+        old = run.session.prompts
+        if _same_prompts(new, old):
+            return
+        if new.empty:
+            self._say("error", "The edited prompt state is empty (no box and no click). Place a click or a box, "
+                               "or press Undo.")
+            self._restore_prompts_view(run)
+            return
+        kind, payload = "prompts", new
+        same_box = (new.box is None and old.box is None) or (
+            new.box is not None and old.box is not None and np.allclose(new.box, old.box, atol=1e-3))
+        n_old = len(old.points)
+        if same_box and len(new.points) == n_old + 1 and _same_points(new.points[:n_old], old.points) \
+                and new.labels[:n_old] == old.labels:
+            x, y = new.points[-1]
+            kind, payload = "click", (x, y, bool(new.labels[-1]))
+        elif old.box is None and new.box is not None and _same_points(new.points, old.points) \
+                and new.labels == old.labels:
+            kind, payload = "box", new.box
+        run.auto_turns_left = 0
+        self.executor.submit("user turn", self._user_turn_job, run, kind, payload,
+                             callback=lambda r: self._on_turn(run, r))
+        self._changed()
+
+    def _restore_prompts_view(self, run: TargetRun) -> None:
+        if run.session is None:
+            return
+        self._writing = True
+        try:
+            run.prompts.write(run.session.prompts, run.geom)
+        finally:
+            self._writing = False
+
+    # -- slice views (Slicer only) -------------------------------------------------------------------------
+    def _jump_slice_views(self, run: TargetRun) -> None:
+        """Show the session's slice: rotate slice views to the volume and centre them on the slice."""
+        centre = run.geom.pixel_to_ras((run.geom.width - 1) / 2.0, (run.geom.height - 1) / 2.0)
+        for node in [self.scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+                     for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))]:
+            try:
+                node.RotateToVolumePlane(run.volume_node)
+            except (AttributeError, TypeError):
+                pass
+            node.JumpSliceByOffsetting(*centre)
+
+    # -- trajectory ----------------------------------------------------------------------------------------
+    def trajectory_dict(self) -> dict[str, Any]:
+        """Every session of this scene: MRML node IDs, slice geometry, and the session trajectory."""
+        runs = []
+        for run in self.runs.values():
+            if run.session is None:
+                continue
+            runs.append({
+                "volume": {"id": run.volume_node.GetID(), "name": run.volume_node.GetName()},
+                "segmentation": {"id": run.segmentation_node.GetID(), "name": run.segmentation_node.GetName()},
+                "segment_id": run.segment_id,
+                "slice": {"axis": run.geom.axis, "index": run.geom.index,
+                          "ijk_to_ras": run.geom.ijk_to_ras.round(9).tolist(),
+                          "pixel_to_ijk": "K: (x, y, k); J: (x, j, y); I: (i, x, y)"},
+                "markups": {"box": run.prompts.roi.GetID(), "positive": run.prompts.positive.GetID(),
+                            "negative": run.prompts.negative.GetID()},
+                "sequence_browser": run.recorder.browser.GetID(),
+                "turn_records": [r.record for r in run.records],
+                "session": run.session.to_dict(),
+            })
+        return {"format": SLICER_TRAJECTORY_FORMAT, "runs": runs}
+
+    def save_trajectory(self, path: str | os.PathLike) -> Path:
+        """Write `trajectory_dict()` as JSON (atomically)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.trajectory_dict(), indent=1))
+        tmp.replace(path)
+        return path
+
+    def _on_scene_save(self, caller: Any, event: Any) -> None:
+        if not any(r.session is not None for r in self.runs.values()):
+            return
+        url = self.scene.GetURL() or ""
+        folder = os.path.dirname(url) if url else self.scene.GetRootDirectory()
+        if folder and os.path.isdir(folder):
+            try:
+                self.save_trajectory(os.path.join(folder, TRAJECTORY_FILE))
+            except OSError as exc:
+                self._say("error", f"Could not write {TRAJECTORY_FILE} next to the scene ({exc}); save it from the "
+                                   "Python console with logic.save_trajectory(path).")
+
+    def cleanup(self) -> None:
+        for run in list(self.runs.values()):
+            self._remove_observers(run)
+        for tag in self._scene_tags:
+            self.scene.RemoveObserver(tag)
+        self._scene_tags = []
+
+
+def _same_points(a: list[tuple[float, float]], b: list[tuple[float, float]], tol: float = 1e-3) -> bool:
+    return len(a) == len(b) and all(abs(p[0] - q[0]) <= tol and abs(p[1] - q[1]) <= tol for p, q in zip(a, b))
+
+
+def _same_prompts(a: Prompts, b: Prompts) -> bool:
+    box_same = (a.box is None and b.box is None) or (
+        a.box is not None and b.box is not None and np.allclose(a.box, b.box, atol=1e-3))
+    return box_same and _same_points(a.points, b.points) and list(a.labels) == list(b.labels)
+

@@ -1,0 +1,449 @@
+"""The MedAgentSeg Slicer logic against a real MRML scene (PyPI slicer-core), real CT, real LiteMedSAM.
+
+The volume is LiTS case 117 (../shared/data/lits-117) placed with an oblique, anisotropic IJKToRAS, so
+every pixel <-> IJK <-> RAS mapping is exercised off-axis. What is checked:
+- a full agent run writes one ROI box, the clicks (positive / negative nodes), the target segment's slice
+  (equal to the session mask, nothing on other slices) and one sequence item per turn;
+- markups positions in RAS map back, through the volume node's own RASToIJK, to the prompt pixels;
+- Reject and Undo restore every segment and every markups node bit-exactly, and drop the sequence item;
+- other segments of the same segmentation node are untouched; Segment Editor overwrite and masking apply;
+- moving / deleting / adding a click re-runs the engine from that prompt state; a second run resumes;
+- bad input (no volume, RGB volume, locked segment, engine failing mid-turn) gives a message and writes nothing;
+- trajectory.json is written next to the scene when it is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed: pip install -e '.[test]'")
+vtk = pytest.importorskip("vtk")
+from vtk.util import numpy_support  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "MedAgentSeg"))
+sys.path.insert(0, str(REPO))
+
+from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic  # noqa: E402
+from MedAgentSegModuleLib.geometry import SliceGeometry  # noqa: E402
+from MedAgentSegModuleLib.mrml_writer import MRMLInputError, ensure_scene_logics, markups_positions  # noqa: E402
+
+LITS = REPO.parent / "shared" / "data" / "lits-117"
+MAX_TURNS = 3
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def oblique_ijk_to_ras() -> np.ndarray:
+    """Rotation about two axes, anisotropic spacing (0.8, 0.7, 2.5) mm, an offset origin."""
+    a, b = math.radians(25.0), math.radians(-12.0)
+    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    m = np.eye(4)
+    m[:3, :3] = rz @ rx @ np.diag([0.8, 0.7, 2.5])
+    m[:3, 3] = [-41.5, 23.25, 110.0]
+    return m
+
+
+def vtk_matrix(m: np.ndarray) -> vtk.vtkMatrix4x4:
+    out = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            out.SetElement(r, c, float(m[r, c]))
+    return out
+
+
+def add_volume(scene, array_kji: np.ndarray, name: str, ijk_to_ras: np.ndarray, components: int = 1):
+    vol = slicer.vtkMRMLScalarVolumeNode()
+    vol.SetName(name)
+    scene.AddNode(vol)
+    img = vtk.vtkImageData()
+    k, j, i = array_kji.shape[:3]
+    img.SetDimensions(i, j, k)
+    flat = array_kji.reshape(-1, components) if components > 1 else array_kji.ravel()
+    img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(flat), deep=True))
+    vol.SetAndObserveImageData(img)
+    vol.SetIJKToRASMatrix(vtk_matrix(ijk_to_ras))
+    return vol
+
+
+def segment_array(seg_node, segment_id: str, shape_kji: tuple[int, int, int]) -> np.ndarray:
+    """(K, J, I) bool of a segment on the volume grid, read independently of the module's own reader."""
+    img = slicer.vtkOrientedImageData()
+    seg_node.GetBinaryLabelmapRepresentation(segment_id, img)
+    out = np.zeros(shape_kji, dtype=bool)
+    e = img.GetExtent()
+    if e[0] > e[1] or img.GetPointData().GetScalars() is None:
+        return out
+    a = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(
+        e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
+    out[e[4]:e[5] + 1, e[2]:e[3] + 1, e[0]:e[1] + 1] = a > 0
+    return out
+
+
+def set_segment(seg_node, segment_id: str, mask_kji: np.ndarray, ijk_to_ras: np.ndarray) -> None:
+    img = slicer.vtkOrientedImageData()
+    k, j, i = mask_kji.shape
+    img.SetDimensions(i, j, k)
+    img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    img.GetPointData().GetScalars().DeepCopy(numpy_support.numpy_to_vtk(mask_kji.astype(np.uint8).ravel(), deep=True))
+    img.SetImageToWorldMatrix(vtk_matrix(ijk_to_ras))
+    ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        img, seg_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    assert ok
+
+
+def scene_state(ctx, run) -> dict:
+    """Every segment's full array plus every prompt node's control points and the ROI geometry."""
+    seg = ctx["seg"]
+    state = {sid: segment_array(seg, sid, ctx["shape"]) for sid in seg.GetSegmentation().GetSegmentIDs()}
+    roi = run.prompts.roi
+    state["roi"] = (roi.GetNumberOfControlPoints(), tuple(roi.GetCenter()), tuple(roi.GetSize()))
+    state["pos"] = markups_positions(run.prompts.positive)
+    state["neg"] = markups_positions(run.prompts.negative)
+    return state
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            assert a[key].shape == b[key].shape and np.array_equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+# -- fixtures ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lits():
+    if not (LITS / "images" / "lits_117.nii.gz").is_file():
+        pytest.skip(f"real data not found: {LITS} (needs ../shared/data/lits-117 beside the repository)")
+    sitk = pytest.importorskip("SimpleITK")
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(LITS / "images" / "lits_117.nii.gz"))).astype(np.float32)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(LITS / "labels" / "lits_117.nii.gz"))).astype(np.uint8)
+    liver = labels == 1
+    k = int(np.argmax(liver.sum(axis=(1, 2))))
+    return image, liver, k
+
+
+@pytest.fixture
+def ctx(lits, lite_engine):
+    image, liver, k = lits
+    scene = slicer.vtkMRMLScene()
+    ensure_scene_logics(scene)  # what the Slicer application does at start-up: segmentation converters
+    m = oblique_ijk_to_ras()
+    vol = add_volume(scene, image, "LiTS117 oblique", m)
+    seg = slicer.vtkMRMLSegmentationNode()
+    seg.SetName("Segmentation")
+    scene.AddNode(seg)
+    seg.CreateDefaultDisplayNodes()
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(vol)
+    ref_id = seg.GetSegmentation().AddEmptySegment("reference", "liver reference")
+    set_segment(seg, ref_id, liver, m)
+    # an unrelated segment overlapping the liver on the working slice (left half of its bounding box)
+    other = np.zeros_like(liver)
+    ys, xs = np.nonzero(liver[k])
+    other[k - 1:k + 2, ys.min():ys.max() + 1, xs.min():(xs.min() + xs.max()) // 2] = True
+    other_id = seg.GetSegmentation().AddEmptySegment("other", "other structure")
+    set_segment(seg, other_id, other, m)
+    messages = []
+    logic = AgentSegLogic(scene, engine_factory=lambda name: lite_engine, on_message=messages.append)
+    yield {"scene": scene, "vol": vol, "seg": seg, "ref": ref_id, "other": other_id, "k": k, "liver": liver,
+           "shape": image.shape, "logic": logic, "messages": messages, "m": m}
+    logic.cleanup()
+
+
+def start(ctx, **kw):
+    logic = ctx["logic"]
+    args = dict(target="liver", axis="K", slice_index=ctx["k"], engine="litemedsam", policy="oracle",
+                reference_segment_id=ctx["ref"], max_turns=MAX_TURNS)
+    args.update(kw)
+    run = logic.start(ctx["vol"], ctx["seg"], **args)
+    logic.wait()
+    assert run.session is not None, [m.text for m in ctx["messages"]]
+    return run
+
+
+def errors(ctx) -> list[str]:
+    return [m.text for m in ctx["messages"] if m.role == "error"]
+
+
+# -- tests ---------------------------------------------------------------------------------------------------
+def test_slice_geometry_matches_the_volume_node_for_every_axis():
+    """pixel -> IJK -> RAS agrees with the volume node's own matrices, off-axis and anisotropic."""
+    scene = slicer.vtkMRMLScene()
+    m = oblique_ijk_to_ras()
+    vol = add_volume(scene, np.zeros((6, 7, 9), np.int16), "v", m)
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    vol.GetRASToIJKMatrix(ras_to_ijk)
+    for axis, index, expect in (("K", 4, lambda x, y: (x, y, 4)), ("J", 3, lambda x, y: (x, 3, y)),
+                                ("I", 2, lambda x, y: (2, x, y))):
+        geom = SliceGeometry(axis, index, (9, 7, 6), m)
+        for x, y in ((0.0, 0.0), (1.5, 2.25), (geom.width - 1, geom.height - 1)):
+            ras = geom.pixel_to_ras(x, y)
+            ijk = ras_to_ijk.MultiplyPoint([*ras, 1.0])[:3]
+            assert np.allclose(ijk, expect(x, y), atol=1e-9)
+            px, py, off = geom.ras_to_pixel(ras)
+            assert np.allclose((px, py, off), (x, y, 0.0), atol=1e-9)
+        box = (1.0, 2.0, geom.width - 2.0, geom.height - 1.5)
+        assert np.allclose(geom.roi_to_box(*geom.box_to_roi(box)), box, atol=1e-9)
+        arr = np.arange(6 * 7 * 9).reshape(6, 7, 9)
+        assert geom.extract(arr).shape == (geom.height, geom.width)
+        assert arr[tuple(int(v) for v in expect(3, 1))[::-1]] == geom.extract(arr)[1, 3]
+
+
+def test_full_agent_run_writes_roi_clicks_segment_and_sequence(ctx):
+    logic, seg, k = ctx["logic"], ctx["seg"], ctx["k"]
+    before_ref = segment_array(seg, ctx["ref"], ctx["shape"])
+    before_other = segment_array(seg, ctx["other"], ctx["shape"])
+    run = start(ctx)
+    logic.run_agent()
+    logic.wait()
+    assert not errors(ctx), errors(ctx)
+    session = run.session
+    n = session.mask_turns
+    assert 2 <= n <= MAX_TURNS and len(run.records) == n
+    assert session.turns[0].action["name"] == "add_bbox"
+
+    # the segment holds the session mask on slice k and nothing elsewhere
+    target = segment_array(seg, run.segment_id, ctx["shape"])
+    assert np.array_equal(target[k], session.mask)
+    assert target.sum() == session.mask.sum() > 0
+    dice = 2 * (target[k] & ctx["liver"][k]).sum() / (target[k].sum() + ctx["liver"][k].sum())
+    assert dice > 0.7, f"the written mask does not look like the liver (Dice {dice:.2f})"
+
+    # other segments of the same node are untouched (default: overwrite none), even where they overlap
+    assert np.array_equal(segment_array(seg, ctx["ref"], ctx["shape"]), before_ref)
+    assert np.array_equal(segment_array(seg, ctx["other"], ctx["shape"]), before_other)
+
+    # markups: one box, clicks in the right node, each mapping back through the volume's RASToIJK
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    ctx["vol"].GetRASToIJKMatrix(ras_to_ijk)
+    prompts = session.prompts
+    roi = run.prompts.roi
+    assert roi.GetNumberOfControlPoints() == 1
+    centre_ijk = ras_to_ijk.MultiplyPoint([*roi.GetCenter(), 1.0])[:3]
+    x1, y1, x2, y2 = prompts.box
+    assert np.allclose(centre_ijk, ((x1 + x2) / 2, (y1 + y2) / 2, k), atol=1e-6)
+    assert np.allclose(roi.GetSize(), ((x2 - x1) * 0.8, (y2 - y1) * 0.7, 2.5), atol=1e-6)
+    pos, neg = run.prompts.positive, run.prompts.negative
+    assert pos.GetNumberOfControlPoints() == sum(prompts.labels)
+    assert neg.GetNumberOfControlPoints() == len(prompts.labels) - sum(prompts.labels)
+    for node, label in ((pos, 1), (neg, 0)):
+        expected = [p for p, lab in zip(prompts.points, prompts.labels) if lab == label]
+        for i, (x, y) in enumerate(expected):
+            ijk = ras_to_ijk.MultiplyPoint([*node.GetNthControlPointPosition(i), 1.0])[:3]
+            assert np.allclose(ijk, (x, y, k), atol=1e-6)
+            assert node.GetNthControlPointLabel(i).startswith("+" if label else "-")
+    assert pos.GetDisplayNode().GetSelectedColor() != neg.GetDisplayNode().GetSelectedColor()
+
+    # sequences: one item per turn, synchronised, the last mask item equals the live segment
+    seqs = run.recorder.sequences
+    assert all(s.GetNumberOfDataNodes() == n for s in seqs.values())
+    assert run.recorder.index_values() == [str(i) for i in range(1, n + 1)]
+    browser = run.recorder.browser
+    assert browser.GetNumberOfSynchronizedSequenceNodes() >= 3
+    last = seqs["mask"].GetNthDataNode(n - 1)
+    assert np.array_equal(segment_array(last, run.segment_id, ctx["shape"]), target)
+    first_box = seqs["box"].GetNthDataNode(0)
+    assert first_box.GetNumberOfControlPoints() == 1
+    assert seqs["positive"].GetNthDataNode(0).GetNumberOfControlPoints() == 0  # turn 1 was the box only
+
+    # the turn record as a segment tag
+    tag = vtk.reference("")
+    assert run.segment().GetTag("MedAgentSeg.LastTurn", tag)
+    rec = json.loads(str(tag))
+    assert rec["turn"] == n and rec["action"] == session.turns[-1].action
+    assert rec["score"] == pytest.approx(session.turns[-1].score, abs=1e-4) and "engine_s" in rec["timings"]
+    agent_lines = [m for m in ctx["messages"] if m.role == "agent" and m.turn]
+    assert len(agent_lines) == n and "score" in agent_lines[-1].text
+
+
+def test_reject_and_undo_restore_segment_and_markups_bit_exactly_then_a_second_run_resumes(ctx):
+    logic = ctx["logic"]
+    run = start(ctx)
+    states = [scene_state(ctx, run)]
+    for _ in range(3):
+        logic.step()
+        logic.wait()
+        states.append(scene_state(ctx, run))
+    assert len(run.records) == 3 and not errors(ctx)
+    assert not np.array_equal(states[2][run.segment_id], states[3][run.segment_id])
+
+    assert logic.reject()
+    assert_same_state(scene_state(ctx, run), states[2])
+    assert run.recorder.count == 2 and len(run.session.turns) == 2
+    assert logic.undo()
+    assert_same_state(scene_state(ctx, run), states[1])
+    assert run.recorder.count == 1
+
+    # a second run on the same target and slice resumes the same session and numbering
+    again = logic.start(ctx["vol"], ctx["seg"], target="liver", axis="K", slice_index=ctx["k"], policy="oracle",
+                        reference_segment_id=ctx["ref"], max_turns=MAX_TURNS)
+    assert again is run
+    logic.step()
+    logic.wait()
+    assert len(run.records) == 2 and run.recorder.index_values() == ["1", "2"]
+    assert np.array_equal(segment_array(ctx["seg"], run.segment_id, ctx["shape"])[ctx["k"]], run.session.mask)
+    # undo back to nothing: the segment is empty again and the box is gone
+    logic.undo()
+    logic.undo()
+    assert_same_state(scene_state(ctx, run), states[0])
+    assert logic.undo() is False
+
+
+def test_moving_deleting_and_adding_clicks_reruns_the_engine(ctx):
+    logic = ctx["logic"]
+    run = start(ctx)
+    logic.run_agent(2)
+    logic.wait()
+    k = ctx["k"]
+    pos = run.prompts.positive
+    neg = run.prompts.negative
+    node = pos if pos.GetNumberOfControlPoints() else neg
+    assert node.GetNumberOfControlPoints() == 1
+    n0 = len(run.records)
+
+    # move the click two pixels along pixel x, as a drag would, and release it
+    x, y = run.session.prompts.points[0]
+    node.SetNthControlPointPosition(0, *run.geom.pixel_to_ras(x + 2.0, y))
+    node.InvokeEvent(node.PointEndInteractionEvent)
+    logic.wait()
+    assert len(run.records) == n0 + 1
+    last = run.session.turns[-1]
+    assert last.source == "user" and last.action["name"] == "edit_prompts"
+    assert np.allclose(last.prompts.points[0], (x + 2.0, y), atol=1e-6)
+    assert np.array_equal(segment_array(ctx["seg"], run.segment_id, ctx["shape"])[k], last.mask)
+
+    # add a positive click at the liver's interior and let the engine run from there
+    ys, xs = np.nonzero(ctx["liver"][k])
+    cx, cy = float(np.median(xs)), float(np.median(ys))
+    logic.add_click(run.geom.pixel_to_ras(cx, cy), positive=True)
+    logic.wait()
+    last = run.session.turns[-1]
+    assert last.action["name"] == "add_point" and last.source == "user"
+    assert np.allclose(last.prompts.points[-1], (cx, cy), atol=1e-6)
+    assert pos.GetNumberOfControlPoints() == sum(last.prompts.labels)
+
+    # delete the first click: the engine re-runs without it
+    n_points = len(last.prompts.points)
+    node.RemoveNthControlPoint(0)
+    logic.wait()
+    last = run.session.turns[-1]
+    assert last.action["name"] == "edit_prompts" and len(last.prompts.points) == n_points - 1
+    assert run.recorder.count == len(run.records) == n0 + 3
+
+    # and the agent continues from the user's prompt state
+    logic.step()
+    logic.wait()
+    assert run.session.turns[-1].source == "agent" and len(run.records) == n0 + 4
+    assert not errors(ctx), errors(ctx)
+
+
+def test_segment_editor_overwrite_and_masking_are_obeyed_and_reverted(ctx):
+    logic, seg, k = ctx["logic"], ctx["seg"], ctx["k"]
+    editor = slicer.vtkMRMLSegmentEditorNode()  # the user's Segment Editor settings
+    ctx["scene"].AddNode(editor)
+    editor.SetOverwriteMode(editor.OverwriteAllSegments)
+    editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedEverywhere)
+    other_before = segment_array(seg, ctx["other"], ctx["shape"])
+    run = start(ctx)
+    state0 = scene_state(ctx, run)
+    logic.step()
+    logic.wait()
+    target = segment_array(seg, run.segment_id, ctx["shape"])
+    other = segment_array(seg, ctx["other"], ctx["shape"])
+    assert (other_before[k] & target[k]).any()
+    assert not (other[k] & target[k]).any(), "overwrite-all must remove the target's voxels from other segments"
+    assert np.array_equal(other[k - 1], other_before[k - 1])  # other slices untouched
+    logic.reject()
+    assert_same_state(scene_state(ctx, run), state0)
+
+    # masking: only outside all other segments
+    editor.SetOverwriteMode(editor.OverwriteNone)
+    editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideAllSegments)
+    logic.step()
+    logic.wait()
+    target = segment_array(seg, run.segment_id, ctx["shape"])
+    assert np.array_equal(segment_array(seg, ctx["other"], ctx["shape"]), other_before)
+    blocked = other_before[k] | segment_array(seg, ctx["ref"], ctx["shape"])[k]  # "all segments" but the target
+    assert np.array_equal(target[k], run.session.mask & ~blocked)
+    assert run.records[-1].record["masked_voxels"] == int((run.session.mask & blocked).sum()) > 0
+
+
+def test_accept_freezes_the_segment(ctx):
+    logic = ctx["logic"]
+    run = start(ctx)
+    logic.step()
+    logic.wait()
+    before = scene_state(ctx, run)
+    logic.accept()
+    tag = vtk.reference("")
+    assert run.segment().GetTag("MedAgentSeg.Locked", tag) and str(tag) == "true"
+    assert run.prompts.positive.GetLocked() and run.prompts.roi.GetLocked()
+    with pytest.raises(AgentError, match="accepted"):
+        logic.run_agent()
+    with pytest.raises(AgentError, match="frozen"):
+        logic.reject()
+    with pytest.raises(AgentError, match="locked"):
+        logic.start(ctx["vol"], ctx["seg"], target="liver", slice_index=ctx["k"], policy="oracle",
+                    reference_segment_id=ctx["ref"])
+    assert_same_state(scene_state(ctx, run), before)
+
+
+def test_bad_input_says_what_to_do_and_writes_nothing(ctx, lite_engine):
+    logic, scene = ctx["logic"], ctx["scene"]
+    with pytest.raises(MRMLInputError, match="No input volume selected"):
+        logic.start(None, ctx["seg"], target="liver")
+    rgb = add_volume(scene, np.zeros((4, 16, 16, 3), np.uint8), "colour", np.eye(4), components=3)
+    with pytest.raises(MRMLInputError, match="RGB colour volume.*Vector to Scalar"):
+        logic.start(rgb, ctx["seg"], target="liver")
+    with pytest.raises(AgentError, match="No target given"):
+        logic.start(ctx["vol"], ctx["seg"], target="  ")
+    with pytest.raises(AgentError, match="reference segment"):
+        logic.start(ctx["vol"], ctx["seg"], target="liver", slice_index=ctx["k"], policy="oracle")
+
+    # the engine fails on the second prediction: an error message, nothing half-written
+    class FailingSecond:
+        def __init__(self, inner):
+            self.inner, self.calls, self.name, self.device = inner, 0, "failing", "cpu"
+
+        def set_image(self, image):
+            self.inner.set_image(image)
+
+        def predict(self, prompts, prev_logits=None):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return self.inner.predict(prompts, prev_logits)
+
+    failing = FailingSecond(lite_engine)
+    logic.engine_factory = lambda name: failing
+    run = start(ctx, engine="failing")
+    logic.run_agent(3)
+    logic.wait()
+    assert len(run.records) == 1 and run.recorder.count == 1 and len(run.session.turns) == 1
+    assert any("The turn failed: CUDA out of memory" in e for e in errors(ctx))
+    assert np.array_equal(segment_array(ctx["seg"], run.segment_id, ctx["shape"])[ctx["k"]], run.session.mask)
+
+
+def test_trajectory_json_is_written_next_to_the_saved_scene(ctx, tmp_path):
+    logic, scene = ctx["logic"], ctx["scene"]
+    run = start(ctx)
+    logic.run_agent(2)
+    logic.wait()
+    scene.SetRootDirectory(str(tmp_path))
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    scene.InvokeEvent(scene.StartSaveEvent)
+    data = json.loads((tmp_path / "trajectory.json").read_text())
+    assert data["format"] == "medagentseg-slicer-trajectory/1"
+    (entry,) = data["runs"]
+    assert entry["segment_id"] == run.segment_id and entry["slice"] == {**entry["slice"], "axis": "K",
+                                                                          "index": ctx["k"]}
+    assert len(entry["turn_records"]) == len(run.records)
+    assert [t["action"] for t in entry["session"]["turns"]] == [t.action for t in run.session.turns]
