@@ -7,6 +7,7 @@ which has no Qt and is what the pytest suite drives with slicer-core) and the se
 
 from __future__ import annotations
 
+import html
 import os
 import sys
 from typing import Annotated
@@ -180,7 +181,7 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onChatMessage(self, msg: ChatMessage) -> None:
         color = ROLE_COLORS.get(msg.role, "#000000")
         who = {"user": "You", "agent": "Agent", "error": "Error", "warning": "Warning"}.get(msg.role, "")
-        text = qt.Qt.convertFromPlainText(msg.text) if hasattr(qt.Qt, "convertFromPlainText") else msg.text
+        text = html.escape(msg.text)
         self.ui.chatView.append(f'<span style="color:{color}"><b>{who}</b> {text}</span>' if who else
                                 f'<span style="color:{color}">{text}</span>')
         if msg.role == "warning" and "CPU" in msg.text:
