@@ -219,6 +219,10 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             handlers[parsed.command]()
         elif parsed.command == "segment" and parsed.targets:
             self.guarded(self.startAndRun, parsed.target_name)
+        elif parsed.command in ("next_slice", "previous_slice", "whole_volume"):
+            # Not built yet: say so rather than pretend. The agent works on the slice shown in the chosen view.
+            self.say("error", f"'{text}' is not available yet: the agent segments one slice at a time. Move the "
+                              "slice view to the slice you want and type the request again.")
         else:
             self.say("error", parsed.message or f"I did not understand '{text}'. Try 'segment the liver'.")
 
