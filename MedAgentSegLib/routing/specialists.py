@@ -126,7 +126,11 @@ def run_nnunetv2(model_dir: str | os.PathLike, image, fold: int | str = 0, check
                  device: str = "cpu"):
     """Run an nnU-Net v2 trained-model folder (plans.json, dataset.json, fold_X/checkpoint) on one image.
 
-    Returns a label image (SimpleITK). Needs ``pip install nnunetv2``.
+    The image goes through the model's own reader (plans.json ``image_reader_writer``, e.g. SimpleITKIO or
+    NibabelIOWithReorient) via a temporary file with the dataset's ``file_ending``, exactly as
+    ``nnUNetv2_predict`` would read it, and the segmentation is written back with that reader's ``write_seg``.
+    Returns a label image (SimpleITK) on the image's grid, label values as in dataset.json. Single-channel
+    models only. Test-time mirroring is off. Needs ``pip install nnunetv2``.
     """
     try:
         import torch
@@ -135,16 +139,29 @@ def run_nnunetv2(model_dir: str | os.PathLike, image, fold: int | str = 0, check
         raise ImportError("nnU-Net v2 is not installed: pip install nnunetv2") from e
     import SimpleITK as sitk
 
+    model = Path(model_dir)
+    for f in (model / "dataset.json", model / "plans.json", model / f"fold_{fold}" / checkpoint):
+        if not f.is_file():
+            raise FileNotFoundError(f"nnU-Net model {model}: {f.relative_to(model)} is missing.")
     ref = _read_image(image)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                 device=torch.device(device), verbose=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(fold,), checkpoint_name=checkpoint)
-    arr = sitk.GetArrayFromImage(ref).astype(np.float32)[None]
-    props = {"sitk_stuff": {"spacing": ref.GetSpacing(), "origin": ref.GetOrigin(),
-                            "direction": ref.GetDirection()}, "spacing": list(ref.GetSpacing())[::-1]}
-    seg = predictor.predict_single_npy_array(arr, props, None, None, False)
-    out = sitk.GetImageFromArray(seg.astype(np.uint8))
-    out.CopyInformation(ref)
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=(fold,), checkpoint_name=checkpoint)
+    ds = predictor.dataset_json
+    n_ch = len(ds.get("channel_names", ds.get("modality", {"0": ""})))
+    if n_ch != 1:
+        raise ValueError(f"nnU-Net model {model} needs {n_ch} input channels; this runner passes one image.")
+    rw = predictor.plans_manager.image_reader_writer_class()
+    ending = ds.get("file_ending", ".nii.gz")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / f"case_0000{ending}", Path(tmp) / f"seg{ending}"
+        sitk.WriteImage(ref, str(src))
+        arr, props = rw.read_images([str(src)])
+        seg = predictor.predict_single_npy_array(arr, props, None, None, False)
+        rw.write_seg(seg, str(dst), props)
+        out = sitk.ReadImage(str(dst))
+    if out.GetSize() == ref.GetSize():
+        out.CopyInformation(ref)  # the temporary file may hold the geometry in lower precision
     return out
 
 
