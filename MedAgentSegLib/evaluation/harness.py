@@ -1,0 +1,294 @@
+"""The evaluation harness: instances of a dataset -> protocol runs -> per-case records + summary JSON.
+
+`evaluate(...)` never stops on one bad case: unreadable files, empty masks and absent labels become skip
+records (printed, and listed under "skipped" in the output JSON); the run goes on with the other instances.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .dataset import DatasetError, Skip, list_instances, load_instance, load_volume_instance, read_dataset
+from .protocols import MAX_NOC_CLICKS, PROTOCOLS, instance_seed, run_instance
+
+__all__ = ["evaluate", "summarize", "format_table", "plot_dice", "Progress", "DEGRADE_TOL", "run_volume"]
+
+DEGRADE_TOL = 0.01
+
+
+class Progress:
+    """A one-line text progress bar on stderr (plain lines when not a terminal)."""
+
+    def __init__(self, total: int, label: str = "", stream: TextIO | None = None, width: int = 30):
+        self.total, self.label, self.width = max(total, 1), label, width
+        self.stream = stream or sys.stderr
+        self.t0 = time.perf_counter()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last = -1
+
+    def update(self, done: int, note: str = "") -> None:
+        frac = done / self.total
+        pct = int(frac * 100)
+        if not self.tty and pct // 10 == self._last // 10 and done != self.total:
+            return
+        self._last = pct
+        el = time.perf_counter() - self.t0
+        eta = el / done * (self.total - done) if done else 0.0
+        bar = "#" * int(frac * self.width) + "-" * (self.width - int(frac * self.width))
+        line = f"{self.label} [{bar}] {done}/{self.total} {el:.0f}s eta {eta:.0f}s {note}"
+        if self.tty:
+            self.stream.write("\r" + line[:150])
+            if done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def _pad(seq: list[float], n: int) -> list[float]:
+    return list(seq) + [seq[-1]] * (n - len(seq)) if seq else []
+
+
+def summarize(cases: list[dict[str, Any]], protocol: str) -> dict[str, Any]:
+    """Summary of per-instance records (each with dice_by_step, iou_by_step, turns, noc85/noc90).
+
+    Steps are aligned by carrying an instance's last value forward (a session that stopped keeps its mask).
+    degraded_rate: share of instances whose final Dice is more than DEGRADE_TOL below their box-only Dice.
+    """
+    ok = [c for c in cases if "dice_by_step" in c]
+    out: dict[str, Any] = {"n": len(ok), "protocol": protocol}
+    if not ok:
+        out.update({"dice_by_step": [], "iou_by_step": [], "dice_final": None, "noc85": None, "noc90": None,
+                    "fail90": None, "turns_mean": None, "degraded_rate": None, "per_label": {}})
+        return out
+    n_steps = max(len(c["dice_by_step"]) for c in ok)
+    if protocol == "noc":  # report the curve only as far as every run went (at least --clicks)
+        n_steps = min(len(c["dice_by_step"]) for c in ok) if protocol == "noc" else n_steps
+    d = np.array([_pad(c["dice_by_step"], max(n_steps, len(c["dice_by_step"])))[:n_steps] for c in ok])
+    i = np.array([_pad(c["iou_by_step"], max(n_steps, len(c["iou_by_step"])))[:n_steps] for c in ok])
+    final = [c["dice_by_step"][-1] for c in ok]
+    out["dice_by_step"] = [round(float(v), 4) for v in d.mean(axis=0)]
+    out["iou_by_step"] = [round(float(v), 4) for v in i.mean(axis=0)]
+    out["dice_final"] = _mean(final)
+    out["dice_final_std"] = round(float(np.std(final)), 4)
+    nocs = [c for c in ok if c.get("noc90") is not None]
+    out["noc85"] = _mean([c["noc85"] for c in nocs])
+    out["noc90"] = _mean([c["noc90"] for c in nocs])
+    out["fail90"] = sum(1 for c in nocs if not c["reached90"]) if nocs else None
+    out["turns_mean"] = _mean([c["turns"] for c in ok])
+    out["degraded_rate"] = round(sum(1 for c in ok if c["dice_by_step"][-1] < c["dice_by_step"][0] - DEGRADE_TOL)
+                                 / len(ok), 4)
+    per: dict[str, list[dict[str, Any]]] = {}
+    for c in ok:
+        per.setdefault(f"{c['dataset']}/{c['label_name']}", []).append(c)
+    out["per_label"] = {}
+    for name, group in sorted(per.items()):
+        sub = summarize(group, protocol) if len(per) > 1 else None
+        if sub is None:
+            sub = {k: out[k] for k in ("n", "dice_by_step", "dice_final", "noc85", "noc90", "fail90",
+                                      "degraded_rate")}
+        else:
+            sub = {k: sub[k] for k in ("n", "dice_by_step", "dice_final", "noc85", "noc90", "fail90",
+                                      "degraded_rate")}
+        out["per_label"][name] = sub
+    return out
+
+
+def run_volume(engine: Any, inst: Any, protocol: str, clicks: int, jitter: float, seed: int,
+               policy: str) -> dict[str, Any]:
+    """--mode 3d: the protocol on every axial slice holding the label; Dice/IoU per step on the volume."""
+    from ..images import extract_slice, to_engine_rgb
+    from ..metrics import dice, iou
+
+    img, gt = load_volume_instance(inst)
+    ks = [k for k in range(gt.shape[0]) if gt[k].any()]
+    steps: list[list[np.ndarray]] = []
+    turns = 0
+    for k in ks:
+        rgb = to_engine_rgb(extract_slice(img.array, k), img.modality)
+        r = _run_with_masks(engine, rgb, gt[k], protocol, clicks, jitter,
+                            instance_seed(seed, inst.dataset, inst.case_id, inst.label, k), policy)
+        steps.append(r)
+        turns += len(r)
+    n = max(len(s) for s in steps)
+    dices, ious = [], []
+    for t in range(n):
+        vol = np.zeros_like(gt)
+        for k, s in zip(ks, steps):
+            vol[k] = s[min(t, len(s) - 1)]
+        dices.append(round(dice(vol, gt), 6))
+        ious.append(round(iou(vol, gt), 6))
+    return {"dice_by_step": dices, "iou_by_step": ious, "turns": turns, "slices": len(ks), "noc85": None,
+            "noc90": None, "reached90": None}
+
+
+def _run_with_masks(engine, rgb, gt, protocol, clicks, jitter, seed, policy) -> list[np.ndarray]:
+    """Masks per step of one 2D run (for 3D mode): re-runs the session and keeps each turn's mask."""
+    from ..oracle import box_from_mask
+    from ..policies import OraclePolicy
+    from ..session import Session
+
+    rng = np.random.default_rng(seed)
+    session = Session(engine, rgb, "target", max_turns=MAX_NOC_CLICKS + 1)
+    session.add_box(*box_from_mask(gt, jitter, rng), source="agent")
+    masks = [session.mask]
+    if protocol != "box":
+        oracle = OraclePolicy(gt, rule="ritm", seed=seed, stop_iou=0.90 if protocol in ("noc", "agent") else None)
+        limit = clicks if protocol != "noc" else MAX_NOC_CLICKS
+        while len(masks) - 1 < limit:
+            action = oracle.next_action(session)
+            if action.to_dict()["name"] == "stop_action":
+                break
+            session.act(action)
+            masks.append(session.mask)
+    return masks
+
+
+def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, engine_name: str | None = None,
+             policy: str = "oracle", clicks: int = 5, jitter: float = 0.1, seed: int = 0, limit: int | None = None,
+             labels: list[str] | None = None, min_area: int = 0, mode: str = "2d", split: str | None = None,
+             embedding_cache: str | Path | None = None, log: Any = None, progress: bool = True
+             ) -> dict[str, Any]:
+    """Evaluate one engine on one or more dataset folders; returns {"summary", "cases", "skipped", "config"}.
+
+    summary also holds "per_dataset" (one summary per dataset). split: "val"/"train" to restrict to that side
+    of the patient split (evaluation.dataset.split_patients), None for every case.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if mode not in ("2d", "3d"):
+        raise ValueError(f"--mode must be 2d or 3d, got {mode!r}")
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if engine is None:
+        from ..engines import create_engine
+
+        engine = create_engine(engine_name)
+    store = None
+    if embedding_cache is not None:
+        from ..training.cache import EmbeddingCache
+
+        store = EmbeddingCache(embedding_cache)
+    cases: list[dict[str, Any]] = []
+    skipped: list[Skip] = []
+    per_dataset: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for root in dataset_dirs:
+        try:
+            ds = read_dataset(root)
+        except DatasetError as exc:
+            log(f"skipped dataset {root}: {exc}")
+            skipped.append(Skip(Path(root).name, "*", None, str(exc)))
+            continue
+        remaining = None if limit is None else max(0, limit - len(cases))
+        insts, sk = list_instances(ds, labels=labels, min_area=min_area, mode=mode, split=split, limit=remaining,
+                                   seed=2026)
+        for s in sk:
+            log(f"skipped {s}")
+        skipped.extend(sk)
+        bar = Progress(len(insts), f"{ds.key} {protocol} {getattr(engine, 'name', '?')}") if progress else None
+        ds_cases: list[dict[str, Any]] = []
+        for n, inst in enumerate(insts):
+            rec = {"dataset": inst.dataset, "case": inst.case_id, "patient": inst.patient, "label": inst.label,
+                   "label_name": inst.label_name, "slice": inst.slice_index, "area": inst.area}
+            try:
+                if inst.is_3d and mode == "3d":
+                    rec.update(run_volume(engine, inst, protocol, clicks, jitter, seed, policy))
+                else:
+                    rgb, gt = load_instance(inst)
+                    if store is not None:
+                        store.prime(engine, rgb)
+                    rec.update(run_instance(engine, rgb, gt, protocol, clicks, jitter,
+                                            instance_seed(seed, inst.dataset, inst.case_id, inst.label,
+                                                          inst.slice_index), policy=policy,
+                                            target=inst.label_name))
+            except (ValueError, OSError, RuntimeError) as exc:
+                msg = f"{inst.dataset}/{inst.case_id}, label {inst.label_name}: {exc}"
+                log(f"skipped {msg}")
+                skipped.append(Skip(inst.dataset, inst.case_id, inst.label_name, str(exc)))
+                continue
+            ds_cases.append(rec)
+            if bar is not None:
+                bar.update(n + 1, f"dice {rec['dice_by_step'][-1]:.3f}")
+        cases.extend(ds_cases)
+        per_dataset[ds.key] = summarize(ds_cases, protocol)
+        per_dataset[ds.key]["name"] = ds.name
+        per_dataset[ds.key]["license"] = ds.license
+    summary = summarize(cases, protocol)
+    summary["per_dataset"] = per_dataset
+    summary["skipped"] = len(skipped)
+    config = {"protocol": protocol, "engine": getattr(engine, "name", str(engine_name)), "policy": policy,
+              "clicks": clicks, "jitter": jitter, "seed": seed, "limit": limit, "labels": labels,
+              "min_area": min_area, "mode": mode, "split": split, "click_rule": "ritm",
+              "noc_definition": f"clicks after the box to reach IoU >= t; {MAX_NOC_CLICKS} (a failure) if never",
+              "datasets": [str(d) for d in dataset_dirs], "elapsed_s": round(time.perf_counter() - t0, 1)}
+    return {"summary": summary, "cases": cases, "skipped": [s.to_dict() for s in skipped], "config": config}
+
+
+def format_table(result: dict[str, Any], steps: tuple[int, ...] = (0, 1, 3, 5)) -> str:
+    """A readable text table: one row per dataset (and the total), Dice at the given steps, NoC, degraded."""
+    summ = result["summary"]
+    rows = [(k, v) for k, v in summ.get("per_dataset", {}).items()] + [("all", summ)]
+    head = f"{'dataset':<24}{'n':>5}" + "".join(f"{('box' if s == 0 else f'+{s}'):>8}" for s in steps)
+    head += f"{'final':>8}{'NoC85':>7}{'NoC90':>7}{'fail90':>7}{'degr.':>7}"
+    lines = [f"engine {result['config']['engine']}, protocol {result['config']['protocol']}, "
+             f"jitter {result['config']['jitter']}, seed {result['config']['seed']}", head, "-" * len(head)]
+
+    def f(v: Any, w: int, p: int = 3) -> str:
+        return f"{'-':>{w}}" if v is None else f"{v:>{w}.{p}f}"
+
+    for name, s in rows:
+        d = s.get("dice_by_step") or []
+        line = f"{name:<24}{s['n']:>5}" + "".join(f(d[k] if k < len(d) else None, 8) for k in steps)
+        line += f(s.get("dice_final"), 8) + f(s.get("noc85"), 7, 2) + f(s.get("noc90"), 7, 2)
+        line += f"{('-' if s.get('fail90') is None else s['fail90']):>7}" + f(s.get("degraded_rate"), 7, 2)
+        lines.append(line)
+    if result.get("skipped"):
+        lines.append(f"skipped: {len(result['skipped'])} (see 'skipped' in the JSON)")
+    return "\n".join(lines)
+
+
+def plot_dice(results: dict[str, dict[str, Any]], path: str | Path, title: str = "Dice per interaction step"
+              ) -> Path:
+    """Plot mean Dice per step (step 0 = box) for each result ({label: evaluate() result}) into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, res in results.items():
+        per = res["summary"].get("per_dataset") or {"all": res["summary"]}
+        for ds, s in per.items():
+            d = s.get("dice_by_step") or []
+            if d:
+                ax.plot(range(len(d)), d, marker="o", label=f"{label} {ds}" if len(results) > 1 else ds)
+    ax.set_xlabel("step (0 = box, k = after k clicks)")
+    ax.set_ylabel("mean Dice")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,101 @@
+"""Evaluation protocols on one instance: box, clicks, noc, agent. Seeded, engine-agnostic.
+
+All protocols run through `Session` (whole prompt state + previous logits fed back, as the product does) and
+the `OraclePolicy` simulated user (RITM click rule). Step 0 is the box; step i is the mask after click i.
+
+- box: one box prompt, each edge jittered by U(-jitter, jitter) of the box size (seeded per instance).
+- clicks: box, then K oracle clicks, one per step (K + 1 steps recorded unless the mask becomes perfect,
+  in which case the last value is carried forward).
+- noc: box, then clicks until IoU >= 0.90 and at least K clicks were given, at most 20 clicks. NoC@t =
+  clicks after the box needed to reach IoU >= t (0 if the box already does; 20 if never: a failure).
+- agent: box, then the given policy acts until it stops (at most K mask-producing turns after the box).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PROTOCOLS", "run_instance", "instance_seed", "noc_from_ious", "MAX_NOC_CLICKS"]
+
+PROTOCOLS = ("box", "clicks", "noc", "agent")
+MAX_NOC_CLICKS = 20
+
+
+def instance_seed(seed: int, dataset: str, case_id: str, label: int, slice_index: int | None = None) -> int:
+    """Per-instance seed: the same box jitter for every engine and every run with the same --seed."""
+    return (seed * 1_000_003 + zlib.crc32(f"{dataset}/{case_id}/{label}/{slice_index}".encode())) % (2 ** 32)
+
+
+def noc_from_ious(ious: list[float], threshold: float, max_clicks: int = MAX_NOC_CLICKS) -> tuple[int, bool]:
+    """(clicks after the box to reach `threshold`, reached?) from IoU per step (step 0 = box)."""
+    from ..metrics import noc
+
+    if ious and ious[0] >= threshold:
+        return 0, True
+    n = noc(list(ious[1:]), threshold, max_clicks)
+    reached = any(v >= threshold for v in ious[1:max_clicks + 1])
+    return n, reached
+
+
+def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, clicks: int = 5,
+                 jitter: float = 0.1, seed: int = 0, policy: str = "oracle", rule: str = "ritm",
+                 target: str = "target") -> dict[str, Any]:
+    """Run one protocol on one 2D instance.
+
+    image: (H, W, 3) uint8 engine input; gt: (H, W) bool reference (non-empty). seed: the instance seed.
+    Returns {"dice_by_step", "iou_by_step" (lists, step 0 = box), "turns" (mask-producing turns),
+    "box" (x1, y1, x2, y2 pixels), "clicks" [[x, y, positive]], "noc85", "noc90", "reached90"} where the
+    NoC fields are None unless protocol == "noc".
+    """
+    from ..metrics import dice, iou
+    from ..oracle import box_from_mask
+    from ..policies import OraclePolicy
+    from ..session import Session
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    gt = np.asarray(gt).astype(bool)
+    if not gt.any():
+        raise ValueError("the reference mask is empty: nothing to segment")
+    rng = np.random.default_rng(seed)
+    box = box_from_mask(gt, jitter, rng)
+    session = Session(engine, image, target, max_turns=MAX_NOC_CLICKS + 1)
+    session.add_box(*box, source="agent")
+    dices, ious = [dice(session.mask, gt)], [iou(session.mask, gt)]
+    out: dict[str, Any] = {"box": [round(float(v), 2) for v in box], "noc85": None, "noc90": None,
+                           "reached90": None}
+    if protocol in ("clicks", "noc"):
+        oracle = OraclePolicy(gt, first="box", rule=rule, seed=seed)
+        limit = clicks if protocol == "clicks" else MAX_NOC_CLICKS
+        while len(dices) - 1 < limit:
+            if protocol == "noc" and ious[-1] >= 0.90 and len(dices) - 1 >= clicks:
+                break
+            action = oracle.next_action(session)
+            if action.to_dict()["name"] == "stop_action":  # mask is perfect
+                break
+            session.act(action)
+            dices.append(dice(session.mask, gt))
+            ious.append(iou(session.mask, gt))
+    elif protocol == "agent":
+        from ..policies import create_policy
+
+        kwargs: dict[str, Any] = {"rule": rule, "seed": seed}
+        if policy == "oracle":
+            kwargs["stop_iou"] = 0.90
+        pol = create_policy(policy, gt=gt, **kwargs) if policy == "oracle" else create_policy(policy)
+        for turn in session.run(pol, max_turns=clicks + 1):
+            if turn.produces_mask:
+                dices.append(dice(turn.mask, gt))
+                ious.append(iou(turn.mask, gt))
+    out["turns"] = session.mask_turns
+    out["clicks"] = [[round(float(p[0]), 1), round(float(p[1]), 1), int(lab)]
+                     for p, lab in zip(session.prompts.points, session.prompts.labels)]
+    if protocol == "noc":
+        out["noc85"], _ = noc_from_ious(ious, 0.85)
+        out["noc90"], out["reached90"] = noc_from_ious(ious, 0.90)
+    out["dice_by_step"] = [round(v, 6) for v in dices]
+    out["iou_by_step"] = [round(v, 6) for v in ious]
+    return out

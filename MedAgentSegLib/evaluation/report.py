@@ -1,0 +1,154 @@
+"""`medagentseg report`: the validation benchmark of original vs click-aware LiteMedSAM, as Markdown.
+
+Writes docs/report.md, replaces the README section between `<!-- report:start -->` and `<!-- report:end -->`
+(if README.md has those markers), keeps the raw JSON per engine and dataset under --json-dir, and can copy
+the click-aware engine's validation numbers into its model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_report", "render_markdown", "replace_section", "START", "END"]
+
+START, END = "<!-- report:start -->", "<!-- report:end -->"
+STEPS = (0, 1, 3, 5)
+
+
+def replace_section(text: str, body: str) -> str | None:
+    """Text with the part between the markers replaced by body; None if the markers are missing."""
+    i, j = text.find(START), text.find(END)
+    if i < 0 or j < 0 or j < i:
+        return None
+    return text[:i + len(START)] + "\n" + body.rstrip() + "\n" + text[j:]
+
+
+def _row(name: str, s: dict[str, Any]) -> str:
+    d = s.get("dice_by_step") or []
+
+    def f(v: Any, p: int = 3) -> str:
+        return "-" if v is None else f"{v:.{p}f}"
+
+    cells = [f(d[k]) if k < len(d) else "-" for k in STEPS]
+    gain = f"{d[5] - d[0]:+.3f}" if len(d) > 5 else "-"
+    return (f"| {name} | {s['n']} | " + " | ".join(cells) + f" | {gain} | {f(s.get('noc85'), 2)} | "
+            f"{f(s.get('noc90'), 2)} | {s.get('fail90', '-')} | {f(s.get('degraded_rate'), 2)} |")
+
+
+def render_markdown(results: dict[str, dict[str, dict[str, Any]]], command: str, meta: dict[str, Any]) -> str:
+    """results: {engine: {dataset: evaluate() result}} -> Markdown tables (one per dataset)."""
+    lines = ["## Click-aware engine: validation benchmark", "",
+             f"Generated {meta['date']} by:", "", "```", command, "```", "",
+             f"Protocol: validation split (patient-level, `evaluation.dataset.split_patients`, seed 2026), one "
+             f"instance per (case, label present; targets >= {meta['min_area']} px), 3D cases on the slice where "
+             f"the label is largest. Box with each edge jittered by up to {meta['jitter']:.0%} of the box size "
+             f"(seed {meta['seed']}), then RITM oracle clicks (interior of the larger error region) with the whole "
+             "prompt set and the previous logits fed back. Dice = mean over instances after the box and after "
+             "1, 3, 5 clicks; NoC@85/90 = clicks after the box to reach that IoU (0 if the box does; 20 and a "
+             "failure if never, at most 20); degraded = share of instances whose Dice after 5 clicks is more "
+             "than 0.01 below their box-only Dice.", ""]
+    datasets = sorted({d for r in results.values() for d in r}, key=lambda d: list(meta["datasets"]).index(d)
+                      if d in meta["datasets"] else 99)
+    head = "| engine | n | box | +1 | +3 | +5 | +5 − box | NoC@85 | NoC@90 | fail@90 | degraded |"
+    sep = "|---|---|---|---|---|---|---|---|---|---|---|"
+    for ds in datasets:
+        lines += [f"### {ds}", "", head, sep]
+        for eng, per in results.items():
+            if ds in per:
+                lines.append(_row(eng, per[ds]["summary"]))
+        lines.append("")
+    lines += ["Per-label numbers and every case's Dice per step are in the JSON files under "
+              f"`{meta['json_dir']}` (one per engine and dataset).", ""]
+    return "\n".join(lines)
+
+
+def build_report(args: argparse.Namespace) -> int:
+    from ..engines import EngineError, create_engine
+    from .harness import evaluate, format_table, plot_dice, write_json
+
+    data = Path(args.data)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    present = [d for d in datasets if (data / d / "dataset.json").is_file()]
+    for d in datasets:
+        if d not in present:
+            print(f"skipped dataset {d}: no {data / d / 'dataset.json'}", file=sys.stderr)
+    if not present:
+        print(f"error: none of {datasets} found under {data}; pass --data DIR", file=sys.stderr)
+        return 2
+    json_dir = Path(args.json_dir)
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in engines:
+        try:
+            engine = create_engine(name)
+        except (EngineError, ImportError) as exc:
+            print(f"skipped engine {name}: {exc}", file=sys.stderr)
+            continue
+        results[name] = {}
+        for ds in present:
+            res = evaluate([data / ds], "noc", engine=engine, clicks=5, jitter=args.jitter, seed=args.seed,
+                           limit=args.limit, min_area=args.min_area, split="val",
+                           embedding_cache=args.embedding_cache or None)
+            results[name][ds] = res
+            write_json(res, json_dir / f"{name}__{ds}.json")
+            print(format_table(res))
+    if not results:
+        print("error: no engine could be built", file=sys.stderr)
+        return 2
+    argv = ["medagentseg", "report"] + [a for a in sys.argv[2:]] if len(sys.argv) > 2 else ["medagentseg", "report"]
+    command = " ".join(shlex.quote(a) for a in argv)
+    meta = {"date": _dt.date.today().isoformat(), "jitter": args.jitter, "seed": args.seed, "min_area": args.min_area,
+            "datasets": datasets, "json_dir": _rel(json_dir)}
+    body = render_markdown(results, command, meta)
+    plot_path = Path(args.out).with_suffix(".png")
+    flat = {f"{e}": {"summary": {"per_dataset": {d: r["summary"] for d, r in per.items()}}}
+            for e, per in results.items()}
+    plot_dice(flat, plot_path, title="Validation Dice per step (0 = box)")
+    body += f"\n![Dice per step]({plot_path.name})\n"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# MedAgentSeg benchmark report\n\n" + body)
+    print(f"wrote {out}")
+    readme = Path(args.readme)
+    if readme.is_file():
+        new = replace_section(readme.read_text(), body.replace(f"]({plot_path.name})", f"]({_rel(plot_path)})"))
+        if new is None:
+            print(f"{readme} has no {START} ... {END} markers; wrote {out} only", file=sys.stderr)
+        else:
+            readme.write_text(new)
+            print(f"updated the report section of {readme}")
+    if args.update_card:
+        _update_card(results, command)
+    return 0
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parents[2]))
+    except ValueError:
+        return str(path)
+
+
+def _update_card(results: dict[str, dict[str, dict[str, Any]]], command: str) -> None:
+    from ..engines import CLICK_WEIGHTS
+
+    card_path = CLICK_WEIGHTS.with_suffix(".json")
+    if not card_path.is_file():
+        print(f"no model card at {card_path}; not updated", file=sys.stderr)
+        return
+    card = json.loads(card_path.read_text())
+    val: dict[str, Any] = {"command": command, "protocol": "noc (box jitter 0.1, >= 5 RITM clicks, <= 20)"}
+    for eng, per in results.items():
+        val[eng] = {ds: {k: r["summary"][k] for k in ("n", "dice_by_step", "noc85", "noc90", "fail90",
+                                                       "degraded_rate")} for ds, r in per.items()}
+        for ds in val[eng]:
+            val[eng][ds]["dice_by_step"] = val[eng][ds]["dice_by_step"][:6]
+    card["validation"] = val
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    print(f"updated {card_path}")
