@@ -84,6 +84,8 @@ def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(REPO / "docs" / "report.md"))
     p.add_argument("--readme", default=str(REPO / "README.md"))
     p.add_argument("--json-dir", default=str(REPO / "runs" / "report"))
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse a JSON under --json-dir made with the same settings and weights")
     p.add_argument("--update-card", action="store_true", help="write the validation numbers into the model card")
     p.set_defaults(func=run_report)
     return p

@@ -92,9 +92,21 @@ def build_report(args: argparse.Namespace) -> int:
             continue
         results[name] = {}
         for ds in present:
+            cached = json_dir / f"{name}__{ds}.json"
+            if getattr(args, "reuse", False) and cached.is_file():
+                res = json.loads(cached.read_text())
+                c = res.get("config", {})
+                if (c.get("jitter"), c.get("seed"), c.get("min_area"), c.get("limit"), c.get("split")) == (
+                        args.jitter, args.seed, args.min_area, args.limit, "val") and c.get("weights") == _weights_id(
+                        engine):
+                    print(f"reused {cached}", file=sys.stderr)
+                    results[name][ds] = res
+                    print(format_table(res))
+                    continue
             res = evaluate([data / ds], "noc", engine=engine, clicks=5, jitter=args.jitter, seed=args.seed,
                            limit=args.limit, min_area=args.min_area, split="val",
                            embedding_cache=args.embedding_cache or None)
+            res["config"]["weights"] = _weights_id(engine)
             results[name][ds] = res
             write_json(res, json_dir / f"{name}__{ds}.json")
             print(format_table(res))
@@ -126,6 +138,17 @@ def build_report(args: argparse.Namespace) -> int:
     if args.update_card:
         _update_card(results, command)
     return 0
+
+
+def _weights_id(engine: Any) -> str:
+    """Which weights produced a result: the engine name plus the click overlay's SHA-256 if it has one."""
+    name = getattr(engine, "name", "?")
+    if name == "litemedsam-click":
+        from ..engines import CLICK_WEIGHTS
+
+        card = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
+        return f"{name}:{card.get('sha256', '')[:16]}"
+    return name
 
 
 def _rel(path: Path) -> str:

