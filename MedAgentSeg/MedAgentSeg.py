@@ -36,7 +36,8 @@ from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic, ChatMess
 from MedAgentSegModuleLib.mrml_writer import MRMLInputError  # noqa: E402
 
 ENGINES = ["litemedsam-click", "litemedsam", "sam_vit_b"]
-POLICIES = ["oracle", "scripted"]
+# "scripted" first: with no reference segment the person drives with box and clicks; "oracle" is for demos.
+POLICIES = ["scripted", "oracle"]
 SHORTCUTS = {"runButton": "Ctrl+Return", "stepButton": "Ctrl+Shift+N", "stopButton": "Ctrl+Shift+S",
              "acceptButton": "Ctrl+Shift+A", "rejectButton": "Ctrl+Shift+R", "undoButton": "Ctrl+Shift+Z"}
 ROLE_COLORS = {"user": "#1f4e9e", "agent": "#1b7a2e", "info": "#555555", "warning": "#b36b00", "error": "#c00000"}
@@ -72,7 +73,7 @@ class MedAgentSegParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     segmentName: str = ""
     engine: Annotated[str, Choice(ENGINES)] = "litemedsam"
-    policy: Annotated[str, Choice(POLICIES)] = "oracle"
+    policy: Annotated[str, Choice(POLICIES)] = "scripted"
     referenceSegmentName: str = ""
     maxTurns: Annotated[int, WithinRange(1, 20)] = 5
     sliceView: Annotated[str, Choice(["Red", "Yellow", "Green"])] = "Red"

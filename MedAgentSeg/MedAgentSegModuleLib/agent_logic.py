@@ -283,6 +283,9 @@ class AgentSegLogic:
         self._jump_slice_views(run)
         self._say("info", f"Preparing '{target}' on slice {axis}={slice_index} of '{volume_node.GetName()}' "
                           f"with {engine} ({modality} intensities)...")
+        if isinstance(policy, str) and policy == "scripted":
+            self._say("info", f"You drive this one: place the box ('{base} box') around the {target} or a click "
+                              "in the positive/negative click nodes; the engine runs on every prompt you place.")
         self.executor.submit("open session", self._open_session_job, run,
                              callback=lambda r: self._on_session_open(run, r))
         self._changed()
