@@ -37,7 +37,8 @@ def _row(name: str, s: dict[str, Any]) -> str:
 
     cells = [f(d[k]) if k < len(d) else "-" for k in STEPS]
     gain = f"{d[5] - d[0]:+.3f}" if len(d) > 5 else "-"
-    return (f"| {name} | {s['n']} | " + " | ".join(cells) + f" | {gain} | {f(s.get('noc85'), 2)} | "
+    return (f"| {name} | {s['n']} | " + " | ".join(cells) + f" | {gain} | {f(s.get('dice_final'))} | "
+            f"{f(s.get('noc85'), 2)} | "
             f"{f(s.get('noc90'), 2)} | {s.get('fail90', '-')} | {f(s.get('degraded_rate'), 2)} |")
 
 
@@ -51,17 +52,25 @@ def render_markdown(results: dict[str, dict[str, dict[str, Any]]], command: str,
              f"(seed {meta['seed']}), then RITM oracle clicks (interior of the larger error region) with the whole "
              "prompt set and the previous logits fed back. Dice = mean over instances after the box and after "
              "1, 3, 5 clicks; NoC@85/90 = clicks after the box to reach that IoU (0 if the box does; 20 and a "
-             "failure if never, at most 20); degraded = share of instances whose Dice after 5 clicks is more "
-             "than 0.01 below their box-only Dice.", ""]
+             "failure if never, at most 20). Each run goes on until IoU >= 0.90 *and* at least 5 clicks were given "
+             "(or 20 clicks); final = Dice where it stopped; degraded = share of instances whose final Dice is "
+             "more than 0.01 below their box-only Dice.", ""]
     datasets = sorted({d for r in results.values() for d in r}, key=lambda d: list(meta["datasets"]).index(d)
                       if d in meta["datasets"] else 99)
-    head = "| engine | n | box | +1 | +3 | +5 | +5 − box | NoC@85 | NoC@90 | fail@90 | degraded |"
-    sep = "|---|---|---|---|---|---|---|---|---|---|---|"
+    head = "| engine | n | box | +1 | +3 | +5 | +5 − box | final | NoC@85 | NoC@90 | fail@90 | degraded |"
+    sep = "|---|---|---|---|---|---|---|---|---|---|---|---|"
     for ds in datasets:
         lines += [f"### {ds}", "", head, sep]
         for eng, per in results.items():
             if ds in per:
                 lines.append(_row(eng, per[ds]["summary"]))
+        lines.append("")
+        for eng, per in results.items():
+            if ds in per:
+                d = per[ds]["summary"].get("dice_by_step", [])[:6]
+                rising = all(b > a for a, b in zip(d, d[1:]))
+                lines.append(f"- {eng}, Dice at steps 0..5: " + ", ".join(f"{v:.3f}" for v in d)
+                             + (" (rises with every click)" if rising else " (does not rise with every click)"))
         lines.append("")
     lines += ["Per-label numbers and every case's Dice per step are in the JSON files under "
               f"`{meta['json_dir']}` (one per engine and dataset).", ""]

@@ -212,7 +212,7 @@ def train(cache_root: str | Path, out: str | Path, cfg: TrainConfig, log: Any = 
     names = sorted(by_ds)
     history: list[dict[str, float]] = []
     run_loss, run_d0, run_dT = [], [], []
-    step = 0
+    done = 0
     for step in range(cfg.steps):
         if cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s:
             log(f"[train] time budget {cfg.time_budget_s:.0f}s reached at step {step}")
@@ -269,6 +269,7 @@ def train(cache_root: str | Path, out: str | Path, cfg: TrainConfig, log: Any = 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         run_loss.append(total)
+        done = step + 1
         if (step + 1) % cfg.log_every == 0:
             rec = {"step": step + 1, "loss": float(np.mean(run_loss)), "dice_box": float(np.mean(run_d0)),
                    "dice_last": float(np.mean(run_dT)), "lr": lr_at(step),
@@ -281,7 +282,7 @@ def train(cache_root: str | Path, out: str | Path, cfg: TrainConfig, log: Any = 
             save_overlay(net, Path(out).with_suffix(".partial.pt"))
     out = Path(out)
     save_overlay(net, out)
-    summary = {"config": asdict(cfg), "steps_done": step + 1, "samples": len(samples), "images": int(len(embs)),
+    summary = {"config": asdict(cfg), "steps_done": done, "samples": len(samples), "images": int(len(embs)),
                "per_dataset": {k: len(v) for k, v in by_ds.items()}, "history": history,
                "train_s": round(time.perf_counter() - t_start, 1)}
     out.with_suffix(".train.json").write_text(json.dumps(summary, indent=1))
