@@ -219,6 +219,7 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parsed.command in handlers:
             handlers[parsed.command]()
         elif parsed.command == "segment" and parsed.targets:
+            self.sayRoute(text)
             self.guarded(self.startAndRun, parsed.target_name)
         elif parsed.command in ("next_slice", "previous_slice", "whole_volume"):
             # Not built yet: say so rather than pretend. The agent works on the slice shown in the chosen view.
@@ -226,6 +227,23 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                               "slice view to the slice you want and type the request again.")
         else:
             self.say("error", parsed.message or f"I did not understand '{text}'. Try 'segment the liver'.")
+
+    def sayRoute(self, text: str) -> None:
+        """Tell which specialist models in the library segment this target (MedSegAgent-style routing)."""
+        try:
+            from MedAgentSegLib.routing import Router
+
+            if getattr(self, "_router", None) is None:
+                self._router = Router()
+            result = self._router.route(text)
+        except Exception as exc:  # routing is advice; interactive segmentation works without it
+            self.say("warning", f"Model routing is unavailable ({exc}); interactive segmentation still works.")
+            return
+        if result.matches:
+            names = ", ".join(f"{name} (labels {ids})" for name, ids in result.matches.items())
+            self.say("info", f"Specialist models for {result.target}: {names}.")
+        elif result.message:
+            self.say("info", result.message)
 
     def startAndRun(self, target: str) -> None:
         p = self._parameterNode
