@@ -172,3 +172,13 @@ def test_report_section_replacement():
     text = f"# X\n{START}\nold\n{END}\ntail\n"
     assert replace_section(text, "new") == f"# X\n{START}\nnew\n{END}\ntail\n"
     assert replace_section("no markers", "new") is None
+
+
+def test_agent_protocol_stops_within_turn_limit(engine):
+    _need(LITS)
+    from MedAgentSegLib.evaluation import evaluate
+
+    res = evaluate([LITS], "agent", engine=engine, clicks=2, limit=1, progress=False)
+    case = res["cases"][0]
+    assert 1 <= case["turns"] <= 3
+    assert len(case["dice_by_step"]) == case["turns"] == len(case["iou_by_step"])
