@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["box_from_mask", "next_click", "Click", "CLICK_RULES"]
+__all__ = ["box_from_mask", "clip_box", "next_click", "Click", "CLICK_RULES"]
 
 CLICK_RULES = ("ritm", "cvpr25")
 
@@ -46,6 +46,11 @@ def box_from_mask(mask: np.ndarray, jitter: float = 0.0, rng: np.random.Generato
         dx1, dx2 = rng.uniform(-jitter, jitter, 2) * bw
         dy1, dy2 = rng.uniform(-jitter, jitter, 2) * bh
         x1, x2, y1, y2 = x1 + dx1, x2 + dx2, y1 + dy1, y2 + dy2
+    return clip_box(x1, y1, x2, y2, h, w)
+
+
+def clip_box(x1: float, y1: float, x2: float, y2: float, h: int, w: int) -> tuple[float, float, float, float]:
+    """Clip a (x1, y1, x2, y2) pixel box to an (h, w) image, keeping it at least one pixel wide and tall."""
     x1, x2 = np.clip([x1, x2], 0, w - 1)
     y1, y2 = np.clip([y1, y2], 0, h - 1)
     if x2 - x1 < 1:

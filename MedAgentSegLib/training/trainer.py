@@ -139,14 +139,9 @@ def _jitter_box(box: np.ndarray, rng: np.random.Generator, cfg: TrainConfig, hw:
         dx = rng.uniform(-j, j, 2) * bw
         dy = rng.uniform(-j, j, 2) * bh
         x1, x2, y1, y2 = x1 + dx[0], x2 + dx[1], y1 + dy[0], y2 + dy[1]
-    h, w = hw
-    x1, x2 = np.clip([x1, x2], 0, w - 1)
-    y1, y2 = np.clip([y1, y2], 0, h - 1)
-    if x2 - x1 < 1:
-        x1, x2 = max(0.0, x1 - 1), min(w - 1.0, x2 + 1)
-    if y2 - y1 < 1:
-        y1, y2 = max(0.0, y1 - 1), min(h - 1.0, y2 + 1)
-    return np.array([x1, y1, x2, y2], dtype=np.float32)
+    from ..oracle import clip_box
+
+    return np.array(clip_box(x1, y1, x2, y2, *hw), dtype=np.float32)
 
 
 def _loss(logits, iou_pred, gt, teacher=None, cfg: TrainConfig | None = None):
