@@ -9,7 +9,6 @@ it on the same engine and image gives the same masks bit for bit.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ import numpy as np
 
 from . import rle
 from .actions import Action, AddBBox, AddPoint, StopAction, action_from_dict, grid_to_pixel, pixel_to_grid
-from .engines.base import Engine, Prompts, as_rgb_uint8
+from .engines.base import Engine, Prompts, as_rgb_uint8, image_digest
 
 __all__ = ["Turn", "Session", "SessionError", "replay", "load_trajectory", "TRAJECTORY_FORMAT"]
 
@@ -75,10 +74,6 @@ def _grid_prompts(prompts: Prompts, h: int, w: int) -> dict[str, Any]:
         box = [pixel_to_grid(x1, w), pixel_to_grid(y1, h), pixel_to_grid(x2, w), pixel_to_grid(y2, h)]
     return {"box": box, "points": [[pixel_to_grid(x, w), pixel_to_grid(y, h)] for x, y in prompts.points],
             "labels": list(prompts.labels)}
-
-
-def image_digest(image: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
 
 
 class Session:

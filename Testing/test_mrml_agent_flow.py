@@ -32,7 +32,12 @@ sys.path.insert(0, str(REPO))
 
 from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic  # noqa: E402
 from MedAgentSegModuleLib.geometry import SliceGeometry  # noqa: E402
-from MedAgentSegModuleLib.mrml_writer import MRMLInputError, ensure_scene_logics, markups_positions  # noqa: E402
+from MedAgentSegModuleLib.mrml_writer import (  # noqa: E402
+    MRMLInputError,
+    ensure_scene_logics,
+    markups_positions,
+    vtk_matrix,
+)
 
 LITS = REPO.parent / "shared" / "data" / "lits-117"
 MAX_TURNS = 3
@@ -48,14 +53,6 @@ def oblique_ijk_to_ras() -> np.ndarray:
     m[:3, :3] = rz @ rx @ np.diag([0.8, 0.7, 2.5])
     m[:3, 3] = [-41.5, 23.25, 110.0]
     return m
-
-
-def vtk_matrix(m: np.ndarray) -> vtk.vtkMatrix4x4:
-    out = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            out.SetElement(r, c, float(m[r, c]))
-    return out
 
 
 def add_volume(scene, array_kji: np.ndarray, name: str, ijk_to_ras: np.ndarray, components: int = 1):

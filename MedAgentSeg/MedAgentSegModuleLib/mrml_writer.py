@@ -31,7 +31,7 @@ from .geometry import SliceGeometry
 __all__ = [
     "MRMLInputError", "ensure_scene_logics", "check_volume", "volume_array_kji", "volume_ijk_to_ras",
     "slice_geometry", "SegmentSliceWriter", "PromptNodes", "TrajectoryRecorder", "POSITIVE_COLOR",
-    "NEGATIVE_COLOR", "BOX_COLOR", "TAG_PREFIX", "is_segment_locked",
+    "NEGATIVE_COLOR", "BOX_COLOR", "TAG_PREFIX", "is_segment_locked", "vtk_matrix",
 ]
 
 POSITIVE_COLOR = (0.10, 0.85, 0.20)
@@ -133,7 +133,8 @@ def slice_geometry(volume_node: Any, axis: str, index: int) -> SliceGeometry:
     return SliceGeometry(axis, int(index), (int(dims[0]), int(dims[1]), int(dims[2])), volume_ijk_to_ras(volume_node))
 
 
-def _vtk_matrix(m: np.ndarray) -> vtk.vtkMatrix4x4:
+def vtk_matrix(m: np.ndarray) -> vtk.vtkMatrix4x4:
+    """4x4 numpy array -> vtkMatrix4x4."""
     out = vtk.vtkMatrix4x4()
     for r in range(4):
         for c in range(4):
@@ -278,7 +279,7 @@ class SegmentSliceWriter:
         img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
         slab = np.ascontiguousarray(geom.slab_kji(mask_hw.astype(np.uint8)))
         img.GetPointData().GetScalars().DeepCopy(numpy_support.numpy_to_vtk(slab.ravel(), deep=True))
-        img.SetImageToWorldMatrix(_vtk_matrix(geom.ijk_to_ras))
+        img.SetImageToWorldMatrix(vtk_matrix(geom.ijk_to_ras))
         img.Modified()
         return img
 
@@ -370,7 +371,7 @@ class PromptNodes:
                 centre, size, axes = geom.box_to_roi(prompts.box)
                 m = np.eye(4)
                 m[:3, :3] = axes
-                self.roi.GetObjectToNodeMatrix().DeepCopy(_vtk_matrix(m))
+                self.roi.GetObjectToNodeMatrix().DeepCopy(vtk_matrix(m))
                 self.roi.SetCenter(*centre)
                 self.roi.SetSize(*size)
             for node, label in ((self.positive, 1), (self.negative, 0)):
@@ -426,9 +427,9 @@ class PromptNodes:
         n, matrix, centre, size = snapshot[0]
         if n == 0:
             self.roi.RemoveAllControlPoints()
-            self.roi.GetObjectToNodeMatrix().DeepCopy(_vtk_matrix(np.array(matrix)))
+            self.roi.GetObjectToNodeMatrix().DeepCopy(vtk_matrix(np.array(matrix)))
         else:
-            self.roi.GetObjectToNodeMatrix().DeepCopy(_vtk_matrix(np.array(matrix)))
+            self.roi.GetObjectToNodeMatrix().DeepCopy(vtk_matrix(np.array(matrix)))
             self.roi.SetCenter(*centre)
             self.roi.SetSize(*size)
         for node, copy in zip((self.positive, self.negative), snapshot[1:]):

@@ -7,12 +7,13 @@ transforms to the network's input frame live inside each engine.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Prompts", "Prediction", "Engine", "EngineError", "resolve_device"]
+__all__ = ["Prompts", "Prediction", "Engine", "EngineError", "resolve_device", "as_rgb_uint8", "image_digest"]
 
 
 class EngineError(RuntimeError):
@@ -123,3 +124,9 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
             image = image * 255.0
         image = np.clip(np.round(image), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(image)
+
+
+def image_digest(image: np.ndarray) -> str:
+    """SHA-1 of an image's pixels and shape: the key engines cache embeddings under and trajectories record."""
+    image = np.ascontiguousarray(image)
+    return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()

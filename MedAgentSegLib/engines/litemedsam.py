@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Engine, EngineError, Prediction, Prompts, as_rgb_uint8, resolve_device
+from .base import Engine, EngineError, Prediction, Prompts, as_rgb_uint8, image_digest, resolve_device
 
 __all__ = ["LiteMedSAMEngine", "INPUT_SIZE", "sha256_file", "load_verified_state"]
 
@@ -121,7 +121,7 @@ class LiteMedSAMEngine(Engine):
     # -- image -----------------------------------------------------------------------------------------
     def set_image(self, image: np.ndarray) -> None:
         image = as_rgb_uint8(image)
-        key = hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
+        key = image_digest(image)
         t0 = time.perf_counter()
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -139,6 +139,24 @@ class LiteMedSAMEngine(Engine):
 
     def reset(self) -> None:
         self._current = None
+
+    def embedding_state(self) -> tuple:
+        """The current image's (embedding (1, 256, 64, 64) tensor, scale, (new_h, new_w), (h, w)), for caches."""
+        if self._current is None:
+            raise EngineError("no image set: call set_image(image) before predict")
+        return self._current
+
+    def has_embedding(self, image: np.ndarray) -> bool:
+        """True if `image`'s embedding is in the in-memory cache."""
+        return image_digest(as_rgb_uint8(image)) in self._cache
+
+    def add_embedding(self, image: np.ndarray, state: tuple) -> None:
+        """Store a precomputed `embedding_state()` for `image`, so set_image(image) needs no encoder run."""
+        emb, scale, new_hw, hw = state
+        self._cache[image_digest(as_rgb_uint8(image))] = (emb.to(self.device), float(scale), tuple(new_hw),
+                                                          tuple(hw))
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     @property
     def image_embedding(self):

@@ -6,13 +6,12 @@ dict is loaded with weights_only=True; if `sha256` is given it is checked first.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .base import Engine, EngineError, Prediction, Prompts, as_rgb_uint8, resolve_device
+from .base import Engine, EngineError, Prediction, Prompts, as_rgb_uint8, image_digest, resolve_device
 from .litemedsam import load_verified_state
 
 __all__ = ["SAMEngine", "SAM_VARIANTS"]
@@ -53,7 +52,7 @@ class SAMEngine(Engine):
 
     def set_image(self, image: np.ndarray) -> None:
         image = as_rgb_uint8(image)
-        key = hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
+        key = image_digest(image)
         if key == self._key:
             return
         t0 = time.perf_counter()

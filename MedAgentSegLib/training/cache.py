@@ -13,7 +13,6 @@ image is encoded once and its embedding stored on disk:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -27,11 +26,10 @@ DEFAULT_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "litemedsam"
 
 
 def image_key(image: np.ndarray) -> str:
-    """SHA-1 of a (H, W, 3) uint8 image exactly as LiteMedSAMEngine.set_image keys its cache."""
-    from ..engines.base import as_rgb_uint8
+    """The key LiteMedSAMEngine.set_image caches an image's embedding under."""
+    from ..engines.base import as_rgb_uint8, image_digest
 
-    image = as_rgb_uint8(image)
-    return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
+    return image_digest(as_rgb_uint8(image))
 
 
 class EmbeddingCache:
@@ -57,7 +55,7 @@ class EmbeddingCache:
         if self.has(key):
             return key
         engine.set_image(image)
-        emb, scale, new_hw, hw = engine._current  # noqa: SLF001 - the engine's own cached tuple
+        emb, scale, new_hw, hw = engine.embedding_state()
         tmp = self.root / f"{key}.tmp.npy"
         np.save(tmp, emb[0].float().cpu().numpy().astype(np.float32))
         tmp.replace(self.root / f"{key}.npy")
@@ -70,18 +68,16 @@ class EmbeddingCache:
 
         from ..engines.base import as_rgb_uint8
 
-        cache = getattr(engine, "_cache", None)
-        if cache is None or not hasattr(engine, "net"):
+        if not hasattr(engine, "add_embedding"):
             return False
         image = as_rgb_uint8(image)
+        if engine.has_embedding(image):
+            return True
         key = image_key(image)
-        if key in cache or not self.has(key):
-            return key in cache
+        if not self.has(key):
+            return False
         emb, meta = self.load(key)
-        t = torch.from_numpy(emb)[None].to(engine.device)
-        cache[key] = (t, float(meta["scale"]), tuple(meta["new_hw"]), tuple(meta["hw"]))
-        while len(cache) > getattr(engine, "_cache_size", 16):
-            cache.popitem(last=False)
+        engine.add_embedding(image, (torch.from_numpy(emb)[None], meta["scale"], meta["new_hw"], meta["hw"]))
         return True
 
 
