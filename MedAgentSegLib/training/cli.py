@@ -40,7 +40,12 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--clicks", type=int, default=d.clicks, help="clicks simulated per session (loss at each)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--max-jitter", type=float, default=d.max_jitter)
-    p.add_argument("--teacher-weight", type=float, default=d.teacher_weight)
+    p.add_argument("--first-turn", choices=("base", "trained"), default=d.first_turn,
+                   help="base: the box turn stays LiteMedSAM's own, only corrective turns are trained")
+    p.add_argument("--teacher-weight", type=float, default=d.teacher_weight,
+                   help="with --first-turn trained: distillation of the box turn towards the original")
+    p.add_argument("--neighbours", type=int, default=1,
+                   help="3D data: also train on this many slices either side of a label's largest slice")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--time-budget", type=float, default=None, help="stop training after this many seconds")
@@ -66,11 +71,11 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     counts = build_cache(data, args.cache, datasets=datasets + (("lits-117",) if not args.no_val_cache else ()),
-                         max_train_images={"kvasir-seg": args.kvasir_images}, neighbours=0, min_area=20,
+                         max_train_images={"kvasir-seg": args.kvasir_images}, neighbours=args.neighbours, min_area=20,
                          seed=args.seed, encode_val=not args.no_val_cache)
     cache_s = time.perf_counter() - t0
     cfg = TrainConfig(steps=args.steps, batch=args.batch, clicks=args.clicks, lr=args.lr, max_jitter=args.max_jitter,
-                      teacher_weight=args.teacher_weight, seed=args.seed, threads=args.threads,
+                      teacher_weight=args.teacher_weight, first_turn=args.first_turn, seed=args.seed, threads=args.threads,
                       time_budget_s=args.time_budget, datasets=datasets)
     summary = train(args.cache, args.out, cfg)
     command = "medagentseg train-engine " + " ".join(shlex.quote(a) for a in sys.argv[2:])
@@ -111,6 +116,8 @@ def write_model_card(out: Path, summary: dict[str, Any], command: str, cache_s: 
                      "cache_counts": counts},
         "created": _dt.date.today().isoformat(),
     }
+    if cfg.get("first_turn") == "base":  # the engine then keeps LiteMedSAM's own modules for the box turn
+        card["first_turn"] = "base"
     if "validation" in old:
         card["validation_previous_weights"] = old["validation"]
     card_path.write_text(json.dumps(card, indent=1) + "\n")

@@ -11,8 +11,13 @@ batch of targets, exactly as `LiteMedSAMEngine.predict` runs it at inference:
   previous step's 256x256 low-res logits fed back as `masks=` (detached), single-mask output.
 
 The loss (BCE + soft Dice on the 256x256 logits, plus MSE of the IoU head against the real IoU) is taken at
-every step and averaged; step 0 optionally adds a distillation term towards the frozen original decoder so
-that box-only behaviour stays close to LiteMedSAM's on data unlike the training set.
+every trained step and averaged.
+
+first_turn="base" (the shipped recipe): step 0 is LiteMedSAM's own, frozen prompt encoder + mask decoder, as
+the engine runs it with `base_first_turn`; only the corrective steps are trained. Box-only quality is then the
+original's on any data, including data unlike the training set, and the fine-tuned modules learn to correct
+the original's box masks. first_turn="trained" also trains step 0, with an optional distillation term towards
+the frozen original decoder.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class TrainConfig:
     time_budget_s: float | None = None
     datasets: tuple[str, ...] = ("kvasir-seg", "btcv-slices", "acdc")
     log_every: int = 10
+    first_turn: str = "base"  # "base": step 0 by the frozen original modules; "trained": step 0 trained too
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -228,24 +234,35 @@ def train(cache_root: str | Path, out: str | Path, cfg: TrainConfig, log: Any = 
         total = 0.0
         opt.zero_grad(set_to_none=True)
         n_steps = cfg.clicks + 1
+        n_trained = cfg.clicks if cfg.first_turn == "base" else n_steps
         for t in range(n_steps):
             points = None
             if t > 0:
                 points = (torch.tensor(coords, dtype=torch.float32), torch.tensor(labels, dtype=torch.int64))
-            sparse, dense = pe(points=points, boxes=boxes, masks=prev)
-            logits, iou_pred = md(image_embeddings=emb, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
-                                  dense_prompt_embeddings=dense, multimask_output=False)
-            teacher = None
-            if t == 0 and cfg.teacher_weight > 0:
+            if t == 0 and cfg.first_turn == "base":
                 with torch.no_grad():
                     ts, td = teacher_pe(points=None, boxes=boxes, masks=None)
-                    teacher, _ = teacher_md(image_embeddings=emb, image_pe=dense_pe, sparse_prompt_embeddings=ts,
-                                            dense_prompt_embeddings=td, multimask_output=False)
-            loss, dice = _loss(logits, iou_pred, gt, teacher, cfg)
-            (loss / n_steps).backward()
-            total += float(loss.detach()) / n_steps
-            if t == 0:
-                run_d0.append(float(dice.mean()))
+                    logits, _ = teacher_md(image_embeddings=emb, image_pe=dense_pe, sparse_prompt_embeddings=ts,
+                                           dense_prompt_embeddings=td, multimask_output=False)
+                hard = (logits > 0).float()
+                run_d0.append(float((2 * (hard * gt).sum(dim=(1, 2, 3)) / (hard.sum(dim=(1, 2, 3))
+                                     + gt.sum(dim=(1, 2, 3))).clamp(min=1)).mean()))
+            else:
+                sparse, dense = pe(points=points, boxes=boxes, masks=prev)
+                logits, iou_pred = md(image_embeddings=emb, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
+                                      dense_prompt_embeddings=dense, multimask_output=False)
+                teacher = None
+                if t == 0 and cfg.teacher_weight > 0:
+                    with torch.no_grad():
+                        ts, td = teacher_pe(points=None, boxes=boxes, masks=None)
+                        teacher, _ = teacher_md(image_embeddings=emb, image_pe=dense_pe,
+                                                sparse_prompt_embeddings=ts, dense_prompt_embeddings=td,
+                                                multimask_output=False)
+                loss, dice = _loss(logits, iou_pred, gt, teacher, cfg)
+                (loss / n_trained).backward()
+                total += float(loss.detach()) / n_trained
+                if t == 0:
+                    run_d0.append(float(dice.mean()))
             if t == n_steps - 1:
                 run_dT.append(float(dice.mean()))
                 break
