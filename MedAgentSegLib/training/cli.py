@@ -75,8 +75,8 @@ def run_train(args: argparse.Namespace) -> int:
                          seed=args.seed, encode_val=not args.no_val_cache)
     cache_s = time.perf_counter() - t0
     cfg = TrainConfig(steps=args.steps, batch=args.batch, clicks=args.clicks, lr=args.lr, max_jitter=args.max_jitter,
-                      teacher_weight=args.teacher_weight, first_turn=args.first_turn, seed=args.seed, threads=args.threads,
-                      time_budget_s=args.time_budget, datasets=datasets)
+                      teacher_weight=args.teacher_weight, first_turn=args.first_turn, seed=args.seed,
+                      threads=args.threads, time_budget_s=args.time_budget, datasets=datasets)
     summary = train(args.cache, args.out, cfg)
     command = "medagentseg train-engine " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     write_model_card(Path(args.out), summary, command, cache_s, counts)
