@@ -165,10 +165,10 @@ class Session:
 
     def _box(self, box: tuple[float, float, float, float], action: dict, source: str) -> Turn:
         prompts = self.prompts
-        replacing = prompts.box is not None
         prompts.box = tuple(float(v) for v in box)
-        # A new box starts the object over; a replaced box keeps the clicks but not the stale logits.
-        return self._run(action, source, prompts, feed_logits=not replacing and bool(self.turns))
+        # A box re-reads the whole object from every prompt: it keeps the clicks but not the previous logits
+        # (engines treat fed-back logits as a turn that refines around the newest click).
+        return self._run(action, source, prompts, feed_logits=False)
 
     def _click(self, x: float, y: float, positive: bool, action: dict, source: str) -> Turn:
         prompts = self.prompts

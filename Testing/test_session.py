@@ -127,3 +127,13 @@ def test_two_sessions_can_share_one_engine(lite_engine, kvasir_case):
     b.add_box(*box)
     a.undo()
     assert np.array_equal(a.add_box(*box).mask, ta.mask)  # a's image, not b's, was used
+
+
+def test_box_after_clicks_rereads_the_object_without_old_logits(session, kvasir_case):
+    _, gt = kvasir_case
+    box = box_from_mask(gt)
+    session.add_click((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, positive=True)
+    t2 = session.add_box(*box)
+    assert not t2.used_prev_logits, "a box must not be treated as a refinement around the last click"
+    assert t2.prompts.points and t2.prompts.box == pytest.approx(box)
+    assert dice(t2.mask, gt) > 0.85

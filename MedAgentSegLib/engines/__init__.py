@@ -24,7 +24,7 @@ DEFAULT_ENGINE = "litemedsam-click" if _click_weights_available() else "litemeds
 def engine_names() -> list[str]:
     names = ["litemedsam"]
     if _click_weights_available():
-        names.insert(0, "litemedsam-click")
+        names = ["litemedsam-click", "litemedsam", "litemedsam-click-global"]
     return names + ["sam_vit_b", "sam_vit_l", "sam_vit_h"]
 
 
@@ -34,6 +34,9 @@ _ENGINES: dict[tuple, Engine] = {}
 def create_engine(name: str | None = None, checkpoint: str | Path | None = None, device: str = "auto",
                   reuse: bool = True) -> Engine:
     """Build an engine by name: 'litemedsam-click' (default when shipped), 'litemedsam', 'sam_vit_b|l|h'.
+
+    'litemedsam-click-global' is the click-aware engine without click-local updates (the decoder's answer
+    replaces the whole mask on every click), kept to measure what the local updates add.
 
     checkpoint: for SAM, the path of Meta's checkpoint (required); for LiteMedSAM, an optional full state dict.
     reuse: return the engine already built with the same arguments in this process (sessions re-set their
@@ -54,7 +57,7 @@ def _build(name: str, checkpoint: str | Path | None, device: str) -> Engine:
         from .litemedsam import LiteMedSAMEngine
 
         return LiteMedSAMEngine(checkpoint=checkpoint, device=device)
-    if name == "litemedsam-click":
+    if name in ("litemedsam-click", "litemedsam-click-global"):
         if not _click_weights_available():
             raise EngineError(f"the click-aware weights are missing ({CLICK_WEIGHTS}); "
                               "reinstall MedAgentSeg or use --engine litemedsam")
@@ -62,8 +65,10 @@ def _build(name: str, checkpoint: str | Path | None, device: str) -> Engine:
 
         card = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
         return LiteMedSAMEngine(checkpoint=checkpoint, device=device, decoder_weights=CLICK_WEIGHTS,
-                                decoder_sha256=card.get("sha256"), name="litemedsam-click",
-                                base_first_turn=card.get("first_turn") == "base")
+                                decoder_sha256=card.get("sha256"), name=name,
+                                base_first_turn=card.get("first_turn") == "base",
+                                click_update="global" if name.endswith("-global") else card.get("click_update",
+                                                                                                 "local"))
     if name.startswith("sam_"):
         from .sam import SAMEngine
 

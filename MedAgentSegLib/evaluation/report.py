@@ -150,13 +150,13 @@ def build_report(args: argparse.Namespace) -> int:
 
 
 def _weights_id(engine: Any) -> str:
-    """Which weights produced a result: the engine name plus the click overlay's SHA-256 if it has one."""
+    """Which weights produced a result: the engine name, the click overlay's SHA-256 and its update rule."""
     name = getattr(engine, "name", "?")
-    if name == "litemedsam-click":
+    if name.startswith("litemedsam-click"):
         from ..engines import CLICK_WEIGHTS
 
         card = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
-        return f"{name}:{card.get('sha256', '')[:16]}"
+        return f"{name}:{card.get('sha256', '')[:16]}:{getattr(engine, 'click_update', 'global')}"
     return name
 
 

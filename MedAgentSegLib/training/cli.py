@@ -118,6 +118,8 @@ def write_model_card(out: Path, summary: dict[str, Any], command: str, cache_s: 
     }
     if cfg.get("first_turn") == "base":  # the engine then keeps LiteMedSAM's own modules for the box turn
         card["first_turn"] = "base"
+    # How the engine applies a corrective click (an inference rule, see engines.litemedsam.local_update).
+    card["click_update"] = old.get("click_update", "local")
     if "validation" in old:
         card["validation_previous_weights"] = old["validation"]
     card_path.write_text(json.dumps(card, indent=1) + "\n")

@@ -1,0 +1,123 @@
+"""Click-local updates: a corrective click changes only the region it points at, never the rest of the mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[engine]'")
+pytest.importorskip("scipy")
+
+from MedAgentSegLib.engines.litemedsam import MAX_CLICK_RADIUS, local_update  # noqa: E402
+
+
+def _logits(mask: np.ndarray) -> torch.Tensor:
+    """(256, 256) bool -> (1, 1, 256, 256) logits, +5 inside and -5 outside."""
+    return torch.from_numpy(np.where(mask, 5.0, -5.0).astype(np.float32))[None, None]
+
+
+def _fg(logits: torch.Tensor) -> np.ndarray:
+    return (logits[0, 0] > 0).numpy()
+
+
+def _prev() -> np.ndarray:
+    m = np.zeros((256, 256), bool)
+    m[100:150, 100:150] = True
+    return m
+
+
+def test_positive_click_adds_only_the_component_under_the_click():
+    prev = _prev()
+    new = prev.copy()
+    new[100:150, 150:170] = True   # grows right, where the click is
+    new[10:30, 10:30] = True       # a far blob the click did not ask for
+    new[100:110, 100:150] = False  # and drops a strip of earlier work
+    # An earlier click, then the newest one on the right.
+    out = _fg(local_update(_logits(new), _logits(prev), [(120.0, 120.0), (160.0, 120.0)], [1, 1], 1.0,
+                           (256, 256)))
+    expected = prev.copy()
+    expected[100:150, 150:170] = True
+    assert np.array_equal(out, expected)
+
+
+def test_first_click_after_the_box_takes_the_whole_answer_if_it_obeys_the_click():
+    prev = _prev()
+    new = prev.copy()
+    new[100:150, 150:170] = True
+    new[100:110, 100:150] = False
+    out = _fg(local_update(_logits(new), _logits(prev), [(160.0, 120.0)], [1], 1.0, (256, 256)))
+    assert np.array_equal(out, new)
+    # An answer that ignores the click is not taken whole: only a disk at the click changes.
+    new[100:150, 150:170] = False
+    out = _fg(local_update(_logits(new), _logits(prev), [(155.0, 120.0)], [1], 1.0, (256, 256)))
+    assert out[120, 155] and np.array_equal(out & prev, prev)
+
+
+def test_negative_click_removes_only_the_component_under_the_click():
+    prev = _prev()
+    prev[10:30, 10:30] = True
+    new = prev.copy()
+    new[100:150, 140:150] = False  # the click's strip
+    new[10:30, 10:30] = False      # a second removal, far from the click
+    out = _fg(local_update(_logits(new), _logits(prev), [(120.0, 120.0), (145.0, 120.0)], [1, 0], 1.0,
+                           (256, 256)))
+    expected = prev.copy()
+    expected[100:150, 140:150] = False
+    assert np.array_equal(out, expected)
+
+
+def test_ignored_click_paints_a_disk_up_to_the_previous_edge():
+    prev = _prev()
+    # The decoder answers with the previous mask: the positive click 6 cells right of the edge is ignored.
+    out = _fg(local_update(_logits(prev), _logits(prev), [(120.0, 120.0), (155.0, 125.0)], [1, 1], 1.0,
+                           (256, 256)))
+    assert out[125, 155], "the clicked cell must take the clicked label"
+    added = out & ~prev
+    ys, xs = np.nonzero(added)
+    assert np.all((ys - 125) ** 2 + (xs - 155) ** 2 <= 6 ** 2), "the disk reaches only to the previous edge"
+    assert np.array_equal(out & prev, prev), "a positive click removes nothing"
+    # Far from the mask the disk is capped, so one click cannot flood the image.
+    out = _fg(local_update(_logits(prev), _logits(prev), [(120.0, 120.0), (30.0, 30.0)], [1, 1], 1.0,
+                           (256, 256)))
+    assert (out & ~prev).sum() <= np.pi * MAX_CLICK_RADIUS ** 2 + 4 * MAX_CLICK_RADIUS
+
+
+def test_negative_ignored_click_and_scale_and_padding():
+    prev = _prev()
+    # Image 512 wide and 400 high: the 256 grid holds it at scale 0.5, rows >= 200 are padding.
+    out = _fg(local_update(_logits(prev), _logits(prev), [(240.0, 240.0), (250.0, 250.0)], [1, 0], 0.5,
+                           (200, 256)))
+    assert not out[125, 125]
+    assert not (out & ~prev).any(), "a negative click adds nothing"
+    assert not (out[200:] ^ prev[200:]).any(), "the padding below the image is never touched"
+
+
+def test_engine_local_click_keeps_the_mask_away_from_the_click(lite_engine):
+    """On the real network: after a second corrective click, logits away from it are the previous ones."""
+    from MedAgentSegLib.engines import Prompts
+    from MedAgentSegLib.engines.litemedsam import LiteMedSAMEngine
+
+    engine = LiteMedSAMEngine(device="cpu", click_update="local")
+    img = np.zeros((128, 128, 3), np.uint8)
+    img[30:90, 30:90] = 180
+    img[60:80, 90:110] = 120  # a lobe the box leaves out
+    engine.set_image(img)
+    box = Prompts((28.0, 28.0, 92.0, 92.0))
+    first = engine.predict(Prompts(box.box, [(60.0, 60.0)], [1]))
+    click = Prompts(box.box, [(60.0, 60.0), (100.0, 70.0)], [1, 1])
+    second = engine.predict(click, prev_logits=first.logits)
+    assert second.mask[70, 100], "the clicked pixel must become foreground"
+    assert np.array_equal(second.mask & first.mask, first.mask), "a positive click removes nothing"
+    # Cells that changed form one region that holds the click (at scale 2 on the 256 grid).
+    from scipy import ndimage
+
+    changed = second.logits[0] != first.logits[0]
+    comps, n = ndimage.label(changed, structure=np.ones((3, 3), bool))
+    assert n == 1 and comps[140, 200] == 1
+
+
+def test_click_update_is_checked():
+    from MedAgentSegLib.engines.litemedsam import LiteMedSAMEngine
+
+    with pytest.raises(ValueError, match="click_update"):
+        LiteMedSAMEngine(device="cpu", click_update="everywhere")
