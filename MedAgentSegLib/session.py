@@ -51,6 +51,7 @@ class Turn:
     logits: np.ndarray | None = field(default=None, repr=False)
     used_prev_logits: bool = False
     created: str = ""
+    update: str = "model"  # Prediction.update: how the engine turned its answer into this mask
 
     @property
     def produces_mask(self) -> bool:
@@ -63,7 +64,7 @@ class Turn:
             "mask_rle": rle.encode(self.mask), "area": int(self.mask.sum()),
             "score": None if self.score is None else round(float(self.score), 6),
             "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
-            "used_prev_logits": self.used_prev_logits, "created": self.created,
+            "used_prev_logits": self.used_prev_logits, "created": self.created, "update": self.update,
         }
 
 
@@ -136,7 +137,7 @@ class Session:
         turn = Turn(index=len(self.turns), action=action, source=source, prompts=prompts,
                     prompts_grid=_grid_prompts(prompts, self.height, self.width), mask=pred.mask.astype(bool),
                     score=pred.score, timings={"engine_s": elapsed}, logits=pred.logits,
-                    used_prev_logits=prev is not None,
+                    used_prev_logits=prev is not None, update=getattr(pred, "update", "model"),
                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         self.turns.append(turn)
         return turn

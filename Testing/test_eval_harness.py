@@ -50,6 +50,18 @@ def test_degraded_rate_and_step_alignment():
     assert s["per_label"]["d/x"]["n"] == 3
 
 
+def test_click_update_shares_and_table_line():
+    from MedAgentSegLib.evaluation.harness import format_table, summarize
+
+    a, b = _rec([0.8, 0.85, 0.9]), _rec([0.7, 0.72, 0.75])
+    a["updates"], b["updates"] = ["model", "local"], ["disk", "local"]
+    s = summarize([a, b], "clicks")
+    assert s["click_updates"] == {"disk": 0.25, "local": 0.5, "model": 0.25}
+    table = format_table({"summary": s, "config": {"engine": "e", "protocol": "clicks", "jitter": 0.1, "seed": 0}})
+    assert "clicks applied as: disk 25%, local 50%, model 25%" in table
+    assert summarize([_rec([0.8, 0.9])], "clicks")["click_updates"] == {}
+
+
 def test_noc_from_ious():
     from MedAgentSegLib.evaluation.protocols import noc_from_ious
 

@@ -16,7 +16,10 @@ def _logits(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.where(mask, 5.0, -5.0).astype(np.float32))[None, None]
 
 
-def _fg(logits: torch.Tensor) -> np.ndarray:
+def _fg(result: tuple[torch.Tensor, str], kind: str) -> np.ndarray:
+    """Foreground of local_update's logits, after checking which rule it says it applied."""
+    logits, applied = result
+    assert applied == kind
     return (logits[0, 0] > 0).numpy()
 
 
@@ -34,7 +37,7 @@ def test_positive_click_adds_only_the_component_under_the_click():
     new[100:110, 100:150] = False  # and drops a strip of earlier work
     # An earlier click, then the newest one on the right.
     out = _fg(local_update(_logits(new), _logits(prev), [(120.0, 120.0), (160.0, 120.0)], [1, 1], 1.0,
-                           (256, 256)))
+                           (256, 256)), "local")
     expected = prev.copy()
     expected[100:150, 150:170] = True
     assert np.array_equal(out, expected)
@@ -45,11 +48,11 @@ def test_first_click_after_the_box_takes_the_whole_answer_if_it_obeys_the_click(
     new = prev.copy()
     new[100:150, 150:170] = True
     new[100:110, 100:150] = False
-    out = _fg(local_update(_logits(new), _logits(prev), [(160.0, 120.0)], [1], 1.0, (256, 256)))
+    out = _fg(local_update(_logits(new), _logits(prev), [(160.0, 120.0)], [1], 1.0, (256, 256)), "model")
     assert np.array_equal(out, new)
     # An answer that ignores the click is not taken whole: only a disk at the click changes.
     new[100:150, 150:170] = False
-    out = _fg(local_update(_logits(new), _logits(prev), [(155.0, 120.0)], [1], 1.0, (256, 256)))
+    out = _fg(local_update(_logits(new), _logits(prev), [(155.0, 120.0)], [1], 1.0, (256, 256)), "disk")
     assert out[120, 155] and np.array_equal(out & prev, prev)
 
 
@@ -60,7 +63,7 @@ def test_negative_click_removes_only_the_component_under_the_click():
     new[100:150, 140:150] = False  # the click's strip
     new[10:30, 10:30] = False      # a second removal, far from the click
     out = _fg(local_update(_logits(new), _logits(prev), [(120.0, 120.0), (145.0, 120.0)], [1, 0], 1.0,
-                           (256, 256)))
+                           (256, 256)), "local")
     expected = prev.copy()
     expected[100:150, 140:150] = False
     assert np.array_equal(out, expected)
@@ -70,7 +73,7 @@ def test_ignored_click_paints_a_disk_up_to_the_previous_edge():
     prev = _prev()
     # The decoder answers with the previous mask: the positive click 6 cells right of the edge is ignored.
     out = _fg(local_update(_logits(prev), _logits(prev), [(120.0, 120.0), (155.0, 125.0)], [1, 1], 1.0,
-                           (256, 256)))
+                           (256, 256)), "disk")
     assert out[125, 155], "the clicked cell must take the clicked label"
     added = out & ~prev
     ys, xs = np.nonzero(added)
@@ -78,7 +81,7 @@ def test_ignored_click_paints_a_disk_up_to_the_previous_edge():
     assert np.array_equal(out & prev, prev), "a positive click removes nothing"
     # Far from the mask the disk is capped, so one click cannot flood the image.
     out = _fg(local_update(_logits(prev), _logits(prev), [(120.0, 120.0), (30.0, 30.0)], [1, 1], 1.0,
-                           (256, 256)))
+                           (256, 256)), "disk")
     assert (out & ~prev).sum() <= np.pi * MAX_CLICK_RADIUS ** 2 + 4 * MAX_CLICK_RADIUS
 
 
@@ -86,7 +89,7 @@ def test_negative_ignored_click_and_scale_and_padding():
     prev = _prev()
     # Image 512 wide and 400 high: the 256 grid holds it at scale 0.5, rows >= 200 are padding.
     out = _fg(local_update(_logits(prev), _logits(prev), [(240.0, 240.0), (250.0, 250.0)], [1, 0], 0.5,
-                           (200, 256)))
+                           (200, 256)), "disk")
     assert not out[125, 125]
     assert not (out & ~prev).any(), "a negative click adds nothing"
     assert not (out[200:] ^ prev[200:]).any(), "the padding below the image is never touched"
@@ -107,6 +110,7 @@ def test_engine_local_click_keeps_the_mask_away_from_the_click(lite_engine):
     click = Prompts(box.box, [(60.0, 60.0), (100.0, 70.0)], [1, 1])
     second = engine.predict(click, prev_logits=first.logits)
     assert second.mask[70, 100], "the clicked pixel must become foreground"
+    assert second.update in ("local", "disk")
     assert np.array_equal(second.mask & first.mask, first.mask), "a positive click removes nothing"
     # Cells that changed form one region that holds the click (at scale 2 on the 256 grid).
     from scipy import ndimage

@@ -429,6 +429,31 @@ def test_bad_input_says_what_to_do_and_writes_nothing(ctx, lite_engine):
     assert np.array_equal(segment_array(ctx["seg"], run.segment_id, ctx["shape"])[ctx["k"]], run.session.mask)
 
 
+def test_a_click_the_model_ignored_is_reported_in_the_chat_and_the_turn_tag(ctx, lite_engine):
+    import dataclasses
+
+    class IgnoresClicks:  # the real engine, with every corrective turn marked as a painted disk
+        def __init__(self, inner):
+            self.inner, self.name, self.device = inner, "ignores-clicks", "cpu"
+
+        def set_image(self, image):
+            self.inner.set_image(image)
+
+        def predict(self, prompts, prev_logits=None):
+            pred = self.inner.predict(prompts, prev_logits)
+            return dataclasses.replace(pred, update="disk") if prev_logits is not None else pred
+
+    ctx["logic"].engine_factory = lambda name: IgnoresClicks(lite_engine)
+    run = start(ctx, engine="ignores-clicks")
+    ctx["logic"].run_agent(2)  # the box, then one click
+    ctx["logic"].wait()
+    assert not errors(ctx), errors(ctx)
+    assert len(run.records) == 2
+    told = [m.text for m in ctx["messages"] if "the model ignored this click" in m.text]
+    assert len(told) == 1 and told[0].startswith("Turn 2"), told
+    assert run.records[-1].record["update"] == "disk" and run.records[0].record["update"] == "model"
+
+
 def test_trajectory_json_is_written_next_to_the_saved_scene(ctx, tmp_path):
     logic, scene = ctx["logic"], ctx["scene"]
     run = start(ctx)

@@ -497,6 +497,8 @@ class AgentSegLogic:
             self._writing = False
         extra = f"; the Segment Editor's mask kept {rec.record['masked_voxels']} voxel(s) unchanged" \
             if rec.record["masked_voxels"] else ""
+        if turn.update == "disk":  # tell the user the model did not follow the click
+            extra += "; the model ignored this click, so only a small disk around it was changed"
         score = "n/a" if turn.score is None else f"{turn.score:.2f}"
         who = "You" if turn.source == "user" else "Agent"
         self._say("agent", f"Turn {number} ({who}): {describe_action(turn.action)} - score {score}, "
@@ -508,7 +510,7 @@ class AgentSegLogic:
         return {"turn": number, "session_index": turn.index, "source": turn.source, "action": turn.action,
                 "score": None if turn.score is None else round(float(turn.score), 4),
                 "timings": {k: round(float(v), 4) for k, v in turn.timings.items()},
-                "area_px": int(turn.mask.sum()), "created": turn.created}
+                "area_px": int(turn.mask.sum()), "update": turn.update, "created": turn.created}
 
     def _set_tags(self, run: TargetRun) -> None:
         segment = run.segment()

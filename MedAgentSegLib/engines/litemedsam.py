@@ -227,13 +227,15 @@ class LiteMedSAMEngine(Engine):
             best = int(torch.argmax(iou[0])) if multimask else 0
             low_res = low_res[:, best:best + 1]
             score = float(iou[0, best])
+            update = "model"
             if mask_in is not None and prompts.points and self.click_update == "local":
-                low_res = local_update(low_res, mask_in, prompts.points, prompts.labels, scale, (new_h, new_w))
+                low_res, update = local_update(low_res, mask_in, prompts.points, prompts.labels, scale,
+                                               (new_h, new_w))
             full = F.interpolate(low_res[..., :new_h, :new_w], size=(h, w), mode="bilinear", align_corners=False)
         mask = (full[0, 0] > 0).cpu().numpy()
         logits = low_res[0].float().cpu().numpy().astype(np.float32)
         self.last_timings = {"decode_s": time.perf_counter() - t0}
-        return Prediction(mask=mask, logits=logits, score=score)
+        return Prediction(mask=mask, logits=logits, score=score, update=update)
 
 
 # Largest disk, in 256-grid cells, painted when the decoder ignores a click (about 4% of the image side).
@@ -243,6 +245,7 @@ FORCED_LOGIT = 8.0
 
 def local_update(new, prev, points, labels, scale: float, valid_hw: tuple[int, int]):
     """Apply only the change that the newest click asked for; keep the previous logits everywhere else.
+    Returns (logits, "model" | "local" | "disk"), the second saying which rule below applied.
 
     new, prev: (1, 1, 256, 256) logit tensors; points: [(x, y)] image pixels, newest last; labels: 1/0 each.
     - The decoder gave the clicked cell the clicked label:
@@ -265,13 +268,13 @@ def local_update(new, prev, points, labels, scale: float, valid_hw: tuple[int, i
     label = labels[-1]
     if new_fg[r, c] == bool(label):
         if len(points) == 1:  # the first corrective click: the whole answer
-            return new
+            return new, "model"
         changed = (new_fg & ~prev_fg) if label == 1 else (prev_fg & ~new_fg)
         comps, _ = ndimage.label(changed, structure=np.ones((3, 3), bool))
         keep = comps == comps[r, c] if comps[r, c] > 0 else np.zeros_like(changed)
         region = torch.zeros(new.shape[-2:], dtype=torch.bool, device=new.device)
         region[:h, :w] = torch.from_numpy(keep).to(new.device)
-        return torch.where(region, new, prev)
+        return torch.where(region, new, prev), "local"
     # The decoder ignored the click: paint a disk that reaches the previous mask's edge.
     side = prev_fg if label == 0 else ~prev_fg
     radius = min(MAX_CLICK_RADIUS, float(ndimage.distance_transform_edt(side)[r, c]))
@@ -280,4 +283,5 @@ def local_update(new, prev, points, labels, scale: float, valid_hw: tuple[int, i
     disk[h:, :] = False
     disk[:, w:] = False
     forced = torch.full_like(prev, FORCED_LOGIT if label == 1 else -FORCED_LOGIT)
-    return torch.where(disk, torch.maximum(prev, forced) if label == 1 else torch.minimum(prev, forced), prev)
+    return torch.where(disk, torch.maximum(prev, forced) if label == 1 else torch.minimum(prev, forced),
+                       prev), "disk"

@@ -86,6 +86,9 @@ def summarize(cases: list[dict[str, Any]], protocol: str) -> dict[str, Any]:
     out["noc90"] = _mean([c["noc90"] for c in nocs])
     out["fail90"] = sum(1 for c in nocs if not c["reached90"]) if nocs else None
     out["turns_mean"] = _mean([c["turns"] for c in ok])
+    # How the engine applied the clicks (engines.base.Prediction.update): shares over all click turns.
+    kinds = [u for c in ok for u in c.get("updates", [])]
+    out["click_updates"] = {k: round(kinds.count(k) / len(kinds), 4) for k in sorted(set(kinds))} if kinds else {}
     out["degraded_rate"] = round(sum(1 for c in ok if c["dice_by_step"][-1] < c["dice_by_step"][0] - DEGRADE_TOL)
                                  / len(ok), 4)
     per: dict[str, list[dict[str, Any]]] = {}
@@ -252,6 +255,11 @@ def format_table(result: dict[str, Any], steps: tuple[int, ...] = (0, 1, 3, 5)) 
         line += f(s.get("dice_final"), 8) + f(s.get("noc85"), 7, 2) + f(s.get("noc90"), 7, 2)
         line += f"{('-' if s.get('fail90') is None else s['fail90']):>7}" + f(s.get("degraded_rate"), 7, 2)
         lines.append(line)
+    shares = summ.get("click_updates")
+    if shares and set(shares) != {"model"}:
+        lines.append("clicks applied as: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
+                     + " (model = the network's whole answer, local = its change at the click, "
+                       "disk = it ignored the click)")
     if result.get("skipped"):
         lines.append(f"skipped: {len(result['skipped'])} (see 'skipped' in the JSON)")
     return "\n".join(lines)

@@ -47,7 +47,8 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
 
     image: (H, W, 3) uint8 engine input; gt: (H, W) bool reference (non-empty). seed: the instance seed.
     Returns {"dice_by_step", "iou_by_step" (lists, step 0 = box), "turns" (mask-producing turns),
-    "box" (x1, y1, x2, y2 pixels), "clicks" [[x, y, positive]], "noc85", "noc90", "reached90"} where the
+    "box" (x1, y1, x2, y2 pixels), "clicks" [[x, y, positive]], "updates" (Prediction.update of each turn
+    after the box), "noc85", "noc90", "reached90"} where the
     NoC fields are None unless protocol == "noc".
     """
     from ..metrics import dice, iou
@@ -91,6 +92,7 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
                 dices.append(dice(turn.mask, gt))
                 ious.append(iou(turn.mask, gt))
     out["turns"] = session.mask_turns
+    out["updates"] = [t.update for t in session.turns if t.produces_mask][1:]
     out["clicks"] = [[round(float(p[0]), 1), round(float(p[1]), 1), int(lab)]
                      for p, lab in zip(session.prompts.points, session.prompts.labels)]
     if protocol == "noc":
