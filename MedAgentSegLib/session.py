@@ -137,7 +137,7 @@ class Session:
         turn = Turn(index=len(self.turns), action=action, source=source, prompts=prompts,
                     prompts_grid=_grid_prompts(prompts, self.height, self.width), mask=pred.mask.astype(bool),
                     score=pred.score, timings={"engine_s": elapsed}, logits=pred.logits,
-                    used_prev_logits=prev is not None, update=getattr(pred, "update", "model"),
+                    used_prev_logits=prev is not None, update=pred.update,
                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         self.turns.append(turn)
         return turn

@@ -16,9 +16,10 @@ def _logits(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.where(mask, 5.0, -5.0).astype(np.float32))[None, None]
 
 
-def _fg(result: tuple[torch.Tensor, str], kind: str) -> np.ndarray:
-    """Foreground of local_update's logits, after checking which rule it says it applied."""
-    logits, applied = result
+def _apply(new: np.ndarray, prev: np.ndarray, points, labels, kind: str, scale: float = 1.0,
+           valid_hw: tuple[int, int] = (256, 256)) -> np.ndarray:
+    """local_update on two masks; checks which rule it says it applied and returns the resulting foreground."""
+    logits, applied = local_update(_logits(new), _logits(prev), points, labels, scale, valid_hw)
     assert applied == kind
     return (logits[0, 0] > 0).numpy()
 
@@ -36,8 +37,7 @@ def test_positive_click_adds_only_the_component_under_the_click():
     new[10:30, 10:30] = True       # a far blob the click did not ask for
     new[100:110, 100:150] = False  # and drops a strip of earlier work
     # An earlier click, then the newest one on the right.
-    out = _fg(local_update(_logits(new), _logits(prev), [(120.0, 120.0), (160.0, 120.0)], [1, 1], 1.0,
-                           (256, 256)), "local")
+    out = _apply(new, prev, [(120.0, 120.0), (160.0, 120.0)], [1, 1], "local")
     expected = prev.copy()
     expected[100:150, 150:170] = True
     assert np.array_equal(out, expected)
@@ -48,11 +48,11 @@ def test_first_click_after_the_box_takes_the_whole_answer_if_it_obeys_the_click(
     new = prev.copy()
     new[100:150, 150:170] = True
     new[100:110, 100:150] = False
-    out = _fg(local_update(_logits(new), _logits(prev), [(160.0, 120.0)], [1], 1.0, (256, 256)), "model")
+    out = _apply(new, prev, [(160.0, 120.0)], [1], "model")
     assert np.array_equal(out, new)
     # An answer that ignores the click is not taken whole: only a disk at the click changes.
     new[100:150, 150:170] = False
-    out = _fg(local_update(_logits(new), _logits(prev), [(155.0, 120.0)], [1], 1.0, (256, 256)), "disk")
+    out = _apply(new, prev, [(155.0, 120.0)], [1], "disk")
     assert out[120, 155] and np.array_equal(out & prev, prev)
 
 
@@ -62,8 +62,7 @@ def test_negative_click_removes_only_the_component_under_the_click():
     new = prev.copy()
     new[100:150, 140:150] = False  # the click's strip
     new[10:30, 10:30] = False      # a second removal, far from the click
-    out = _fg(local_update(_logits(new), _logits(prev), [(120.0, 120.0), (145.0, 120.0)], [1, 0], 1.0,
-                           (256, 256)), "local")
+    out = _apply(new, prev, [(120.0, 120.0), (145.0, 120.0)], [1, 0], "local")
     expected = prev.copy()
     expected[100:150, 140:150] = False
     assert np.array_equal(out, expected)
@@ -72,24 +71,21 @@ def test_negative_click_removes_only_the_component_under_the_click():
 def test_ignored_click_paints_a_disk_up_to_the_previous_edge():
     prev = _prev()
     # The decoder answers with the previous mask: the positive click 6 cells right of the edge is ignored.
-    out = _fg(local_update(_logits(prev), _logits(prev), [(120.0, 120.0), (155.0, 125.0)], [1, 1], 1.0,
-                           (256, 256)), "disk")
+    out = _apply(prev, prev, [(120.0, 120.0), (155.0, 125.0)], [1, 1], "disk")
     assert out[125, 155], "the clicked cell must take the clicked label"
     added = out & ~prev
     ys, xs = np.nonzero(added)
     assert np.all((ys - 125) ** 2 + (xs - 155) ** 2 <= 6 ** 2), "the disk reaches only to the previous edge"
     assert np.array_equal(out & prev, prev), "a positive click removes nothing"
     # Far from the mask the disk is capped, so one click cannot flood the image.
-    out = _fg(local_update(_logits(prev), _logits(prev), [(120.0, 120.0), (30.0, 30.0)], [1, 1], 1.0,
-                           (256, 256)), "disk")
+    out = _apply(prev, prev, [(120.0, 120.0), (30.0, 30.0)], [1, 1], "disk")
     assert (out & ~prev).sum() <= np.pi * MAX_CLICK_RADIUS ** 2 + 4 * MAX_CLICK_RADIUS
 
 
 def test_negative_ignored_click_and_scale_and_padding():
     prev = _prev()
     # Image 512 wide and 400 high: the 256 grid holds it at scale 0.5, rows >= 200 are padding.
-    out = _fg(local_update(_logits(prev), _logits(prev), [(240.0, 240.0), (250.0, 250.0)], [1, 0], 0.5,
-                           (200, 256)), "disk")
+    out = _apply(prev, prev, [(240.0, 240.0), (250.0, 250.0)], [1, 0], "disk", scale=0.5, valid_hw=(200, 256))
     assert not out[125, 125]
     assert not (out & ~prev).any(), "a negative click adds nothing"
     assert not (out[200:] ^ prev[200:]).any(), "the padding below the image is never touched"

@@ -22,10 +22,10 @@ DEFAULT_ENGINE = "litemedsam-click" if _click_weights_available() else "litemeds
 
 
 def engine_names() -> list[str]:
-    names = ["litemedsam"]
+    names = ["litemedsam", "litemedsam-local", "sam_vit_b", "sam_vit_l", "sam_vit_h"]
     if _click_weights_available():
-        names = ["litemedsam-click", "litemedsam", "litemedsam-click-global"]
-    return names + ["litemedsam-local", "sam_vit_b", "sam_vit_l", "sam_vit_h"]
+        names = ["litemedsam-click"] + names + ["litemedsam-click-global"]
+    return names
 
 
 _ENGINES: dict[tuple, Engine] = {}

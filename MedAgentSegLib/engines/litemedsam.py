@@ -282,6 +282,5 @@ def local_update(new, prev, points, labels, scale: float, valid_hw: tuple[int, i
     disk = torch.from_numpy((yy - r) ** 2 + (xx - c) ** 2 <= max(radius, 1.0) ** 2).to(new.device)
     disk[h:, :] = False
     disk[:, w:] = False
-    forced = torch.full_like(prev, FORCED_LOGIT if label == 1 else -FORCED_LOGIT)
-    return torch.where(disk, torch.maximum(prev, forced) if label == 1 else torch.minimum(prev, forced),
-                       prev), "disk"
+    painted = prev.clamp(min=FORCED_LOGIT) if label == 1 else prev.clamp(max=-FORCED_LOGIT)
+    return torch.where(disk, painted, prev), "disk"
