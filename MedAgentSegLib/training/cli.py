@@ -44,6 +44,11 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="base: the box turn stays LiteMedSAM's own, only corrective turns are trained")
     p.add_argument("--teacher-weight", type=float, default=d.teacher_weight,
                    help="with --first-turn trained: distillation of the box turn towards the original")
+    p.add_argument("--click-update", choices=("global", "local"), default=d.click_update,
+                   help="simulate sessions with the engine's click rule: local = only the change at the newest click "
+                        "is fed to the next step")
+    p.add_argument("--click-weight", type=float, default=d.click_weight,
+                   help="weight of an extra loss at the newest click's cell (0 = none)")
     p.add_argument("--neighbours", type=int, default=1,
                    help="3D data: also train on this many slices either side of a label's largest slice")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -76,6 +81,7 @@ def run_train(args: argparse.Namespace) -> int:
     cache_s = time.perf_counter() - t0
     cfg = TrainConfig(steps=args.steps, batch=args.batch, clicks=args.clicks, lr=args.lr, max_jitter=args.max_jitter,
                       teacher_weight=args.teacher_weight, first_turn=args.first_turn, seed=args.seed,
+                      click_update=args.click_update, click_weight=args.click_weight,
                       threads=args.threads, time_budget_s=args.time_budget, datasets=datasets)
     summary = train(args.cache, args.out, cfg)
     command = "medagentseg train-engine " + " ".join(shlex.quote(a) for a in sys.argv[2:])

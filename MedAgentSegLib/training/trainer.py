@@ -10,8 +10,12 @@ batch of targets, exactly as `LiteMedSAMEngine.predict` runs it at inference:
   transform maximum or a point sampled in its interior), the whole prompt set re-sent (box + all clicks), the
   previous step's 256x256 low-res logits fed back as `masks=` (detached), single-mask output.
 
-The loss (BCE + soft Dice on the 256x256 logits, plus MSE of the IoU head against the real IoU) is taken at
-every trained step and averaged.
+The loss (BCE + soft Dice on the 256x256 logits, plus MSE of the IoU head against the real IoU, plus
+`click_weight` x BCE at the newest click's cell) is taken at every trained step and averaged.
+
+click_update="local" simulates sessions as the engine runs them with its local rule
+(`engines.litemedsam.local_update`): the mask fed to the next step is the previous one with only the change at
+the newest click applied, or a disk where the decoder ignored it. The loss stays on the decoder's raw answer.
 
 first_turn="base" (the shipped recipe): step 0 is LiteMedSAM's own, frozen prompt encoder + mask decoder, as
 the engine runs it with `base_first_turn`; only the corrective steps are trained. Box-only quality is then the
@@ -53,6 +57,8 @@ class TrainConfig:
     datasets: tuple[str, ...] = ("kvasir-seg", "btcv-slices", "acdc")
     log_every: int = 10
     first_turn: str = "base"  # "base": step 0 by the frozen original modules; "trained": step 0 trained too
+    click_update: str = "global"  # how a step's answer becomes the next step's mask input, as the engine's rule
+    click_weight: float = 0.0  # extra BCE at the newest click's cell: the decoder must not ignore a click
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -177,14 +183,28 @@ def _loss(logits, iou_pred, gt, teacher=None, cfg: TrainConfig | None = None):
     return loss, dice
 
 
+def _click_loss(logits, coords, labels):
+    """Mean BCE of the logit at each sample's newest click against its label (coords in the 256 frame)."""
+    import torch
+    import torch.nn.functional as F
+
+    size = logits.shape[-1]
+    cells = [logits[b, 0, min(size - 1, int(pts[-1][1])), min(size - 1, int(pts[-1][0]))]
+             for b, pts in enumerate(coords)]
+    target = torch.tensor([float(lab[-1]) for lab in labels], dtype=logits.dtype)
+    return F.binary_cross_entropy_with_logits(torch.stack(cells), target)
+
+
 def train(cache_root: str | Path, out: str | Path, cfg: TrainConfig, log: Any = print) -> dict[str, Any]:
     """Fine-tune and write the overlay to `out` (.pt); returns a summary (loss curve, timings, counts)."""
     import copy
 
     import torch
 
-    from ..engines.litemedsam import LiteMedSAMEngine
+    from ..engines.litemedsam import LiteMedSAMEngine, local_update
 
+    if cfg.click_update not in ("global", "local"):
+        raise ValueError(f"click_update must be 'global' or 'local', got {cfg.click_update!r}")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
@@ -259,6 +279,13 @@ def train(cache_root: str | Path, out: str | Path, cfg: TrainConfig, log: Any = 
                 logits, iou_pred = md(image_embeddings=emb, image_pe=dense_pe, sparse_prompt_embeddings=sparse,
                                       dense_prompt_embeddings=dense, multimask_output=False)
                 loss, dice = _loss(logits, iou_pred, gt, teacher, cfg)
+                if t > 0 and cfg.click_weight > 0:
+                    loss = loss + cfg.click_weight * _click_loss(logits, coords, labels)
+                if t > 0 and cfg.click_update == "local":
+                    composed = [local_update(logits[b:b + 1].detach(), prev[b:b + 1], coords[b], labels[b], 1.0,
+                                             batch[b].valid_hw)[0] for b in range(len(batch))]
+                    logits = torch.cat(composed)
+                    dice = _hard_scores(logits, gt)[1]
                 (loss / n_trained).backward()
                 total += float(loss.detach()) / n_trained
             if t == 0:
