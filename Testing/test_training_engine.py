@@ -175,3 +175,14 @@ def test_tiny_training_run_reduces_loss(tmp_path, rule, click_weight, clicks):
 
     state = torch.load(tmp_path / "w.pt", weights_only=True)
     assert state and all(k.startswith(("prompt_encoder.", "mask_decoder.")) for k in state)
+
+
+def test_engines_name_the_overlay_they_run(engines):
+    from MedAgentSegLib.engines import CLICK_WEIGHTS
+    from MedAgentSegLib.evaluation.report import _weights_id
+
+    orig, click = engines
+    card = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
+    assert orig.overlay_sha256 is None and _weights_id(orig) == "litemedsam"
+    assert click.overlay_sha256 == card["sha256"]
+    assert _weights_id(click) == f"litemedsam-click:{card['sha256'][:16]}:local"  # what report --reuse compares

@@ -14,8 +14,9 @@ __all__ = ["Engine", "EngineError", "Prediction", "Prompts", "resolve_device", "
 CLICK_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "litemedsam_click.pt"
 
 
-def _click_weights_available() -> bool:
-    return CLICK_WEIGHTS.is_file() and CLICK_WEIGHTS.with_suffix(".json").is_file()
+def _click_weights_available(weights: Path = CLICK_WEIGHTS) -> bool:
+    """The overlay and its model card (.json beside it) are both there."""
+    return weights.is_file() and weights.with_suffix(".json").is_file()
 
 
 DEFAULT_ENGINE = "litemedsam-click" if _click_weights_available() else "litemedsam"
@@ -76,12 +77,11 @@ def _build(name: str, checkpoint: str | Path | None, device: str, click_weights:
         return LiteMedSAMEngine(checkpoint=checkpoint, device=device, name=name, click_update="local")
     if name in ("litemedsam-click", "litemedsam-click-global"):
         weights = CLICK_WEIGHTS if click_weights is None else Path(click_weights)
-        if click_weights is None and not _click_weights_available():
-            raise EngineError(f"the click-aware weights are missing ({CLICK_WEIGHTS}); "
-                              "reinstall MedAgentSeg or use --engine litemedsam")
-        if not (weights.is_file() and weights.with_suffix(".json").is_file()):
-            raise EngineError(f"{weights} or its model card {weights.with_suffix('.json').name} is missing; "
-                              "give the .pt that `medagentseg train-engine --out` wrote (it writes the card beside it)")
+        if not _click_weights_available(weights):
+            fix = ("reinstall MedAgentSeg or use --engine litemedsam" if click_weights is None else
+                   "give the .pt that `medagentseg train-engine --out` wrote (it writes the card beside it)")
+            raise EngineError(f"the click-aware weights {weights} or their model card "
+                              f"{weights.with_suffix('.json').name} are missing; {fix}")
         from .litemedsam import LiteMedSAMEngine
 
         card = json.loads(weights.with_suffix(".json").read_text())

