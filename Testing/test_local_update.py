@@ -17,9 +17,10 @@ def _logits(mask: np.ndarray) -> torch.Tensor:
 
 
 def _apply(new: np.ndarray, prev: np.ndarray, points, labels, kind: str, scale: float = 1.0,
-           valid_hw: tuple[int, int] = (256, 256)) -> np.ndarray:
+           valid_hw: tuple[int, int] = (256, 256), image_grid: np.ndarray | None = None) -> np.ndarray:
     """local_update on two masks; checks which rule it says it applied and returns the resulting foreground."""
-    logits, applied = local_update(_logits(new), _logits(prev), points, labels, scale, valid_hw)
+    logits, applied = local_update(_logits(new), _logits(prev), points, labels, scale, valid_hw,
+                                   image_grid=image_grid)
     assert applied == kind
     return (logits[0, 0] > 0).numpy()
 
@@ -54,6 +55,63 @@ def test_first_click_after_the_box_takes_the_whole_answer_if_it_obeys_the_click(
     new[100:150, 150:170] = False
     out = _apply(new, prev, [(155.0, 120.0)], [1], "disk")
     assert out[120, 155] and np.array_equal(out & prev, prev)
+
+
+def _organ_with_lesion(noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """(3, 256, 256) smoothed grid over _prev()'s square: an organ at 0.70 with a darker lesion at 0.57 inside
+    it (liver ~178, tumour ~145 of 255 in the LiTS slice), background 0.2; optional Gaussian noise."""
+    from MedAgentSegLib.engines.click_region import smooth_grid
+
+    g = np.full((256, 256), 0.2, np.float32)
+    g[100:150, 100:150] = 0.70
+    g[118:134, 128:144] = 0.57  # the lesion
+    g = g + np.random.default_rng(seed).normal(0, noise, g.shape).astype(np.float32)
+    return smooth_grid(np.repeat(g[None], 3, axis=0))
+
+
+def test_negative_first_click_removes_only_the_clicked_tissue():
+    """The LiTS failure: a click on a lesion inside the organ, and the decoder drops the whole organ."""
+    from MedAgentSegLib.engines.click_region import GROW
+
+    prev = _prev()
+    new = np.zeros_like(prev)
+    new[100:150, 150:160] = True  # it also grows the mask on the right: additions are taken as it says
+    grid = _organ_with_lesion()
+    out = _apply(new, prev, [(136.0, 126.0)], [0], "model", image_grid=grid)
+    assert not out[118:134, 128:144].any(), "the clicked lesion is removed"
+    near = np.zeros_like(prev)
+    near[118 - GROW - 1:134 + GROW + 1, 128 - GROW - 1:144 + GROW + 1] = True
+    assert out[prev & ~near].all(), "the organ around it stays"
+    assert out[100:150, 150:160].all() and not out[:, 160:].any()
+    # Without the image the whole answer is taken, as the trainer simulates it.
+    assert np.array_equal(_apply(new, prev, [(136.0, 126.0)], [0], "model"), new)
+
+
+def test_negative_later_click_removes_its_component_only_in_the_clicked_tissue():
+    prev = _prev()
+    new = prev.copy()
+    new[110:150, 110:150] = False  # one connected removal: the lesion and most of the organ with it
+    grid = _organ_with_lesion()
+    out = _apply(new, prev, [(120.0, 105.0), (136.0, 126.0)], [1, 0], "local", image_grid=grid)
+    assert not out[118:134, 128:144].any() and out[140:150, 110:150].all() and out[110:116, 110:125].all()
+    assert np.array_equal(_apply(new, prev, [(120.0, 105.0), (136.0, 126.0)], [1, 0], "local"),
+                          new), "without the image the whole component goes"
+    # A negative click outside the mask points at no tissue in it: nothing is removed, also not elsewhere.
+    out = _apply(new, prev, [(120.0, 105.0), (30.0, 30.0)], [1, 0], "disk", image_grid=grid)
+    assert np.array_equal(out, prev)
+
+
+def test_like_click_separates_a_darker_lesion_under_ct_like_noise():
+    """Noise std 0.06 (15 of 255, as in the LiTS slice): smoothing keeps organ and lesion apart."""
+    from MedAgentSegLib.engines.click_region import clicked_tissue, like_click
+
+    grid = _organ_with_lesion(noise=0.06)
+    like = like_click(grid, 110, 110)
+    assert like[102:116, 106:148].mean() > 0.95, "the organ around the click looks like it"
+    assert like[120:132, 130:142].mean() < 0.05, "the lesion does not"
+    tissue = clicked_tissue(grid, 126, 136, _prev(), grow=0)
+    assert tissue[120:132, 130:142].mean() > 0.9 and tissue[100:112, 100:150].mean() < 0.05
+    assert not clicked_tissue(grid, 20, 20, _prev()).any(), "a click outside the mask points at nothing in it"
 
 
 def test_negative_click_removes_only_the_component_under_the_click():
@@ -114,6 +172,36 @@ def test_engine_local_click_keeps_the_mask_away_from_the_click(lite_engine):
     changed = second.logits[0] != first.logits[0]
     comps, n = ndimage.label(changed, structure=np.ones((3, 3), bool))
     assert n == 1 and comps[140, 200] == 1
+
+
+def test_engine_gives_the_image_to_negative_clicks_only(lite_engine, monkeypatch):
+    """The engine hands local_update the smoothed image on the decoder grid for negative clicks only."""
+    import MedAgentSegLib.engines.litemedsam as lite
+    from MedAgentSegLib.engines import Prompts
+
+    grids = []
+
+    def spy(new, prev, points, labels, scale, valid_hw, image_grid=None):
+        grids.append(image_grid)
+        return new, "model"
+
+    monkeypatch.setattr(lite, "local_update", spy)
+    engine = lite.LiteMedSAMEngine(device="cpu", click_update="local")
+    img = np.zeros((64, 128, 3), np.uint8)
+    img[20:40, 30:90] = 200
+    engine.set_image(img)
+    box = (28.0, 18.0, 92.0, 42.0)
+    first = engine.predict(Prompts(box))
+    engine.predict(Prompts(box, [(40.0, 30.0)], [0]), prev_logits=first.logits)
+    engine.predict(Prompts(box, [(40.0, 30.0)], [1]), prev_logits=first.logits)
+    engine.predict(Prompts(box, [(40.0, 30.0), (60.0, 30.0)], [1, 0]), prev_logits=first.logits)
+    engine.predict(Prompts(box, [(40.0, 30.0), (60.0, 30.0)], [0, 1]), prev_logits=first.logits)
+    assert grids[1] is None and grids[3] is None
+    assert np.array_equal(grids[0], grids[2])
+    grid = grids[0]
+    assert grid.shape == (3, 256, 256)
+    # Scale 2: the bright bar covers rows 40..80 and columns 60..180 of the grid; the rest is dark or padding.
+    assert grid[:, 60, 120].min() > 0.9 and grid[:, 10, 10].max() < 0.1 and grid[:, 200, 120].max() == 0
 
 
 def test_click_update_is_checked():

@@ -185,4 +185,11 @@ def test_engines_name_the_overlay_they_run(engines):
     card = json.loads(CLICK_WEIGHTS.with_suffix(".json").read_text())
     assert orig.overlay_sha256 is None and _weights_id(orig) == "litemedsam"
     assert click.overlay_sha256 == card["sha256"]
-    assert _weights_id(click) == f"litemedsam-click:{card['sha256'][:16]}:local"  # what report --reuse compares
+    # What report --reuse compares: a new overlay or a new version of the click rule gives a new id.
+    from MedAgentSegLib.engines.litemedsam import LOCAL_RULE_VERSION
+
+    assert _weights_id(click) == f"litemedsam-click:{card['sha256'][:16]}:local-v{LOCAL_RULE_VERSION}"
+    from types import SimpleNamespace
+
+    local = SimpleNamespace(name="litemedsam-local", overlay_sha256=None, click_update="local")
+    assert _weights_id(local) == f"litemedsam-local:local-v{LOCAL_RULE_VERSION}"

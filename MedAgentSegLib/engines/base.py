@@ -70,8 +70,9 @@ class Prompts:
 class Prediction:
     """mask: (H, W) bool on the image grid. logits: (1, 256, 256) float32 low-res logits, to feed back.
     score: the engine's own quality estimate (predicted IoU), 0..1.
-    update: how the mask came from the network: "model" (its whole answer), "local" (only the part of its
-    change connected to the newest click), "disk" (it ignored the click; a disk at the click was painted)."""
+    update: how the mask came from the network: "model" (its whole answer; after a negative click, what it
+    removed outside the clicked tissue stays), "local" (only the part of its change connected to the newest
+    click), "disk" (it ignored the click; a disk at the click was painted)."""
 
     mask: np.ndarray
     logits: np.ndarray

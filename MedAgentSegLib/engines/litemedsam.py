@@ -9,10 +9,11 @@ fine-tuned ones (the click-aware engine); it is checked against the SHA-256 reco
 and mask decoder, so box-only quality is exactly the original's on any data, and only the corrective turns
 (previous logits fed back) use the overlay.
 
-With `click_update="local"` (the click-aware engine's default), a corrective click after the first changes only
+With `click_update="local"` (the click-aware engine's default), a corrective click changes the mask only in
 the region it touches: the connected part of the decoder's change (added for a positive click, removed for a
 negative one) that holds the newest click. The rest of the previous mask is kept, so one click cannot undo
 earlier work elsewhere in the image (see `local_update`). "global" lets the decoder's answer replace the mask.
+A negative click removes only the tissue that looks like the clicked spot (`click_region.clicked_tissue`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Engine, EngineError, Prediction, Prompts, as_rgb_uint8, image_digest, resolve_device
+from .click_region import clicked_tissue, smooth_grid
 
 __all__ = ["LiteMedSAMEngine", "INPUT_SIZE", "sha256_file", "load_verified_state"]
 
@@ -139,6 +141,7 @@ class LiteMedSAMEngine(Engine):
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._cache_size = cache_size
         self._current = None  # (embedding, scale, (new_h, new_w), (h, w))
+        self._image = None  # the current image, for local_update's look at the clicked tissue
         self.last_timings: dict[str, float] = {}
 
     # -- image -----------------------------------------------------------------------------------------
@@ -146,6 +149,7 @@ class LiteMedSAMEngine(Engine):
         image = as_rgb_uint8(image)
         key = image_digest(image)
         t0 = time.perf_counter()
+        self._image = image
         if key in self._cache:
             self._cache.move_to_end(key)
             self._current = self._cache[key]
@@ -162,6 +166,7 @@ class LiteMedSAMEngine(Engine):
 
     def reset(self) -> None:
         self._current = None
+        self._image = None
 
     def embedding_state(self) -> tuple:
         """The current image's (embedding (1, 256, 64, 64) tensor, scale, (new_h, new_w), (h, w)), for caches."""
@@ -231,8 +236,11 @@ class LiteMedSAMEngine(Engine):
             score = float(iou[0, best])
             update = "model"
             if mask_in is not None and prompts.points and self.click_update == "local":
+                grid = None
+                if prompts.labels[-1] == 0:  # negative clicks look at the image (click_region)
+                    grid = smooth_grid(preprocess(self._image)[0][0].numpy())
                 low_res, update = local_update(low_res, mask_in, prompts.points, prompts.labels, scale,
-                                               (new_h, new_w))
+                                               (new_h, new_w), image_grid=grid)
             full = F.interpolate(low_res[..., :new_h, :new_w], size=(h, w), mode="bilinear", align_corners=False)
         mask = (full[0, 0] > 0).cpu().numpy()
         logits = low_res[0].float().cpu().numpy().astype(np.float32)
@@ -243,18 +251,28 @@ class LiteMedSAMEngine(Engine):
 # Largest disk, in 256-grid cells, painted when the decoder ignores a click (about 4% of the image side).
 MAX_CLICK_RADIUS = 10
 FORCED_LOGIT = 8.0
+# Bumped when local_update changes what it keeps, so `report --reuse` does not take results of an older rule.
+# 2: a negative click removes only the clicked tissue.
+LOCAL_RULE_VERSION = 2
 
 
-def local_update(new, prev, points, labels, scale: float, valid_hw: tuple[int, int]):
+def local_update(new, prev, points, labels, scale: float, valid_hw: tuple[int, int],
+                 image_grid: np.ndarray | None = None):
     """Apply only the change that the newest click asked for; keep the previous logits everywhere else.
     Returns (logits, "model" | "local" | "disk"), the second saying which rule below applied.
 
     new, prev: (1, 1, 256, 256) logit tensors; points: [(x, y)] image pixels, newest last; labels: 1/0 each.
+    image_grid: for negative clicks, the (C, 256, 256) image on the decoder grid, smoothed
+    (`click_region.smooth_grid`); None skips the look at the image (the trainer's simulation).
     - The decoder gave the clicked cell the clicked label:
       - first click after the box: take its whole answer. The box mask came from LiteMedSAM's own decoder;
         this is the turn where the click-aware decoder re-reads the whole shape.
       - later clicks: take only the connected component (8-connected, on the 256 grid inside the image) of
         "new foreground not in prev" (positive) or "prev foreground not in new" (negative) holding the click.
+      - a negative click, with image_grid, removes pixels only inside the clicked tissue
+        (`click_region.clicked_tissue`); what the decoder removed elsewhere stays. A click whose removal has
+        nothing in the clicked tissue (a click outside the mask) is taken as ignored (below). Out of its
+        training domain the decoder can drop most of an organ for one click on a lesion inside it (LiTS liver).
     - The decoder ignored the click: a disk around it, as wide as its distance to the previous mask's edge
       (at most MAX_CLICK_RADIUS cells), gets the clicked label. A click is never ignored, and never changes
       the mask far from where the user pointed.
@@ -269,14 +287,22 @@ def local_update(new, prev, points, labels, scale: float, valid_hw: tuple[int, i
     r, c = min(h - 1, max(0, int(y * scale))), min(w - 1, max(0, int(x * scale)))
     label = labels[-1]
     if new_fg[r, c] == bool(label):
-        if len(points) == 1:  # the first corrective click: the whole answer
-            return new, "model"
         changed = (new_fg & ~prev_fg) if label == 1 else (prev_fg & ~new_fg)
-        comps, _ = ndimage.label(changed, structure=np.ones((3, 3), bool))
-        keep = comps == comps[r, c] if comps[r, c] > 0 else np.zeros_like(changed)
-        region = torch.zeros(new.shape[-2:], dtype=torch.bool, device=new.device)
-        region[:h, :w] = torch.from_numpy(keep).to(new.device)
-        return torch.where(region, new, prev), "local"
+        tissue = None
+        if label == 0 and image_grid is not None:
+            tissue = clicked_tissue(image_grid[:, :h, :w], r, c, prev_fg)
+        if len(points) == 1:  # the first corrective click: the whole answer
+            if tissue is None:
+                return new, "model"
+            if (changed & tissue).any():  # ... but removals only in the clicked tissue
+                return torch.where(_on_grid(changed & ~tissue, new), prev, new), "model"
+        else:
+            comps, _ = ndimage.label(changed, structure=np.ones((3, 3), bool))
+            keep = comps == comps[r, c] if comps[r, c] > 0 else np.zeros_like(changed)
+            if tissue is None:
+                return torch.where(_on_grid(keep, new), new, prev), "local"
+            if (keep & tissue).any():
+                return torch.where(_on_grid(keep & tissue, new), new, prev), "local"
     # The decoder ignored the click: paint a disk that reaches the previous mask's edge.
     side = prev_fg if label == 0 else ~prev_fg
     radius = min(MAX_CLICK_RADIUS, float(ndimage.distance_transform_edt(side)[r, c]))
@@ -286,3 +312,12 @@ def local_update(new, prev, points, labels, scale: float, valid_hw: tuple[int, i
     disk[:, w:] = False
     painted = prev.clamp(min=FORCED_LOGIT) if label == 1 else prev.clamp(max=-FORCED_LOGIT)
     return torch.where(disk, painted, prev), "disk"
+
+
+def _on_grid(cells: np.ndarray, like):
+    """(h, w) bool on the valid part of the grid -> (256, 256) bool tensor on `like`'s device, False in padding."""
+    import torch
+
+    out = torch.zeros(like.shape[-2:], dtype=torch.bool, device=like.device)
+    out[:cells.shape[0], :cells.shape[1]] = torch.from_numpy(cells).to(like.device)
+    return out

@@ -150,12 +150,18 @@ def build_report(args: argparse.Namespace) -> int:
 
 
 def _weights_id(engine: Any) -> str:
-    """Which weights produced a result: the engine name, the click overlay's SHA-256 and its update rule."""
+    """Which weights produced a result: the engine name, the click overlay's SHA-256 and its update rule (with
+    the local rule's version, so --reuse does not take results of an older rule)."""
+    from ..engines.litemedsam import LOCAL_RULE_VERSION
+
     name = getattr(engine, "name", "?")
     sha = getattr(engine, "overlay_sha256", None)
+    rule = getattr(engine, "click_update", "global")
+    if rule == "local":
+        rule = f"local-v{LOCAL_RULE_VERSION}"
     if sha:
-        return f"{name}:{sha[:16]}:{getattr(engine, 'click_update', 'global')}"
-    return name
+        return f"{name}:{sha[:16]}:{rule}"
+    return name if rule == "global" else f"{name}:{rule}"
 
 
 def _rel(path: Path) -> str:

@@ -16,6 +16,8 @@ The loss (BCE + soft Dice on the 256x256 logits, plus MSE of the IoU head agains
 click_update="local" simulates sessions as the engine runs them with its local rule
 (`engines.litemedsam.local_update`): the mask fed to the next step is the previous one with only the change at
 the newest click applied, or a disk where the decoder ignored it. The loss stays on the decoder's raw answer.
+The rule's look at the image (a negative click removes only the clicked tissue) is not simulated: the cache
+holds embeddings, not images.
 
 first_turn="base" (the shipped recipe): step 0 is LiteMedSAM's own, frozen prompt encoder + mask decoder, as
 the engine runs it with `base_first_turn`; only the corrective steps are trained. Box-only quality is then the
