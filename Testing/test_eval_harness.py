@@ -225,3 +225,44 @@ def test_cli_eval_click_weights_loads_another_overlay_with_its_card(tmp_path, ca
     err = capsys.readouterr().err
     assert "sha" in err.lower() and "model card" in err and "only apply to litemedsam-click" in err
     assert not (tmp_path / "x.json").exists()
+
+
+def _tiny_3d_dataset(root: Path) -> Path:
+    """A 4-slice CT-like NIfTI volume (HU) with a block labelled on slices 1..2, in the shared/data format."""
+    sitk = pytest.importorskip("SimpleITK")
+    vol = np.full((4, 48, 48), -100.0, np.float32)
+    lab = np.zeros((4, 48, 48), np.uint8)
+    vol[1, 12:36, 14:34] = 60.0
+    lab[1, 12:36, 14:34] = 1
+    vol[2, 14:34, 16:32] = 60.0  # smaller on the next slice, so the two slices are different images
+    lab[2, 14:34, 16:32] = 1
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(vol), str(root / "images" / "c1.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(lab), str(root / "labels" / "c1.nii.gz"))
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "tiny", "modality": "CT", "dimension": "3D", "labels": {"0": "background", "1": "block"},
+        "cases": [{"id": "c1", "image": "images/c1.nii.gz", "mask": "labels/c1.nii.gz", "patient": "p1"}]}))
+    return root
+
+
+def test_3d_mode_runs_every_labelled_slice_and_takes_embeddings_from_the_cache(engine, tmp_path, monkeypatch):
+    from MedAgentSegLib.evaluation import evaluate
+    from MedAgentSegLib.training.cache import EmbeddingCache
+
+    root = _tiny_3d_dataset(tmp_path / "tiny")
+    primed = []
+    real_prime = EmbeddingCache.prime
+
+    def spy(self, eng, image):
+        hit = real_prime(self, eng, image)
+        primed.append(hit)
+        return hit
+
+    monkeypatch.setattr(EmbeddingCache, "prime", spy)
+    res = evaluate([root], "clicks", engine=engine, clicks=2, mode="3d", progress=False,
+                   embedding_cache=tmp_path / "cache")
+    case = res["cases"][0]
+    assert case["slices"] == 2 and len(case["dice_by_step"]) == 3
+    assert primed == [False, False], "each labelled slice asks the cache (empty here)"
+    assert case["dice_by_step"][0] > 0.5, "the box on a bright block in a dark volume finds it"

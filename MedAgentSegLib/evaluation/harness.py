@@ -108,8 +108,9 @@ def summarize(cases: list[dict[str, Any]], protocol: str) -> dict[str, Any]:
 
 
 def run_volume(engine: Any, inst: Any, protocol: str, clicks: int, jitter: float, seed: int,
-               policy: str) -> dict[str, Any]:
-    """--mode 3d: the protocol on every axial slice holding the label; Dice/IoU per step on the volume."""
+               policy: str, store: Any = None) -> dict[str, Any]:
+    """--mode 3d: the protocol on every axial slice holding the label; Dice/IoU per step on the volume.
+    store: an EmbeddingCache to take each slice's embedding from, where it holds one."""
     from ..images import extract_slice, to_engine_rgb
     from ..metrics import dice, iou
 
@@ -119,6 +120,8 @@ def run_volume(engine: Any, inst: Any, protocol: str, clicks: int, jitter: float
     turns = 0
     for k in ks:
         rgb = to_engine_rgb(extract_slice(img.array, k), img.modality)
+        if store is not None:
+            store.prime(engine, rgb)
         r = _run_with_masks(engine, rgb, gt[k], protocol, clicks, jitter,
                             instance_seed(seed, inst.dataset, inst.case_id, inst.label, k), policy)
         steps.append(r)
@@ -205,7 +208,7 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
                    "label_name": inst.label_name, "slice": inst.slice_index, "area": inst.area}
             try:
                 if inst.is_3d and mode == "3d":
-                    rec.update(run_volume(engine, inst, protocol, clicks, jitter, seed, policy))
+                    rec.update(run_volume(engine, inst, protocol, clicks, jitter, seed, policy, store))
                 else:
                     rgb, gt = load_instance(inst)
                     if store is not None:
