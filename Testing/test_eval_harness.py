@@ -266,3 +266,26 @@ def test_3d_mode_runs_every_labelled_slice_and_takes_embeddings_from_the_cache(e
     assert case["slices"] == 2 and len(case["dice_by_step"]) == 3
     assert primed == [False, False], "each labelled slice asks the cache (empty here)"
     assert case["dice_by_step"][0] > 0.5, "the box on a bright block in a dark volume finds it"
+
+
+def test_report_volume_table_and_reuse_only_with_the_same_weights(tmp_path, monkeypatch):
+    import argparse
+
+    from MedAgentSegLib.evaluation import harness
+    from MedAgentSegLib.evaluation.report import _run_or_reuse, render_volumes
+
+    case = {"label_name": "liver", "slices": 40, "dice_by_step": [0.5, 0.6, 0.62, 0.64, 0.66, 0.7]}
+    res = {"summary": {"n": 1, "dice_by_step": case["dice_by_step"], "per_dataset": {}}, "cases": [case],
+           "config": {"engine": "eng", "protocol": "clicks", "jitter": 0.1, "seed": 0, "min_area": 20, "limit": None,
+                      "split": "val", "weights": "w1"}}
+    table = render_volumes({"eng": {"vol": res}})
+    assert "| eng | liver | 40 | 0.500 | 0.600 | 0.640 | 0.700 | +0.200 |" in table
+    path = tmp_path / "eng__vol__3d.json"
+    path.write_text(json.dumps(res))
+    args = argparse.Namespace(reuse=True, jitter=0.1, seed=0, min_area=20, limit=None, embedding_cache=None)
+    calls = []
+    monkeypatch.setattr(harness, "evaluate", lambda *a, **k: calls.append(k) or json.loads(json.dumps(res)))
+    assert _run_or_reuse(args, path, "w1", None, tmp_path, "clicks", "3d")["cases"] == [case] and calls == []
+    _run_or_reuse(args, path, "w2", None, tmp_path, "clicks", "3d")  # other weights: evaluated again
+    assert len(calls) == 1 and calls[0]["mode"] == "3d" and calls[0]["split"] == "val"
+    assert json.loads(path.read_text())["config"]["weights"] == "w2"

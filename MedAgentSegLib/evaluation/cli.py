@@ -81,6 +81,8 @@ def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder of dataset folders")
     p.add_argument("--datasets", default=",".join(REPORT_DATASETS))
     p.add_argument("--engines", default="litemedsam,litemedsam-click")
+    p.add_argument("--volumes", default="lits-117",
+                   help="3D datasets also run on every labelled slice (eval --mode 3d, 5 clicks); '' for none")
     p.add_argument("--jitter", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-area", type=int, default=20)

@@ -79,7 +79,7 @@ def render_markdown(results: dict[str, dict[str, dict[str, Any]]], command: str,
 
 def build_report(args: argparse.Namespace) -> int:
     from ..engines import EngineError, create_engine
-    from .harness import evaluate, format_table, plot_dice, write_json
+    from .harness import plot_dice
 
     data = Path(args.data)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -91,8 +91,11 @@ def build_report(args: argparse.Namespace) -> int:
     if not present:
         print(f"error: none of {datasets} found under {data}; pass --data DIR", file=sys.stderr)
         return 2
+    volumes = [d.strip() for d in (getattr(args, "volumes", "") or "").split(",") if d.strip()]
+    volumes = [d for d in volumes if d in present and _is_3d(data / d)]
     json_dir = Path(args.json_dir)
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    volume_results: dict[str, dict[str, dict[str, Any]]] = {}
     for name in engines:
         try:
             engine = create_engine(name)
@@ -102,23 +105,11 @@ def build_report(args: argparse.Namespace) -> int:
         results[name] = {}
         weights = _weights_id(engine)
         for ds in present:
-            cached = json_dir / f"{name}__{ds}.json"
-            if getattr(args, "reuse", False) and cached.is_file():
-                res = json.loads(cached.read_text())
-                c = res.get("config", {})
-                if (c.get("jitter"), c.get("seed"), c.get("min_area"), c.get("limit"), c.get("split")) == (
-                        args.jitter, args.seed, args.min_area, args.limit, "val") and c.get("weights") == weights:
-                    print(f"reused {cached}", file=sys.stderr)
-                    results[name][ds] = res
-                    print(format_table(res))
-                    continue
-            res = evaluate([data / ds], "noc", engine=engine, clicks=5, jitter=args.jitter, seed=args.seed,
-                           limit=args.limit, min_area=args.min_area, split="val",
-                           embedding_cache=args.embedding_cache or None)
-            res["config"]["weights"] = weights
-            results[name][ds] = res
-            write_json(res, json_dir / f"{name}__{ds}.json")
-            print(format_table(res))
+            results[name][ds] = _run_or_reuse(args, json_dir / f"{name}__{ds}.json", weights, engine, data / ds,
+                                              "noc", "2d")
+        for ds in volumes:
+            volume_results.setdefault(name, {})[ds] = _run_or_reuse(
+                args, json_dir / f"{name}__{ds}__3d.json", weights, engine, data / ds, "clicks", "3d")
     if not results:
         print("error: no engine could be built", file=sys.stderr)
         return 2
@@ -127,6 +118,8 @@ def build_report(args: argparse.Namespace) -> int:
     meta = {"date": _dt.date.today().isoformat(), "jitter": args.jitter, "seed": args.seed, "min_area": args.min_area,
             "datasets": datasets, "json_dir": _rel(json_dir)}
     body = render_markdown(results, command, meta)
+    if volume_results:
+        body += "\n" + render_volumes(volume_results)
     plot_path = Path(args.out).with_suffix(".png")
     flat = {f"{e}": {"summary": {"per_dataset": {d: r["summary"] for d, r in per.items()}}}
             for e, per in results.items()}
@@ -147,6 +140,53 @@ def build_report(args: argparse.Namespace) -> int:
     if args.update_card:
         _update_card(results, command)
     return 0
+
+
+def _run_or_reuse(args: argparse.Namespace, path: Path, weights: str, engine: Any, root: Path, protocol: str,
+                  mode: str) -> dict[str, Any]:
+    """The result stored at `path` if --reuse and it was made with these settings and weights; else evaluate
+    (validation split, 5 clicks; "noc" goes on to IoU 0.90 or 20 clicks) and store it there."""
+    from .harness import evaluate, format_table, write_json
+
+    if getattr(args, "reuse", False) and path.is_file():
+        res = json.loads(path.read_text())
+        c = res.get("config", {})
+        if (c.get("jitter"), c.get("seed"), c.get("min_area"), c.get("limit"), c.get("split")) == (
+                args.jitter, args.seed, args.min_area, args.limit, "val") and c.get("weights") == weights:
+            print(f"reused {path}", file=sys.stderr)
+            print(format_table(res))
+            return res
+    res = evaluate([root], protocol, engine=engine, clicks=5, jitter=args.jitter, seed=args.seed, limit=args.limit,
+                   min_area=args.min_area, mode=mode, split="val", embedding_cache=args.embedding_cache or None)
+    res["config"]["weights"] = weights
+    write_json(res, path)
+    print(format_table(res))
+    return res
+
+
+def _is_3d(root: Path) -> bool:
+    try:
+        return str(json.loads((root / "dataset.json").read_text()).get("dimension", "")).upper() == "3D"
+    except (OSError, ValueError):
+        return False
+
+
+def render_volumes(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """results: {engine: {dataset: evaluate(mode="3d") result}} -> one Markdown table per dataset, per label."""
+    lines = []
+    for ds in sorted({d for r in results.values() for d in r}):
+        lines += [f"### {ds}: every slice (volume Dice)", "",
+                  "The same box and 5-click protocol on every axial slice that holds the label (not only the "
+                  "largest one); Dice of the whole volume after each step (`eval --mode 3d`).", "",
+                  "| engine | label | slices | box | +1 | +3 | +5 | +5 − box |", "|---|---|---|---|---|---|---|---|"]
+        for eng, per in results.items():
+            for case in per.get(ds, {}).get("cases", []):
+                d = case["dice_by_step"]
+                cells = " | ".join(f"{d[k]:.3f}" if k < len(d) else "-" for k in STEPS)
+                gain = f"{d[5] - d[0]:+.3f}" if len(d) > 5 else "-"
+                lines.append(f"| {eng} | {case['label_name']} | {case['slices']} | {cells} | {gain} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _weights_id(engine: Any) -> str:
