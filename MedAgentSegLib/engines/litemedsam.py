@@ -142,6 +142,7 @@ class LiteMedSAMEngine(Engine):
         self._cache_size = cache_size
         self._current = None  # (embedding, scale, (new_h, new_w), (h, w))
         self._image = None  # the current image, for local_update's look at the clicked tissue
+        self._grid = None  # ... and that image smoothed on the decoder grid, made on the first negative click
         self.last_timings: dict[str, float] = {}
 
     # -- image -----------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ class LiteMedSAMEngine(Engine):
         image = as_rgb_uint8(image)
         key = image_digest(image)
         t0 = time.perf_counter()
-        self._image = image
+        self._image, self._grid = image, None
         if key in self._cache:
             self._cache.move_to_end(key)
             self._current = self._cache[key]
@@ -166,7 +167,7 @@ class LiteMedSAMEngine(Engine):
 
     def reset(self) -> None:
         self._current = None
-        self._image = None
+        self._image = self._grid = None
 
     def embedding_state(self) -> tuple:
         """The current image's (embedding (1, 256, 64, 64) tensor, scale, (new_h, new_w), (h, w)), for caches."""
@@ -236,11 +237,11 @@ class LiteMedSAMEngine(Engine):
             score = float(iou[0, best])
             update = "model"
             if mask_in is not None and prompts.points and self.click_update == "local":
-                grid = None
-                if prompts.labels[-1] == 0:  # negative clicks look at the image (click_region)
-                    grid = smooth_grid(preprocess(self._image)[0][0].numpy())
+                if prompts.labels[-1] == 0 and self._grid is None:  # negative clicks look at the image
+                    self._grid = smooth_grid(preprocess(self._image)[0][0].numpy())
                 low_res, update = local_update(low_res, mask_in, prompts.points, prompts.labels, scale,
-                                               (new_h, new_w), image_grid=grid)
+                                               (new_h, new_w), image_grid=self._grid if prompts.labels[-1] == 0
+                                               else None)
             full = F.interpolate(low_res[..., :new_h, :new_w], size=(h, w), mode="bilinear", align_corners=False)
         mask = (full[0, 0] > 0).cpu().numpy()
         logits = low_res[0].float().cpu().numpy().astype(np.float32)

@@ -79,6 +79,7 @@ def render_markdown(results: dict[str, dict[str, dict[str, Any]]], command: str,
 
 def build_report(args: argparse.Namespace) -> int:
     from ..engines import EngineError, create_engine
+    from .dataset import read_dataset
     from .harness import plot_dice
 
     data = Path(args.data)
@@ -92,7 +93,7 @@ def build_report(args: argparse.Namespace) -> int:
         print(f"error: none of {datasets} found under {data}; pass --data DIR", file=sys.stderr)
         return 2
     volumes = [d.strip() for d in (getattr(args, "volumes", "") or "").split(",") if d.strip()]
-    volumes = [d for d in volumes if d in present and _is_3d(data / d)]
+    volumes = [d for d in volumes if d in present and read_dataset(data / d).is_3d]
     json_dir = Path(args.json_dir)
     results: dict[str, dict[str, dict[str, Any]]] = {}
     volume_results: dict[str, dict[str, dict[str, Any]]] = {}
@@ -162,13 +163,6 @@ def _run_or_reuse(args: argparse.Namespace, path: Path, weights: str, engine: An
     write_json(res, path)
     print(format_table(res))
     return res
-
-
-def _is_3d(root: Path) -> bool:
-    try:
-        return str(json.loads((root / "dataset.json").read_text()).get("dimension", "")).upper() == "3D"
-    except (OSError, ValueError):
-        return False
 
 
 def render_volumes(results: dict[str, dict[str, dict[str, Any]]]) -> str:
