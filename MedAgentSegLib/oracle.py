@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["box_from_mask", "clip_box", "next_click", "Click", "CLICK_RULES"]
+__all__ = ["box_from_mask", "clip_box", "next_click", "interior_point", "Click", "CLICK_RULES"]
 
 CLICK_RULES = ("ritm", "cvpr25")
 
@@ -60,7 +60,7 @@ def clip_box(x1: float, y1: float, x2: float, y2: float, h: int, w: int) -> tupl
     return float(x1), float(y1), float(x2), float(y2)
 
 
-def _interior(region: np.ndarray) -> tuple[float, int, int]:
+def interior_point(region: np.ndarray) -> tuple[float, int, int]:
     """(distance, row, col) of the point deepest inside `region` (distance to its border, image edge = border)."""
     from scipy import ndimage
 
@@ -82,8 +82,8 @@ def next_click(pred: np.ndarray, gt: np.ndarray, rule: str = "ritm") -> Click | 
     if not fn.any() and not fp.any():
         return None
     if rule == "ritm":
-        d_fn, r_fn, c_fn = _interior(fn) if fn.any() else (0.0, 0, 0)
-        d_fp, r_fp, c_fp = _interior(fp) if fp.any() else (0.0, 0, 0)
+        d_fn, r_fn, c_fn = interior_point(fn) if fn.any() else (0.0, 0, 0)
+        d_fp, r_fp, c_fp = interior_point(fp) if fp.any() else (0.0, 0, 0)
         if d_fn >= d_fp:
             return Click(c_fn, r_fn, True)
         return Click(c_fp, r_fp, False)
@@ -97,5 +97,5 @@ def next_click(pred: np.ndarray, gt: np.ndarray, rule: str = "ritm") -> Click | 
         k = int(np.argmax(sizes)) + 1
         if best is None or sizes[k - 1] > best[0]:
             best = (int(sizes[k - 1]), labels == k, positive)
-    _, r, c = _interior(best[1])
+    _, r, c = interior_point(best[1])
     return Click(c, r, best[2])

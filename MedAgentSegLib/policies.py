@@ -18,13 +18,16 @@ from .metrics import iou
 from .oracle import box_from_mask, next_click
 
 __all__ = ["Policy", "OraclePolicy", "ScriptedPolicy", "TextPolicy", "create_policy", "POLICY_NAMES",
-           "overlay_observation"]
+           "overlay_observation", "GT_FREE_POLICIES"]
 
-POLICY_NAMES = ("oracle", "scripted")
+POLICY_NAMES = ("oracle", "scripted", "heuristic", "learned", "mllm")
+GT_FREE_POLICIES = ("heuristic", "learned", "mllm")
 
 
 class Policy(Protocol):
-    def next_action(self, session: Any) -> Action: ...
+    """next_action gets the session's `observation.Observation` (GT-free), never the session."""
+
+    def next_action(self, observation: Any) -> Action: ...
 
 
 class OraclePolicy:
@@ -45,18 +48,18 @@ class OraclePolicy:
         self.first, self.rule, self.jitter, self.stop_iou = first, rule, jitter, stop_iou
         self.rng = np.random.default_rng(seed)
 
-    def next_action(self, session: Any) -> Action:
+    def next_action(self, obs: Any) -> Action:
         h, w = self.gt.shape
-        if self.gt.shape != (session.height, session.width):
+        if self.gt.shape != (obs.height, obs.width):
             raise ValueError(f"reference mask {self.gt.shape} does not match the image "
-                             f"{(session.height, session.width)}")
-        if not session.turns:
+                             f"{(obs.height, obs.width)}")
+        if not obs.history:
             if self.first == "box":
                 x1, y1, x2, y2 = box_from_mask(self.gt, self.jitter, self.rng)
                 return AddBBox((pixel_to_grid(x1, w), pixel_to_grid(y1, h), pixel_to_grid(x2, w), pixel_to_grid(y2, h)))
             click = next_click(np.zeros_like(self.gt), self.gt, self.rule)
         else:
-            mask = session.mask
+            mask = obs.mask
             if self.stop_iou is not None and iou(mask, self.gt) >= self.stop_iou:
                 return StopAction()
             click = next_click(mask, self.gt, self.rule)
@@ -73,7 +76,7 @@ class ScriptedPolicy:
         self._actions = list(actions)
         self._i = 0
 
-    def next_action(self, session: Any) -> Action:
+    def next_action(self, obs: Any) -> Action:
         if self._i >= len(self._actions):
             return StopAction()
         self._i += 1
@@ -106,27 +109,56 @@ class TextPolicy:
     def __init__(self, generate: Callable[[list[dict[str, Any]], np.ndarray], str]):
         self.generate = generate
 
-    def messages(self, session: Any) -> list[dict[str, Any]]:
-        history = [t.action for t in session.turns]
+    def messages(self, obs: Any) -> list[dict[str, Any]]:
+        history = [{"name": a["name"], "arguments": a["arguments"]} for a in obs.history]
         return [
-            {"role": "system", "content": self.SYSTEM.format(target=session.target, max_turns=session.max_turns),
+            {"role": "system", "content": self.SYSTEM.format(target=obs.target, max_turns=obs.max_turns),
              "tools": tool_schemas()},
-            {"role": "user", "content": f"Target: {session.target}. Actions so far: {history}. "
-                                        f"Turns used: {session.mask_turns}/{session.max_turns}."},
+            {"role": "user", "content": f"Target: {obs.target}. Actions so far: {history}. "
+                                        f"Turns used: {obs.mask_turns}/{obs.max_turns}."},
         ]
 
-    def next_action(self, session: Any) -> Action:
-        observation = overlay_observation(session.image, session.mask)
-        return parse_tool_call(self.generate(self.messages(session), observation))
+    def next_action(self, obs: Any) -> Action:
+        observation = overlay_observation(obs.image, obs.mask)
+        return parse_tool_call(self.generate(self.messages(obs), observation))
+
+
+_MLLM_LOADED: dict[tuple[str, str], Any] = {}
 
 
 def create_policy(name: str, gt: np.ndarray | None = None, actions: Iterable[Action] = (), **kwargs: Any) -> Policy:
-    """'oracle' (needs gt; kwargs go to OraclePolicy) or 'scripted' (plays `actions`)."""
+    """Build a policy by name.
+
+    'oracle' (needs gt; kwargs go to OraclePolicy), 'scripted' (plays `actions`), and the GT-free agents:
+    'heuristic' (fixed rules), 'learned' (the shipped controller; kwargs: weights=PATH, device), 'mllm' (a local
+    multimodal LLM; kwargs: mllm_path=PATH, device). GT-free policies never receive gt.
+    """
     if name == "oracle":
         if gt is None:
             raise ValueError("the oracle policy needs a reference mask: pass --gt MASK (or use --policy scripted "
-                             "with --box/--click)")
+                             "with --box/--click, or a GT-free agent: --policy learned or heuristic)")
         return OraclePolicy(gt, **kwargs)
     if name == "scripted":
         return ScriptedPolicy(actions)
+    if name == "heuristic":
+        from .agent.heuristic import HeuristicPolicy
+
+        return HeuristicPolicy(**kwargs)
+    if name == "learned":
+        from .agent.learned import LearnedPolicy
+
+        return LearnedPolicy(**kwargs)
+    if name == "mllm":
+        from .agent.mllm import MLLMPolicy
+
+        path = kwargs.pop("mllm_path", None)
+        if not path:
+            raise ValueError("the mllm policy needs a local model folder: pass --mllm-path DIR (a Qwen2-VL / "
+                             "Qwen2.5-VL model saved with save_pretrained; nothing is downloaded)")
+        key = (str(path), str(kwargs.get("device", "auto")))
+        if key not in _MLLM_LOADED:  # a model is loaded once per process, a policy (its turn state) per session
+            _MLLM_LOADED[key] = MLLMPolicy(path, **kwargs)
+        first = _MLLM_LOADED[key]
+        kwargs.pop("device", None)
+        return MLLMPolicy.from_model(first.model, first.processor, **kwargs)
     raise ValueError(f"unknown policy {name!r}; choose one of: {', '.join(POLICY_NAMES)}")

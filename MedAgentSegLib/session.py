@@ -8,6 +8,7 @@ it on the same engine and image gives the same masks bit for bit.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import time
@@ -21,6 +22,7 @@ import numpy as np
 from . import rle
 from .actions import Action, AddBBox, AddPoint, StopAction, action_from_dict, grid_to_pixel, pixel_to_grid
 from .engines.base import Engine, Prompts, as_rgb_uint8, image_digest
+from .observation import Observation, UndoTurn
 
 __all__ = ["Turn", "Session", "SessionError", "replay", "load_trajectory", "TRAJECTORY_FORMAT"]
 
@@ -97,6 +99,7 @@ class Session:
         self.max_turns = int(max_turns)
         self.metadata = dict(metadata or {})
         self.turns: list[Turn] = []
+        self.reverted: list[dict[str, Any]] = []  # agent turns the agent took back itself (UndoTurn), for review
         self.status = "open"  # open | stopped | accepted
         t0 = time.perf_counter()
         engine.set_image(self.image)
@@ -115,6 +118,20 @@ class Session:
     @property
     def mask_turns(self) -> int:
         return sum(1 for t in self.turns if t.produces_mask)
+
+    def observe(self) -> Observation:
+        """What a policy may see now (no reference mask, no metadata): see `observation.Observation`."""
+        made = [t for t in self.turns if t.produces_mask]
+        last = self.turns[-1] if self.turns else None
+        return Observation(
+            image=_read_only(self.image), target=self.target, mask=self.mask,
+            logits=None if self._last_logits() is None else self._last_logits().copy(),
+            score=None if last is None else last.score,
+            scores=tuple(float("nan") if t.score is None else float(t.score) for t in made),
+            masks=tuple(_read_only(t.mask) for t in made), prompts=self.prompts,
+            history=tuple(copy.deepcopy(t.action) for t in self.turns),
+            sources=tuple(t.source for t in self.turns), mask_turns=len(made), max_turns=self.max_turns,
+            engine=_engine_view(self.engine, self.image))
 
     def _last_logits(self) -> np.ndarray | None:
         return self.turns[-1].logits if self.turns else None
@@ -145,6 +162,8 @@ class Session:
     def act(self, action: Action, source: str = "agent") -> Turn:
         """Apply a grid-unit action (AddBBox / AddPoint / StopAction)."""
         self._require_open()
+        if isinstance(action, UndoTurn):
+            return self._take_back(source)
         if isinstance(action, StopAction):
             turn = Turn(index=len(self.turns), action=action.to_dict(), source=source, prompts=self.prompts,
                         prompts_grid=_grid_prompts(self.prompts, self.height, self.width), mask=self.mask,
@@ -176,6 +195,13 @@ class Session:
         prompts.points.append((float(x), float(y)))
         prompts.labels.append(1 if positive else 0)
         return self._run(action, source, prompts, feed_logits=True)
+
+    def _take_back(self, source: str) -> Turn:
+        """UndoTurn: remove the agent's own last turn (kept in `reverted` for review), then stop."""
+        if not self.turns or self.turns[-1].source != "agent" or not self.turns[-1].produces_mask:
+            raise SessionError("the agent can only take back its own last turn, and the last turn is not one")
+        self.reverted.append(self.turns.pop().to_dict())
+        return self.act(StopAction(), source=source)
 
     def add_box(self, x1: float, y1: float, x2: float, y2: float, source: str = "user") -> Turn:
         """Place or replace the box, in pixels (x = column, y = row)."""
@@ -230,18 +256,39 @@ class Session:
 
     def run(self, policy: Any, max_turns: int | None = None,
             on_turn: Callable[[Turn], None] | None = None) -> list[Turn]:
-        """Let `policy.next_action(session)` act until it stops or `max_turns` mask-producing turns are done."""
+        """Let `policy.next_action(observation)` act until it stops or `max_turns` mask-producing turns are done.
+
+        The policy sees only `observe()`. Its `last_decision` (observation.Decision), when it sets one, is kept in
+        the turn's action as "reason" and "confidence"; the policy's own time as timings["policy_s"].
+        """
         limit = self.max_turns if max_turns is None else max_turns
         done: list[Turn] = []
         while self.status == "open":
             if self.mask_turns >= limit:
                 done.append(self.act(StopAction(), source="agent"))
                 break
-            turn = self.act(policy.next_action(self), source="agent")
+            turn = self.agent_turn(policy)
             done.append(turn)
             if on_turn is not None:
                 on_turn(turn)
         return done
+
+    def agent_turn(self, policy: Any) -> Turn:
+        """Ask the policy for one action on `observe()` and apply it; records its reason and time."""
+        self._require_open()
+        if hasattr(policy, "last_decision"):
+            policy.last_decision = None  # a decision is this turn's or none: never an older turn's reason
+        t0 = time.perf_counter()
+        action = policy.next_action(self.observe())
+        policy_s = time.perf_counter() - t0
+        turn = self.act(action, source="agent")
+        decision = getattr(policy, "last_decision", None)
+        if decision is not None:
+            turn.action = {**turn.action, "reason": decision.reason}
+            if decision.confidence is not None:
+                turn.action["confidence"] = round(float(decision.confidence), 4)
+        turn.timings["policy_s"] = policy_s
+        return turn
 
     # -- persistence ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -251,7 +298,7 @@ class Session:
             "grid": "pixel = grid * (size - 1) / 999, x = column, y = row",
             "max_turns": self.max_turns, "status": self.status, "metadata": self.metadata,
             "timings": {"encode_s": round(self.encode_s, 6)},
-            "turns": [t.to_dict() for t in self.turns],
+            "turns": [t.to_dict() for t in self.turns], "reverted": self.reverted,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -260,6 +307,39 @@ class Session:
         tmp.write_text(json.dumps(self.to_dict(), indent=1))
         tmp.replace(path)  # never leave a half-written trajectory
         return path
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+class _EngineView:
+    """The engine as a policy sees it: features and candidates of the session's own image, nothing else (the
+    engine itself is held by the closures, not by an attribute a policy could reach)."""
+
+    __slots__ = ("name", "embedding", "candidates")
+
+
+def _engine_view(engine: Engine, image: np.ndarray) -> _EngineView:
+    def embedding():
+        """(1, C, h, w) image embedding tensor, or None if the engine exposes none."""
+        if not hasattr(engine, "embedding_state"):
+            return None
+        engine.set_image(image)  # cached: makes sure the engine holds this session's image
+        return engine.embedding_state()[0]
+
+    def candidates(prompts: Prompts):
+        """((K, H, W) bool, (K,) float) alternative masks for `prompts`, or None if the engine has none."""
+        if not hasattr(engine, "candidates"):
+            return None
+        engine.set_image(image)
+        return engine.candidates(prompts)
+
+    view = _EngineView()
+    view.name, view.embedding, view.candidates = getattr(engine, "name", "engine"), embedding, candidates
+    return view
 
 
 def load_trajectory(path: str | Path) -> dict[str, Any]:
@@ -303,6 +383,7 @@ def replay(trajectory: dict[str, Any] | str | Path, engine: Engine, image: np.nd
         if check and not np.array_equal(turn.mask, rle.decode(rec["mask_rle"])):
             raise ValueError(f"replayed turn {rec['index']} gives a different mask than recorded "
                              f"(engine {session.engine.name} vs recorded {data.get('engine')})")
+    session.reverted = list(data.get("reverted", []))
     if data.get("status") == "accepted":
         session.accept()
     return session

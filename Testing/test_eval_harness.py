@@ -264,8 +264,13 @@ def test_3d_mode_runs_every_labelled_slice_and_takes_embeddings_from_the_cache(e
                    embedding_cache=tmp_path / "cache")
     case = res["cases"][0]
     assert case["slices"] == 2 and len(case["dice_by_step"]) == 3
-    assert primed == [False, False], "each labelled slice asks the cache (empty here)"
+    assert primed == [True, True], "each labelled slice is encoded into the cache, then taken from it"
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*.npy"))) == 2
     assert case["dice_by_step"][0] > 0.5, "the box on a bright block in a dark volume finds it"
+    primed.clear()
+    again = evaluate([root], "clicks", engine=engine, clicks=2, mode="3d", progress=False,
+                     embedding_cache=tmp_path / "cache")
+    assert again["cases"][0]["dice_by_step"] == case["dice_by_step"] and primed == [True, True]
 
 
 def test_report_volume_table_and_reuse_only_with_the_same_weights(tmp_path, monkeypatch):

@@ -8,7 +8,15 @@ Threading: model work (engine creation, image encoding, the policy and the predi
 on one persistent `SessionExecutor` thread; MRML is read and written only on the thread calling
 `poll()` / `wait()` (Slicer's main thread, through a QTimer). A turn's mask, markups, sequence item and
 segment tags are written together after the engine returns; if any write fails, everything is put back
-and the turn is removed from the session, so nothing is left half-written.
+and the turn is removed from the session, so nothing is left half-written. Policies that load weights or a
+model (`learned`, `mllm`) are built on the worker thread too; the main thread only checks that their files exist.
+
+Policies: without a reference segment the default is a GT-free agent (`learned` when its weights are
+installed, else `heuristic`). It refines from the person's first box: with no box yet it stops and its own
+reason asks for one. Each agent turn's chat line gives the policy's reason and confidence (from the turn's
+action "reason" / "confidence"). When the agent takes back its own last turn (`UndoTurn`), the scene goes back
+to the turn before, exactly as Reject does, and the chat says so. `oracle` (needs a reference segment) and
+`scripted` (the person drives) stay available.
 """
 
 from __future__ import annotations
@@ -42,8 +50,13 @@ from .mrml_writer import (
 from .worker import JobResult, SessionExecutor
 
 __all__ = ["AgentError", "ChatMessage", "TurnRecord", "TargetRun", "AgentSegLogic", "TRAJECTORY_FILE",
-           "SLICER_TRAJECTORY_FORMAT", "guess_modality"]
+           "SLICER_TRAJECTORY_FORMAT", "guess_modality", "POLICY_CHOICES", "GT_FREE", "default_policy",
+           "learned_weights_available", "describe_decision"]
 
+#: the policies the module offers: the GT-free agents first, then the reference-driven oracle and the person
+POLICY_CHOICES = ("learned", "heuristic", "oracle", "scripted", "mllm")
+GT_FREE = ("heuristic", "learned", "mllm")  # as MedAgentSegLib.policies.GT_FREE_POLICIES
+_BUILT_ON_WORKER = ("learned", "mllm")  # they load weights or a model: built on the worker thread
 TRAJECTORY_FILE = "trajectory.json"
 SLICER_TRAJECTORY_FORMAT = "medagentseg-slicer-trajectory/1"
 MARKUP_EVENTS = ("PointEndInteractionEvent", "PointRemovedEvent", "PointPositionDefinedEvent")
@@ -97,6 +110,7 @@ class TargetRun:
     records: list[TurnRecord] = field(default_factory=list)
     observer_tags: list[tuple[Any, int]] = field(default_factory=list)
     auto_turns_left: int = 0
+    policy_name: str = ""
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -114,6 +128,38 @@ def guess_modality(volume_array: np.ndarray) -> str:
     """"CT" when the intensities look like Hounsfield units, else "MR" (percentile stretch)."""
     lo, hi = float(np.min(volume_array)), float(np.max(volume_array))
     return "CT" if lo <= -500.0 and hi >= 200.0 else "MR"
+
+
+def learned_weights_available() -> bool:
+    """True when the shipped controller of the `learned` policy and its card (.json) are installed."""
+    try:
+        from MedAgentSegLib.agent import learned
+    except ImportError:
+        return False
+    weights = Path(learned.POLICY_WEIGHTS)
+    return weights.is_file() and weights.with_suffix(".json").is_file()
+
+
+def default_policy(reference_segment_id: str | None = None) -> str:
+    """The policy to use when none is chosen: "oracle" with a reference segment, else a GT-free agent
+    ("learned" when its weights are installed, else "heuristic")."""
+    if reference_segment_id:
+        return "oracle"
+    return "learned" if learned_weights_available() else "heuristic"
+
+
+def describe_decision(action: dict[str, Any]) -> str | None:
+    """The policy's reason for a turn and its confidence, from the turn's action dict; None if it gave none."""
+    reason = str(action.get("reason") or "").strip()
+    if not reason:
+        return None
+    conf = action.get("confidence")
+    return reason if conf is None else f"{reason} \u2014 confidence {float(conf):.2f}"
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return (text[:1].upper() + text[1:]).rstrip(".") + "." if text else text
 
 
 def _to_engine_rgb(plane: np.ndarray, modality: str, window: Any) -> np.ndarray:
@@ -211,18 +257,31 @@ class AgentSegLogic:
     # -- starting ----------------------------------------------------------------------------------------
     def start(self, volume_node: Any, segmentation_node: Any, target: str, segment_name: str | None = None,
               axis: str = "K", slice_index: int | None = None, engine: str = "litemedsam",
-              policy: Any = "oracle", reference_segment_id: str | None = None, modality: str | None = None,
-              window: Any = None, max_turns: int = 5) -> TargetRun:
+              policy: Any = None, reference_segment_id: str | None = None, modality: str | None = None,
+              window: Any = None, max_turns: int = 5,
+              policy_options: dict[str, Any] | None = None) -> TargetRun:
         """Open (or resume) the session for `target` on slice `slice_index` along IJK `axis`.
 
         segmentation_node: None creates one. segment_name: the segment to write (default: `target`; created
-        if missing). policy: a name for the policy factory or a policy object. reference_segment_id: for the
-        "oracle" policy, the segment holding the reference mask on this slice.
+        if missing). policy: a name for the policy factory (one of POLICY_CHOICES) or a policy object; None
+        picks `default_policy(reference_segment_id)`: "oracle" with a reference, else the GT-free agent.
+        reference_segment_id: for the "oracle" policy, the segment holding the reference mask on this slice.
+        policy_options: keyword arguments for the policy factory, e.g. {"mllm_path": DIR} for "mllm" or
+        {"weights": PT} for "learned".
         """
         check_volume(volume_node)
         if not target or not str(target).strip():
             raise AgentError("No target given: say what to segment, e.g. 'segment the liver'.")
         target = str(target).strip()
+        if policy is None:
+            policy = default_policy(reference_segment_id)
+        if isinstance(policy, str):
+            policy = policy.strip().lower()
+            if self.policy_factory is None and policy not in POLICY_CHOICES:
+                raise AgentError(f"Unknown policy '{policy}': choose one of {', '.join(POLICY_CHOICES)}.")
+        policy_options = dict(policy_options or {})
+        if isinstance(policy, str) and policy in _BUILT_ON_WORKER:
+            self._check_policy_files(policy, policy_options)  # fail fast, before anything is created
         if segmentation_node is None:
             segmentation_node = slicer.vtkMRMLSegmentationNode()
             segmentation_node.SetName(self.scene.GenerateUniqueName(f"{volume_node.GetName()} MedAgentSeg"))
@@ -261,7 +320,12 @@ class AgentSegLogic:
             if not gt.any():
                 raise AgentError(f"The reference segment is empty on slice {axis}={slice_index}; move to a slice "
                                  "where it is drawn.")
-        policy_obj = self._make_policy(policy, gt)
+        deferred = None
+        if isinstance(policy, str) and policy in _BUILT_ON_WORKER:
+            policy_obj, deferred = None, (policy, policy_options)  # weights / model load on the worker
+        else:
+            policy_obj = self._make_policy(policy, gt, policy_options)
+        policy_name = policy if isinstance(policy, str) else type(policy).__name__
         arr = volume_array_kji(volume_node)
         modality = modality or guess_modality(arr)
         image = _to_engine_rgb(geom.extract(arr), modality, window)
@@ -269,7 +333,7 @@ class AgentSegLogic:
         prompts = PromptNodes.create(self.scene, base, volume_node.GetTransformNodeID())
         recorder = TrajectoryRecorder(self.scene, base, self.sequences_logic)
         run = TargetRun(volume_node, segmentation_node, segment_id, target, geom, image, engine, policy_obj,
-                        writer, prompts, recorder, max_turns=int(max_turns))
+                        writer, prompts, recorder, max_turns=int(max_turns), policy_name=policy_name)
         for node in prompts.nodes:
             node.SetAttribute(TAG_PREFIX + "Segment", segment_id)
             node.SetAttribute(TAG_PREFIX + "Slice", f"{axis}={slice_index}")
@@ -286,26 +350,65 @@ class AgentSegLogic:
         if isinstance(policy, str) and policy == "scripted":
             self._say("info", f"You drive this one: place the box ('{base} box') around the {target} or a click "
                               "in the positive/negative click nodes; the engine runs on every prompt you place.")
-        self.executor.submit("open session", self._open_session_job, run,
+        elif isinstance(policy, str) and policy in GT_FREE:
+            self._say("info", f"Agent: {policy} (GT-free, no reference needed). It refines from your box: place "
+                              f"the box ('{prompts.roi.GetName()}') around the {target}, then press Run. Edit the "
+                              "box or the clicks at any turn to take over.")
+        self.executor.submit("open session", self._open_session_job, run, deferred,
                              callback=lambda r: self._on_session_open(run, r))
         self._changed()
         return run
 
-    def _make_policy(self, policy: Any, gt: np.ndarray | None) -> Any:
+    def _make_policy(self, policy: Any, gt: np.ndarray | None, options: dict[str, Any] | None = None,
+                     device: str | None = None) -> Any:
+        """A policy object from a name (main thread, or the worker thread for `_BUILT_ON_WORKER` names)."""
         if not isinstance(policy, str):
             if not hasattr(policy, "next_action"):
                 raise AgentError(f"{policy!r} is not a policy (it has no next_action method).")
             return policy
+        options = dict(options or {})
         factory = self.policy_factory
         if factory is None:
             from MedAgentSegLib.policies import create_policy
 
-            def factory(name, ref):
-                return create_policy(name, gt=ref)
+            if policy in _BUILT_ON_WORKER and device is not None:
+                options.setdefault("device", device)  # the policy's tensors live where the engine's do
+
+            def factory(name, ref, **kw):
+                return create_policy(name, gt=ref if name == "oracle" else None, **kw)
         try:
-            return factory(policy, gt)
+            return factory(policy, gt, **options) if options else factory(policy, gt)
         except ValueError as exc:
             raise AgentError(f"Policy '{policy}' cannot be used: {exc}") from None
+        except ImportError as exc:
+            raise AgentError(f"Policy '{policy}' cannot be used: {exc}. Install the missing package into "
+                             "Slicer's Python (Python console: slicer.util.pip_install(...)), or choose another "
+                             "policy.") from None
+
+    def _check_policy_files(self, policy: str, options: dict[str, Any]) -> None:
+        """Main thread, before anything is created: the files a `learned` / `mllm` policy loads exist."""
+        if self.policy_factory is not None:
+            return
+        if policy == "learned":
+            from MedAgentSegLib.agent.learned import POLICY_WEIGHTS
+
+            weights = Path(options.get("weights") or POLICY_WEIGHTS)
+            if not weights.is_file() or not weights.with_suffix(".json").is_file():
+                raise AgentError(f"Policy 'learned' cannot be used: its weights {weights.name} or their card "
+                                 f"{weights.with_suffix('.json').name} are not installed in {weights.parent}. "
+                                 "Choose the 'heuristic' policy (GT-free, no weights), or reinstall MedAgentSeg.")
+        elif policy == "mllm":
+            path = str(options.get("mllm_path") or "").strip()
+            if not path:
+                raise AgentError("Policy 'mllm' needs a local model folder: fill in 'MLLM folder' with a Qwen2-VL / "
+                                 "Qwen2.5-VL folder saved with save_pretrained (nothing is downloaded), or choose "
+                                 "another policy.")
+            from MedAgentSegLib.agent.mllm import check_model_folder
+
+            try:
+                check_model_folder(path)
+            except ValueError as exc:
+                raise AgentError(f"Policy 'mllm' cannot be used: {exc}") from None
 
     def _engine(self, name: str) -> Any:  # worker thread
         eng = self.engines.get(name)
@@ -319,17 +422,27 @@ class AgentSegLogic:
             self.engines[name] = eng
         return eng
 
-    def _open_session_job(self, run: TargetRun) -> Session:  # worker thread
+    def _open_session_job(self, run: TargetRun, deferred: tuple[str, dict[str, Any]] | None = None
+                          ) -> tuple[Session, Any]:  # worker thread
+        """The engine, the policy when it loads weights (`deferred` = (name, options)), and the encoded session."""
         engine = self._engine(run.engine_name)
-        return Session(engine, run.image_rgb, run.target, max_turns=run.max_turns,
-                       metadata={"volume": run.volume_node.GetName(), "slice": f"{run.geom.axis}={run.geom.index}"})
+        policy = None
+        if deferred is not None:
+            name, options = deferred
+            policy = self._make_policy(name, None, options, device=str(getattr(engine, "device", "cpu")))
+        session = Session(engine, run.image_rgb, run.target, max_turns=run.max_turns,
+                          metadata={"volume": run.volume_node.GetName(), "slice": f"{run.geom.axis}={run.geom.index}",
+                                    "policy": run.policy_name})
+        return session, policy
 
     def _on_session_open(self, run: TargetRun, result: JobResult) -> None:
         if result.error is not None:
             self._discard_run(run)
             self._report_error("Could not start the engine", result)
             return
-        session: Session = result.value
+        session, policy = result.value
+        if policy is not None:
+            run.policy = policy
         run.session = session
         run.segment().SetTag(TAG_PREFIX + "Status", "open")
         device = str(getattr(session.engine, "device", "cpu"))
@@ -360,7 +473,9 @@ class AgentSegLogic:
 
     def _report_error(self, what: str, result: JobResult) -> None:
         err = result.error
-        if isinstance(err, ImportError):
+        if isinstance(err, AgentError):  # already says what happened and what to do
+            self._say("error", str(err))
+        elif isinstance(err, ImportError):
             self._say("error", f"{what}: {err}. Install the missing packages with the 'Install dependencies' "
                                "button, then try again.")
         else:
@@ -378,7 +493,11 @@ class AgentSegLogic:
         if run.status == "accepted":
             raise AgentError(f"'{run.target}' was accepted and is frozen; start a new request to segment again.")
         self._stop_requested = False
-        run.auto_turns_left = int(max_turns if max_turns is not None else run.max_turns)
+        turns = int(max_turns if max_turns is not None else run.max_turns)
+        if run.session is not None and not self.busy and self._queue_unrun_prompts(run):
+            run.auto_turns_left = turns  # the agent continues once the person's box / clicks have run
+            return
+        run.auto_turns_left = turns
         if run.session is None:
             return  # starts when the engine is ready
         if run.session.status == "stopped":
@@ -386,8 +505,17 @@ class AgentSegLogic:
         if not self.busy:
             self._submit_agent_turn(run)
 
+    def _queue_unrun_prompts(self, run: TargetRun) -> bool:
+        """A box or clicks in the markups that the engine has not run yet (e.g. an ROI placed without an end
+        event): queue them as the person's turn first. True if a turn was queued."""
+        shown = run.prompts.read(run.geom)
+        if shown.empty or _same_prompts(shown, run.session.prompts):
+            return False
+        self._on_markups_edited(None, None)
+        return self.busy
+
     def step(self) -> None:
-        """Take exactly one agent turn."""
+        """Take exactly one agent turn (after the person's box / clicks, if the engine has not run them yet)."""
         self.run_agent(max_turns=1)
 
     def stop(self) -> None:
@@ -408,13 +536,14 @@ class AgentSegLogic:
             run.auto_turns_left = 0
             return
         run.auto_turns_left -= 1
-        self.executor.submit("agent turn", self._agent_turn_job, run, callback=lambda r: self._on_turn(run, r))
+        reverted_before = len(getattr(run.session, "reverted", ()))  # grows when the agent takes a turn back
+        self.executor.submit("agent turn", self._agent_turn_job, run,
+                             callback=lambda r: self._on_turn(run, r, reverted_before))
 
     @staticmethod
     def _agent_turn_job(run: TargetRun) -> Turn:  # worker thread
         session = run.session  # the number of turns per Run is counted by run.auto_turns_left
-        action = run.policy.next_action(session)
-        return session.act(action, source="agent")
+        return session.agent_turn(run.policy)
 
     def _user_turn_job(self, run: TargetRun, kind: str, payload: Any) -> Turn:  # worker thread
         session = run.session
@@ -427,7 +556,7 @@ class AgentSegLogic:
             return session.add_box(*payload, source="user")
         return session.set_prompts(payload, source="user")
 
-    def _on_turn(self, run: TargetRun, result: JobResult) -> None:
+    def _on_turn(self, run: TargetRun, result: JobResult, reverted_before: int | None = None) -> None:
         if result.error is not None:
             run.auto_turns_left = 0
             self._report_error("The turn failed", result)
@@ -436,9 +565,14 @@ class AgentSegLogic:
         turn: Turn = result.value
         if not turn.produces_mask:
             run.auto_turns_left = 0
-            run.segment().SetTag(TAG_PREFIX + "Status", "stopped")
-            self._say("agent", f"The agent stopped after {len(run.records)} turn(s) "
-                               f"(score {self._last_score(run)}). Accept, Reject the last turn, or add a click.")
+            taken_back = None
+            if reverted_before is not None and len(getattr(run.session, "reverted", ())) > reverted_before:
+                taken_back = self._take_back_in_scene(run)
+            self._set_tags(run)
+            self._say_stop(run, turn, taken_back)
+            if self._edit_pending:  # the person edited the prompts while the agent was deciding
+                self._edit_pending = False
+                self._on_markups_edited(None, None)
             self._changed()
             return
         try:
@@ -449,6 +583,9 @@ class AgentSegLogic:
                                "unchanged; check that the segmentation and volume still exist and try again.")
             self._changed()
             return
+        if turn.source == "user" and run.policy_name in GT_FREE and run.auto_turns_left <= 0 \
+                and len(run.records) == 1:
+            self._say("info", f"Press Run (or Step) and the {run.policy_name} agent refines from your prompts.")
         if self._edit_pending:
             self._edit_pending = False
             self._on_markups_edited(None, None)
@@ -457,6 +594,65 @@ class AgentSegLogic:
         elif run.auto_turns_left > 0:
             run.auto_turns_left = 0
         self._changed()
+
+    def _say_stop(self, run: TargetRun, turn: Turn, taken_back: TurnRecord | None) -> None:
+        """The chat lines for a stop turn: the policy's reason, a box request, or the turn it took back."""
+        decision = describe_decision(turn.action) if turn.source == "agent" else None
+        if turn.source == "agent" and run.session.prompts.empty and not run.records:
+            self._say("agent", _sentence(decision or "I need a first prompt to refine from"))
+            armed = self._arm_box_placement(run)
+            how = "the slice views are ready to place it" if armed else "Markups toolbar > ROI"
+            self._say("info", f"Draw the box ('{run.prompts.roi.GetName()}', {how}) around the {run.target} on "
+                              f"slice {run.geom.axis}={run.geom.index}, then press Run.")
+            return
+        if taken_back is not None:
+            kept = f"as after turn {taken_back.number - 1}" if taken_back.number > 1 else "as before turn 1"
+            why = decision or "it expected that turn made the mask worse"
+            if why.lower().startswith("took back") and ":" in why:  # "took back my last turn: <why>"
+                why = why.split(":", 1)[1].strip()
+            self._say("agent", f"The agent took back turn {taken_back.number}: {why}. The segment, box and clicks "
+                               f"are {kept}.", taken_back.number)
+        why = f": {decision}" if decision and taken_back is None else ""
+        self._say("agent", f"The agent stopped after {len(run.records)} turn(s) "
+                           f"(score {self._last_score(run)}){why}. Accept, Reject the last turn, add a click, "
+                           "or press Run to let it continue.")
+
+    def _arm_box_placement(self, run: TargetRun) -> bool:
+        """Make the session's box the node the next placement in a slice view defines (Slicer's selection and
+        interaction singletons; a scene without them is left alone). True if armed."""
+        selection = self.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+        interaction = self.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+        if selection is None or interaction is None or run.prompts.roi.GetLocked():
+            return False
+        selection.SetReferenceActivePlaceNodeClassName(run.prompts.roi.GetClassName())
+        selection.SetActivePlaceNodeID(run.prompts.roi.GetID())
+        interaction.SetPlaceModePersistence(0)
+        interaction.SetCurrentInteractionMode(interaction.Place)
+        return True
+
+    def _take_back_in_scene(self, run: TargetRun) -> TurnRecord | None:
+        """The agent took back its own last turn (session.reverted grew): show the turn before in the scene."""
+        popped = run.session.reverted[-1]
+        rec = run.records[-1] if run.records else None
+        if rec is None or rec.session_index != popped.get("index"):  # the scene does not show that turn
+            self._say("warning", "The agent took back a turn the scene does not show; the scene is left as it is.")
+            return None
+        self._unwrite_last(run)
+        return rec
+
+    def _unwrite_last(self, run: TargetRun) -> TurnRecord:
+        """Put the segment slices, markups and sequence back as before the last written turn (main thread)."""
+        rec = run.records[-1]
+        self._writing = True
+        try:
+            run.writer.restore(rec.segments_before, run.geom)
+            run.prompts.restore(rec.markups_before)
+            run.recorder.remove_last()
+            run.records.pop()
+            self._set_tags(run)
+        finally:
+            self._writing = False
+        return rec
 
     @staticmethod
     def _last_score(run: TargetRun) -> str:
@@ -501,8 +697,13 @@ class AgentSegLogic:
             extra += "; the model ignored this click, so only a small disk around it was changed"
         score = "n/a" if turn.score is None else f"{turn.score:.2f}"
         who = "You" if turn.source == "user" else "Agent"
-        self._say("agent", f"Turn {number} ({who}): {describe_action(turn.action)} - score {score}, "
-                           f"{turn.timings.get('engine_s', 0.0):.2f} s, {int(turn.mask.sum())} px{extra}.", number)
+        decision = describe_decision(turn.action) if turn.source == "agent" else None
+        stats = f"score {score}, {turn.timings.get('engine_s', 0.0):.2f} s, {int(turn.mask.sum())} px{extra}"
+        if decision:
+            self._say("agent", f"Turn {number} ({who}): {decision} ({describe_action(turn.action)}; {stats}).",
+                      number)
+        else:
+            self._say("agent", f"Turn {number} ({who}): {describe_action(turn.action)} - {stats}.", number)
         return rec
 
     @staticmethod
@@ -555,15 +756,7 @@ class AgentSegLogic:
         while run.session.turns and len(run.session.turns) - 1 > rec.session_index:
             run.session.undo()  # a stop after the mask turn
         run.session.undo()
-        self._writing = True
-        try:
-            run.writer.restore(rec.segments_before, run.geom)
-            run.prompts.restore(rec.markups_before)
-            run.recorder.remove_last()
-            run.records.pop()
-            self._set_tags(run)
-        finally:
-            self._writing = False
+        self._unwrite_last(run)
         self._say("info", f"{what}: turn {rec.number} reverted ({describe_action(rec.record['action'])}).",
                   rec.number)
         self._changed()
@@ -677,6 +870,7 @@ class AgentSegLogic:
                 "markups": {"box": run.prompts.roi.GetID(), "positive": run.prompts.positive.GetID(),
                             "negative": run.prompts.negative.GetID()},
                 "sequence_browser": run.recorder.browser.GetID(),
+                "policy": run.policy_name,
                 "turn_records": [r.record for r in run.records],
                 "session": run.session.to_dict(),
             })

@@ -40,9 +40,9 @@ class SessionExecutor:
         self._done: queue.Queue = queue.Queue()
         self._pending = 0
         self._lock = threading.Lock()
+        self.thread_ident: int | None = None  # set by the worker thread itself (before start: it may run first)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
-        self.thread_ident: int | None = None
 
     def _loop(self) -> None:
         self.thread_ident = threading.get_ident()

@@ -248,6 +248,31 @@ class LiteMedSAMEngine(Engine):
         self.last_timings = {"decode_s": time.perf_counter() - t0}
         return Prediction(mask=mask, logits=logits, score=score, update=update)
 
+    def candidates(self, prompts: Prompts) -> tuple[np.ndarray, np.ndarray]:
+        """The decoder's three alternative masks for `prompts` (no previous logits): ((3, H, W) bool, (3,) scores).
+
+        Box-only prompts use the modules that answer the box turn (LiteMedSAM's own with `base_first_turn`).
+        Policies read where the alternatives disagree; nothing is changed in the session.
+        """
+        if self._current is None:
+            raise EngineError("no image set: call set_image(image) before candidates")
+        emb, scale, (new_h, new_w), (h, w) = self._current
+        prompts.validate(h, w)
+        if prompts.empty:
+            raise EngineError("no prompt: give a box or at least one click")
+        import torch.nn.functional as F
+
+        points, box = self._prompt_tensors(prompts, scale)
+        pe, md = self.net.prompt_encoder, self.net.mask_decoder
+        if self._base is not None and not prompts.points:
+            pe, md = self._base
+        with self._torch.inference_mode():
+            sparse, dense = pe(points=points, boxes=box, masks=None)
+            low_res, iou = md(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                              dense_prompt_embeddings=dense, multimask_output=True)
+            full = F.interpolate(low_res[..., :new_h, :new_w], size=(h, w), mode="bilinear", align_corners=False)
+        return (full[0] > 0).cpu().numpy(), iou[0].float().cpu().numpy()
+
 
 # Largest disk, in 256-grid cells, painted when the decoder ignores a click (about 4% of the image side).
 MAX_CLICK_RADIUS = 10

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_eval_command", "add_report_command", "run_eval", "run_report", "REPORT_DATASETS"]
+__all__ = ["add_eval_command", "add_report_command", "run_eval", "run_report", "REPORT_DATASETS", "policy_options"]
 
 REPORT_DATASETS = ("kvasir-seg", "btcv-slices", "acdc", "lits-117")
 REPO = Path(__file__).resolve().parents[2]
@@ -18,9 +18,18 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="evaluate an engine on datasets in the dataset.json format",
                               description="Evaluate an interactive engine with simulated users (seeded).")
     p.add_argument("datasets", nargs="+", metavar="DATASET_DIR", help="folder(s) holding a dataset.json")
-    p.add_argument("--protocol", choices=["box", "clicks", "noc", "agent"], default="clicks")
+    p.add_argument("--protocol", choices=["box", "clicks", "noc", "agent", "propagate"], default="clicks",
+                   help="propagate (3D datasets): box on the largest slice, --clicks refinement turns there, then "
+                        "propagation through the volume; reports dice_3d and seconds_per_volume")
     p.add_argument("--engine", default=None, help="engine name (default: the default engine)")
-    p.add_argument("--policy", default="oracle", help="policy for --protocol agent (oracle | scripted)")
+    p.add_argument("--policy", default="oracle", choices=["oracle", "heuristic", "learned", "mllm"],
+                   help="policy for --protocol agent: oracle (uses the reference) or a GT-free agent")
+    p.add_argument("--policy-weights", default=None, metavar="PT",
+                   help="with --policy learned: a controller that train-policy wrote instead of the shipped one")
+    p.add_argument("--mllm-path", default=None, help="with --policy mllm: a local Qwen2-VL / Qwen2.5-VL folder")
+    p.add_argument("--drop", type=float, default=None,
+                   help="with --policy learned: take back a turn whose predicted IoU fell by more than this "
+                        "(default: the card's)")
     p.add_argument("--clicks", type=int, default=5, help="clicks after the box (noc: at least this many)")
     p.add_argument("--jitter", type=float, default=0.1, help="box edge jitter, fraction of the box size")
     p.add_argument("--seed", type=int, default=0)
@@ -33,7 +42,9 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--click-weights", default=None, metavar="PT",
                    help="with a litemedsam-click engine: evaluate this overlay from `train-engine --out` "
                         "(model card beside it) instead of the shipped weights")
-    p.add_argument("--embedding-cache", default=None, help="folder of cached LiteMedSAM image embeddings")
+    p.add_argument("--embedding-cache", default=None,
+                   help="folder of LiteMedSAM image embeddings: taken from it, and images not there are kept in it")
+    add_propagation_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--plot", default=None, metavar="PNG")
     p.add_argument("--json", required=True, metavar="OUT")
@@ -55,15 +66,21 @@ def run_eval(args: argparse.Namespace) -> int:
         return 2
     labels = [s for s in args.labels.split(",") if s.strip()] if args.labels else None
     try:
+        policy_kwargs = policy_options(args)
         result = evaluate(args.datasets, args.protocol, engine=engine, policy=args.policy, clicks=args.clicks,
                           jitter=args.jitter, seed=args.seed, limit=args.limit, labels=labels,
                           min_area=args.min_area, mode=args.mode, split=None if args.split == "all" else args.split,
-                          embedding_cache=args.embedding_cache)
+                          embedding_cache=args.embedding_cache, policy_kwargs=policy_kwargs,
+                          propagation=propagation_config(args))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.click_weights:
         result["config"]["click_weights"] = str(Path(args.click_weights).resolve())
+    if args.policy_weights:
+        result["config"]["policy_weights"] = str(Path(args.policy_weights).resolve())
+    if args.drop is not None:
+        result["config"]["drop"] = args.drop
     print(format_table(result))
     write_json(result, args.json)
     print(f"wrote {args.json}")
@@ -71,6 +88,52 @@ def run_eval(args: argparse.Namespace) -> int:
         plot_dice({result["config"]["engine"]: result}, args.plot)
         print(f"wrote {args.plot}")
     return 0 if result["summary"]["n"] > 0 else 1
+
+
+def add_propagation_args(p: argparse.ArgumentParser) -> None:
+    """Options of propagation.PropagationConfig (defaults = the shipped ones)."""
+    from ..propagation import PropagationConfig
+
+    d = PropagationConfig()
+    p.add_argument("--margin", type=float, default=d.margin, help="propagation: grow the previous slice's box by "
+                                                                  "this fraction of its size")
+    p.add_argument("--feed-logits", action="store_true", help="propagation: the previous slice's low-res logits "
+                                                              "as the mask prompt")
+    p.add_argument("--min-score", type=float, default=d.min_score, help="propagation: a slice below this score "
+                                                                        "counts as past the structure's end")
+    p.add_argument("--patience", type=int, default=d.patience, help="propagation: stop after this many weak "
+                                                                    "slices in a row")
+    p.add_argument("--refine-below", type=float, default=None, help="propagation: hand slices scoring below this "
+                                                                    "to --policy for refinement turns")
+
+
+def propagation_config(args: argparse.Namespace) -> Any:
+    from ..propagation import PropagationConfig
+
+    if getattr(args, "margin", None) is None:
+        return None
+    return PropagationConfig(margin=args.margin, feed_logits=args.feed_logits, min_score=args.min_score,
+                             patience=args.patience, refine_below=args.refine_below)
+
+
+def policy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """create_policy keyword arguments from --policy-weights / --mllm-path / --device."""
+    out: dict[str, Any] = {}
+    if getattr(args, "policy_weights", None):
+        if args.policy != "learned":
+            raise ValueError("--policy-weights applies to --policy learned only")
+        out["weights"] = args.policy_weights
+    if getattr(args, "mllm_path", None):
+        if args.policy != "mllm":
+            raise ValueError("--mllm-path applies to --policy mllm only")
+        out["mllm_path"] = args.mllm_path
+    if getattr(args, "drop", None) is not None:
+        if args.policy != "learned":
+            raise ValueError("--drop applies to --policy learned only")
+        out["drop"] = args.drop
+    if args.policy in ("learned", "mllm"):
+        out["device"] = getattr(args, "device", "auto")
+    return out
 
 
 def add_report_command(subparsers: Any) -> argparse.ArgumentParser:

@@ -89,8 +89,20 @@ def summarize(cases: list[dict[str, Any]], protocol: str) -> dict[str, Any]:
     # How the engine applied the clicks (engines.base.Prediction.update): shares over all click turns.
     kinds = [u for c in ok for u in c.get("updates", [])]
     out["click_updates"] = {k: round(kinds.count(k) / len(kinds), 4) for k in sorted(set(kinds))} if kinds else {}
+    if any("seconds_per_volume" in c for c in ok):  # propagate protocol
+        out["dice_3d"] = out["dice_final"]
+        out["seconds_per_volume"] = _mean([c["seconds_per_volume"] for c in ok])
     out["degraded_rate"] = round(sum(1 for c in ok if c["dice_by_step"][-1] < c["dice_by_step"][0] - DEGRADE_TOL)
                                  / len(ok), 4)
+    out["gain_final"] = round(float(np.mean([c["dice_by_step"][-1] - c["dice_by_step"][0] for c in ok])), 4)
+    if any("policy_s" in c for c in ok):  # agent protocol: the policy's own time next to the engine's
+        pol = [v for c in ok for v in c.get("policy_s", [])]
+        eng = [v for c in ok for v in c.get("engine_s", [])[1:]]  # corrective turns, not the box
+        out["policy_ms_median"] = round(1000 * float(np.median(pol)), 2) if pol else None
+        out["engine_turn_ms_median"] = round(1000 * float(np.median(eng)), 2) if eng else None
+        out["reverted_rate"] = round(sum(1 for c in ok if c.get("reverted")) / len(ok), 4)
+        acts = [a for c in ok for a in c.get("actions", [])]
+        out["actions"] = {k: acts.count(k) for k in sorted(set(acts))}
     per: dict[str, list[dict[str, Any]]] = {}
     for c in ok:
         per.setdefault(f"{c['dataset']}/{c['label_name']}", []).append(c)
@@ -121,7 +133,7 @@ def run_volume(engine: Any, inst: Any, protocol: str, clicks: int, jitter: float
     for k in ks:
         rgb = to_engine_rgb(extract_slice(img.array, k), img.modality)
         if store is not None:
-            store.prime(engine, rgb)
+            store.keep(engine, rgb)
         r = _run_with_masks(engine, rgb, gt[k], protocol, clicks, jitter,
                             instance_seed(seed, inst.dataset, inst.case_id, inst.label, k), policy)
         steps.append(r)
@@ -138,6 +150,42 @@ def run_volume(engine: Any, inst: Any, protocol: str, clicks: int, jitter: float
             "noc90": None, "reached90": None}
 
 
+def run_propagate(engine: Any, inst: Any, clicks: int, jitter: float, seed: int, policy: str, store: Any = None,
+                  config: Any = None, policy_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """--protocol propagate: a jittered box on the label's largest slice, `clicks` refinement turns there (oracle
+    clicks, or the GT-free policy's turns), then propagation through the volume; Dice of the whole volume."""
+    from ..images import extract_slice, to_engine_rgb
+    from ..metrics import dice, iou
+    from ..oracle import box_from_mask
+    from ..policies import OraclePolicy, create_policy
+    from ..propagation import propagate
+    from ..session import Session
+
+    img, gt = load_volume_instance(inst)
+    k = inst.slice_index
+    t0 = time.perf_counter()
+    rgb = to_engine_rgb(extract_slice(img.array, k), img.modality)
+    if store is not None:
+        store.keep(engine, rgb)
+    rng = np.random.default_rng(instance_seed(seed, inst.dataset, inst.case_id, inst.label, k))
+    session = Session(engine, rgb, inst.label_name, max_turns=1 + clicks)
+    session.add_box(*box_from_mask(gt[k], jitter, rng), source="agent")
+    if clicks > 0:
+        pol = (OraclePolicy(gt[k], seed=seed) if policy == "oracle"
+               else create_policy(policy, **(policy_kwargs or {})))
+        session.run(pol)
+    refine = None if policy == "oracle" else (lambda: create_policy(policy, **(policy_kwargs or {})))
+    res = propagate(engine, img.array, k, session.mask, session.turns[-1].logits if session.turns else None,
+                    "axial", img.modality, config=config, policy_factory=refine, store=store)
+    seconds = time.perf_counter() - t0
+    slices_gt = [i for i in range(gt.shape[0]) if gt[i].any()]
+    return {"dice_by_step": [round(dice(res.mask, gt), 6)], "iou_by_step": [round(iou(res.mask, gt), 6)],
+            "dice_start_slice": round(dice(session.mask, gt[k]), 6), "turns": session.mask_turns,
+            "slices": len(res.records), "slices_gt": len(slices_gt), "seconds_per_volume": round(seconds, 2),
+            "range": [min(res.slices), max(res.slices)], "range_gt": [min(slices_gt), max(slices_gt)],
+            "noc85": None, "noc90": None, "reached90": None}
+
+
 def _run_with_masks(engine, rgb, gt, protocol, clicks, jitter, seed, policy) -> list[np.ndarray]:
     """Masks per step of one 2D run (for 3D mode): re-runs the session and keeps each turn's mask."""
     from ..oracle import box_from_mask
@@ -152,7 +200,7 @@ def _run_with_masks(engine, rgb, gt, protocol, clicks, jitter, seed, policy) -> 
         oracle = OraclePolicy(gt, rule="ritm", seed=seed, stop_iou=0.90 if protocol in ("noc", "agent") else None)
         limit = clicks if protocol != "noc" else MAX_NOC_CLICKS
         while len(masks) - 1 < limit:
-            action = oracle.next_action(session)
+            action = oracle.next_action(session.observe())
             if action.to_dict()["name"] == "stop_action":
                 break
             session.act(action)
@@ -163,8 +211,8 @@ def _run_with_masks(engine, rgb, gt, protocol, clicks, jitter, seed, policy) -> 
 def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, engine_name: str | None = None,
              policy: str = "oracle", clicks: int = 5, jitter: float = 0.1, seed: int = 0, limit: int | None = None,
              labels: list[str] | None = None, min_area: int = 0, mode: str = "2d", split: str | None = None,
-             embedding_cache: str | Path | None = None, log: Any = None, progress: bool = True
-             ) -> dict[str, Any]:
+             embedding_cache: str | Path | None = None, log: Any = None, progress: bool = True,
+             policy_kwargs: dict[str, Any] | None = None, propagation: Any = None) -> dict[str, Any]:
     """Evaluate one engine on one or more dataset folders; returns {"summary", "cases", "skipped", "config"}.
 
     summary also holds "per_dataset" (one summary per dataset). split: "val"/"train" to restrict to that side
@@ -207,16 +255,23 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
             rec = {"dataset": inst.dataset, "case": inst.case_id, "patient": inst.patient, "label": inst.label,
                    "label_name": inst.label_name, "slice": inst.slice_index, "area": inst.area}
             try:
-                if inst.is_3d and mode == "3d":
+                if protocol == "propagate":
+                    if not inst.is_3d:
+                        raise ValueError("--protocol propagate needs a 3D dataset")
+                    rec.update(run_propagate(engine, inst, clicks, jitter, seed, policy, store, propagation,
+                                             policy_kwargs))
+                elif inst.is_3d and mode == "3d":
+                    if protocol == "agent" and policy != "oracle":
+                        raise ValueError("--mode 3d runs the oracle only; evaluate GT-free policies in 2d mode")
                     rec.update(run_volume(engine, inst, protocol, clicks, jitter, seed, policy, store))
                 else:
                     rgb, gt = load_instance(inst)
                     if store is not None:
-                        store.prime(engine, rgb)
+                        store.keep(engine, rgb)
                     rec.update(run_instance(engine, rgb, gt, protocol, clicks, jitter,
                                             instance_seed(seed, inst.dataset, inst.case_id, inst.label,
                                                           inst.slice_index), policy=policy,
-                                            target=inst.label_name))
+                                            target=inst.label_name, policy_kwargs=policy_kwargs))
             except (ValueError, OSError, RuntimeError) as exc:
                 msg = f"{inst.dataset}/{inst.case_id}, label {inst.label_name}: {exc}"
                 log(f"skipped {msg}")

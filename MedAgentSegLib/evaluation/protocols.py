@@ -8,7 +8,8 @@ the `OraclePolicy` simulated user (RITM click rule). Step 0 is the box; step i i
   in which case the last value is carried forward).
 - noc: box, then clicks until IoU >= 0.90 and at least K clicks were given, at most 20 clicks. NoC@t =
   clicks after the box needed to reach IoU >= t (0 if the box already does; 20 if never: a failure).
-- agent: box, then the given policy acts until it stops (at most K mask-producing turns after the box).
+- agent: box, then the given policy acts until it stops (at most K mask-producing turns after the box). The
+  steps are the masks the session kept (a turn the agent took back is not a step, but counts in "turns").
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 __all__ = ["PROTOCOLS", "run_instance", "instance_seed", "noc_from_ious", "MAX_NOC_CLICKS"]
 
-PROTOCOLS = ("box", "clicks", "noc", "agent")
+PROTOCOLS = ("box", "clicks", "noc", "agent", "propagate")
 MAX_NOC_CLICKS = 20
 
 
@@ -42,7 +43,7 @@ def noc_from_ious(ious: list[float], threshold: float, max_clicks: int = MAX_NOC
 
 def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, clicks: int = 5,
                  jitter: float = 0.1, seed: int = 0, policy: str = "oracle", rule: str = "ritm",
-                 target: str = "target") -> dict[str, Any]:
+                 target: str = "target", policy_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one protocol on one 2D instance.
 
     image: (H, W, 3) uint8 engine input; gt: (H, W) bool reference (non-empty). seed: the instance seed.
@@ -74,7 +75,7 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
         while len(dices) - 1 < limit:
             if protocol == "noc" and ious[-1] >= 0.90 and len(dices) - 1 >= clicks:
                 break
-            action = oracle.next_action(session)
+            action = oracle.next_action(session.observe())
             if action.to_dict()["name"] == "stop_action":  # mask is perfect
                 break
             session.act(action)
@@ -83,15 +84,25 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
     elif protocol == "agent":
         from ..policies import create_policy
 
-        kwargs: dict[str, Any] = {"rule": rule, "seed": seed}
+        kwargs: dict[str, Any] = dict(policy_kwargs or {})
         if policy == "oracle":
-            kwargs["stop_iou"] = 0.90
-        pol = create_policy(policy, gt=gt, **kwargs) if policy == "oracle" else create_policy(policy)
-        for turn in session.run(pol, max_turns=clicks + 1):
-            if turn.produces_mask:
-                dices.append(dice(turn.mask, gt))
-                ious.append(iou(turn.mask, gt))
-    out["turns"] = session.mask_turns
+            kwargs.update({"rule": rule, "seed": seed, "stop_iou": 0.90})
+            pol = create_policy(policy, gt=gt, **kwargs)
+        else:  # GT-free: the policy never sees gt
+            pol = create_policy(policy, **kwargs)
+        session.max_turns = clicks + 1  # what the policy is told it may use (the box counted)
+        session.run(pol, max_turns=clicks + 1)
+        made = [t for t in session.turns if t.produces_mask]
+        dices = [dice(t.mask, gt) for t in made]
+        ious = [iou(t.mask, gt) for t in made]
+        # turns the policy chose (not the stop the turn limit forces), the ones it took back included
+        asked = [t.to_dict() for t in session.turns if t.source == "agent" and "policy_s" in t.timings]
+        asked += session.reverted
+        out["reverted"] = len(session.reverted)
+        out["policy_s"] = [round(t["timings"]["policy_s"], 6) for t in asked]
+        out["engine_s"] = [round(t.timings["engine_s"], 6) for t in made]
+        out["actions"] = [t["action"]["name"] for t in asked]
+    out["turns"] = session.mask_turns + len(session.reverted)
     out["updates"] = [t.update for t in session.turns if t.produces_mask][1:]
     out["clicks"] = [[round(float(p[0]), 1), round(float(p[1]), 1), int(lab)]
                      for p, lab in zip(session.prompts.points, session.prompts.labels)]

@@ -21,12 +21,12 @@ START, END = "<!-- report:start -->", "<!-- report:end -->"
 STEPS = (0, 1, 3, 5)
 
 
-def replace_section(text: str, body: str) -> str | None:
+def replace_section(text: str, body: str, start: str = START, end: str = END) -> str | None:
     """Text with the part between the markers replaced by body; None if the markers are missing."""
-    i, j = text.find(START), text.find(END)
+    i, j = text.find(start), text.find(end)
     if i < 0 or j < 0 or j < i:
         return None
-    return text[:i + len(START)] + "\n" + body.rstrip() + "\n" + text[j:]
+    return text[:i + len(start)] + "\n" + body.rstrip() + "\n" + text[j:]
 
 
 def _row(name: str, s: dict[str, Any]) -> str:

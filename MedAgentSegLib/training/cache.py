@@ -62,6 +62,12 @@ class EmbeddingCache:
         (self.root / f"{key}.json").write_text(json.dumps({"scale": scale, "new_hw": list(new_hw), "hw": list(hw)}))
         return key
 
+    def keep(self, engine: Any, image: np.ndarray) -> bool:
+        """Encode `image` into the cache unless it is there (LiteMedSAM engines), then prime the engine with it."""
+        if hasattr(engine, "embedding_state"):
+            self.encode(engine, image)
+        return self.prime(engine, image)
+
     def prime(self, engine: Any, image: np.ndarray) -> bool:
         """Put a stored embedding into a LiteMedSAM engine's in-memory cache; True if it was there."""
         import torch
