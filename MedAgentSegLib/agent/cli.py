@@ -179,7 +179,7 @@ def write_policy_card(out: Path, cfg: Any, command: str, times: dict[str, float]
                        "negative), action (click / rebox / stop) and predicted IoU. The engine is not changed.",
         "file": out.name, "sha256": sha256_file(out), "size_bytes": out.stat().st_size, "dtype": "float32",
         "architecture": CONTROLLER_ARCH, "actions": list(ACTIONS), "engine_trained_with": engine_name,
-        "drop": old.get("drop", 0.02),
+        "drop": old.get("drop", 0.2),
         "licence": "trained on research-only / non-commercial data (see data): research use only",
         "data": {d: DATASET_LICENCES.get(d, "see dataset.json") for d in cfg.datasets},
         "split": "training side of evaluation.dataset.split_patients (seed 2026, patient-level); validation side "

@@ -123,7 +123,7 @@ class LearnedPolicy:
         if key not in _LOADED:
             _LOADED[key] = load_controller(path, self.card.get("sha256"), device=device)
         self.net, _ = _LOADED[key]
-        self.drop = float(self.card.get("drop", 0.02) if drop is None else drop)
+        self.drop = float(self.card.get("drop", 0.2) if drop is None else drop)
         self.sample = sample
         self.rng = np.random.default_rng(seed)
         self.last_decision: Decision | None = None

@@ -2,7 +2,8 @@
 
 Every run starts from the same jittered box (seeded per instance). Rows: `heuristic` and `learned` (GT-free,
 up to 5 mask-producing turns after the box), `oracle` (5 RITM clicks; it reads the reference), and `learned` on
-the original LiteMedSAM (`--engine litemedsam`: does the policy keep its gain on another engine?). Writes
+the original LiteMedSAM (`--engine litemedsam`: does the policy keep its gain on another engine?) and on the
+original LiteMedSAM with the click-local rule (`litemedsam-local`, an engine whose clicks do help). Writes
 docs/agent_report.md and the README section between the agent-report markers; JSONs under --json-dir.
 """
 
@@ -22,7 +23,8 @@ START, END = "<!-- agent-report:start -->", "<!-- agent-report:end -->"
 REPO = Path(__file__).resolve().parents[2]
 # (row name, engine (None = default), protocol, policy)
 RUNS = (("heuristic", None, "agent", "heuristic"), ("learned", None, "agent", "learned"),
-        ("oracle, 5 clicks", None, "clicks", "oracle"), ("learned on litemedsam", "litemedsam", "agent", "learned"))
+        ("oracle, 5 clicks", None, "clicks", "oracle"), ("learned on litemedsam", "litemedsam", "agent", "learned"),
+        ("learned on litemedsam-local", "litemedsam-local", "agent", "learned"))
 
 
 def add_agent_report_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -55,7 +57,9 @@ def _ids(engine: Any, policy: str, weights: str | None) -> str:
     if policy == "learned":
         from ..agent.learned import POLICY_WEIGHTS
 
-        ident += ":policy-" + sha256_file(Path(weights) if weights else POLICY_WEIGHTS)[:16]
+        path = Path(weights) if weights else POLICY_WEIGHTS
+        drop = json.loads(path.with_suffix(".json").read_text()).get("drop")
+        ident += f":policy-{sha256_file(path)[:16]}:drop-{drop}"
     return ident
 
 
@@ -187,6 +191,9 @@ def _checks(results: dict[str, dict[str, Any]], ds: str) -> list[str]:
     if tra is not None and tra["n"] and g > 0:
         kept = tra["gain_final"] / g
         out.append(f"on litemedsam keeps {kept:.0%} of the gain {'met' if kept >= 0.5 else 'missed'} (>= 50%)")
+    loc = summ("learned on litemedsam-local")
+    if loc is not None and loc["n"] and g > 0:
+        out.append(f"on litemedsam-local it keeps {loc['gain_final'] / g:.0%} (not a target)")
     return out
 
 
