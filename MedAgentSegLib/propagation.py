@@ -1,0 +1,224 @@
+"""Whole-structure 3D propagation from one prompted slice, slice by slice, both ways (the LiteMedSAM /
+MedSAMSlicer recipe), along any slice axis of a KJI volume.
+
+- The start slice's mask comes from a finished 2D session (the person's box, the agent's turns).
+- Each next slice is prompted with the previous slice's mask box, grown by `margin` of its size (at least
+  `min_grow` px), and, with `feed_logits`, the previous slice's low-res logits as the mask prompt.
+- A direction ends at the structure's end, not the volume's edge: after `patience` slices in a row whose mask
+  is smaller than `min_area` px or whose engine score is below `min_score`; those trailing slices are dropped.
+- The result keeps the 3D connected component that overlaps the start slice's mask.
+- Slices whose score is below `refine_below` can be handed to a GT-free policy for refinement turns (a 2D
+  `Session` per slice, starting from the propagated box).
+- One record per slice (box, prior slice, score, mask as RLE) so `replay_propagation` re-runs it bit for bit;
+  `propagate(..., start_from=record)` re-propagates outward from a slice the person corrected.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import rle
+from .agent.common import mask_box
+from .engines.base import Engine, Prompts
+from .images import AXES, extract_slice, insert_slice, to_engine_rgb
+
+__all__ = ["PropagationConfig", "SliceRecord", "Propagation", "propagate", "replay_propagation",
+           "PropagationError", "PROPAGATION_FORMAT"]
+
+PROPAGATION_FORMAT = "medagentseg-propagation/1"
+
+
+class PropagationError(ValueError):
+    """Propagation cannot run or found nothing; the message says why and what to do."""
+
+
+@dataclass
+class PropagationConfig:
+    """How the next slice is prompted and when a direction ends (defaults: measured on LiTS / ACDC, see README)."""
+
+    margin: float = 0.05
+    min_grow: float = 2.0
+    feed_logits: bool = False
+    min_area: int = 10
+    min_score: float = 0.5
+    patience: int = 2
+    refine_below: float | None = None
+    refine_turns: int = 2
+
+
+@dataclass
+class SliceRecord:
+    """One slice of a propagation: where it came from and what it gave. box: pixels of the slice."""
+
+    index: int
+    prior: int | None
+    box: list[float]
+    score: float
+    area: int
+    mask_rle: dict[str, Any]
+    refined: dict[str, Any] | None = None  # the refinement session's trajectory, if the agent refined this slice
+    seconds: float = 0.0
+
+
+@dataclass
+class Propagation:
+    """The result: `mask` (K, J, I) bool and one record per kept slice, in the order they were made."""
+
+    axis: str
+    start: int
+    mask: np.ndarray
+    records: list[SliceRecord] = field(default_factory=list)
+    stopped: str = ""  # "" | "cancelled"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slices(self) -> list[int]:
+        return sorted(r.index for r in self.records)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PROPAGATION_FORMAT, "axis": self.axis, "start": self.start, "stopped": self.stopped,
+                "config": self.config, "slices": [asdict(r) for r in self.records]}
+
+
+def _grow(box: tuple[float, float, float, float], margin: float, min_grow: float, h: int, w: int):
+    from .oracle import clip_box
+
+    x1, y1, x2, y2 = box
+    gx, gy = max(min_grow, margin * (x2 - x1)), max(min_grow, margin * (y2 - y1))
+    return clip_box(x1 - gx, y1 - gy, x2 + gx, y2 + gy, h, w)
+
+
+def propagate(engine: Engine, volume: np.ndarray, start: int, start_mask: np.ndarray,
+              start_logits: np.ndarray | None, axis: str = "axial", modality: str = "CT", window: Any = None,
+              config: PropagationConfig | None = None, policy_factory: Callable[[], Any] | None = None,
+              on_slice: Callable[[SliceRecord, int], None] | None = None,
+              should_stop: Callable[[], bool] | None = None, store: Any = None) -> Propagation:
+    """Propagate a finished 2D mask on slice `start` through the volume (KJI) along `axis`.
+
+    start_mask: (H, W) bool on that slice; start_logits: its (1, 256, 256) low-res logits (for feed_logits).
+    policy_factory: builds a fresh GT-free policy for slices whose score is below config.refine_below.
+    on_slice(record, done): called after each slice (progress). should_stop(): checked between slices; when it
+    says True the run ends cleanly with the slices done so far (stopped = "cancelled").
+    store: an EmbeddingCache that slice embeddings are taken from and kept in. Raises PropagationError if the start
+    mask is empty.
+    """
+    cfg = config or PropagationConfig()
+    if axis not in AXES:
+        raise PropagationError(f"unknown slice axis {axis!r}; use one of {', '.join(AXES)}")
+    n = volume.shape[AXES[axis]]
+    if not 0 <= start < n:
+        raise PropagationError(f"start slice {start} is outside the volume (0..{n - 1} along {axis})")
+    start_mask = np.asarray(start_mask, bool)
+    if start_mask.sum() < 1:
+        raise PropagationError("the start slice's mask is empty: segment the structure on one slice first")
+    out = np.zeros(volume.shape, bool)
+    insert_slice(out, start, axis, start_mask)
+    box0 = mask_box(start_mask, 0.0)
+    result = Propagation(axis, start, out, [SliceRecord(start, None, list(box0), 1.0, int(start_mask.sum()),
+                                                        rle.encode(start_mask))], config=asdict(cfg))
+    done = 1
+    for step in (1, -1):
+        prev_mask, prev_logits, prev_index, misses = start_mask, start_logits, start, []
+        k = start + step
+        while 0 <= k < n:
+            if should_stop is not None and should_stop():
+                result.stopped = "cancelled"
+                break
+            rec, logits = _one_slice(engine, volume, k, axis, modality, window, prev_mask, prev_logits, prev_index,
+                                     cfg, policy_factory, store)
+            good = rec.area >= cfg.min_area and rec.score >= cfg.min_score
+            misses = [] if good else misses + [rec]
+            if not good and len(misses) >= cfg.patience:
+                break
+            result.records.append(rec)
+            mask = rle.decode(rec.mask_rle)
+            insert_slice(result.mask, k, axis, mask)
+            done += 1
+            if on_slice is not None:
+                on_slice(rec, done)
+            if rec.area >= cfg.min_area:
+                prev_mask, prev_logits, prev_index = mask, logits, k
+            k += step
+        for rec in misses:  # trailing weak slices past the structure's end are not kept
+            if rec in result.records:
+                result.records.remove(rec)
+                insert_slice(result.mask, rec.index, axis, np.zeros_like(start_mask))
+        if result.stopped:
+            break
+    _keep_component(result, start_mask)
+    return result
+
+
+def _one_slice(engine, volume, k, axis, modality, window, prev_mask, prev_logits, prev_index, cfg,
+               policy_factory, store) -> tuple[SliceRecord, np.ndarray]:
+    t0 = time.perf_counter()
+    rgb = to_engine_rgb(extract_slice(volume, k, axis), modality, window)
+    h, w = rgb.shape[:2]
+    box = _grow(mask_box(prev_mask, 0.0), cfg.margin, cfg.min_grow, h, w)
+    if store is not None and hasattr(engine, "embedding_state"):
+        store.encode(engine, rgb)  # kept on disk: a second run over this volume encodes nothing
+        store.prime(engine, rgb)
+    engine.set_image(rgb)
+    feed = prev_logits if cfg.feed_logits else None
+    pred = engine.predict(Prompts(box), prev_logits=feed)
+    mask, logits, score = pred.mask.astype(bool), pred.logits, float(pred.score)
+    refined = None
+    if policy_factory is not None and cfg.refine_below is not None and score < cfg.refine_below and mask.any():
+        from .session import Session
+
+        session = Session(engine, rgb, "target", max_turns=1 + cfg.refine_turns)
+        session.add_box(*box, source="agent")
+        session.run(policy_factory())
+        mask, logits = session.mask, session.turns[-1].logits
+        refined = session.to_dict()
+    rec = SliceRecord(k, prev_index, [float(v) for v in box], round(score, 6), int(mask.sum()), rle.encode(mask),
+                      refined, round(time.perf_counter() - t0, 4))
+    return rec, logits
+
+
+def _keep_component(result: Propagation, start_mask: np.ndarray) -> None:
+    """Keep the 3D connected component(s) that overlap the start slice's mask; drop the rest from the records."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(result.mask)
+    if n <= 1:
+        return
+    seed = np.zeros_like(result.mask)
+    insert_slice(seed, result.start, result.axis, start_mask)
+    keep = np.isin(labels, np.unique(labels[seed & result.mask]))
+    keep &= labels > 0
+    result.mask = keep
+    kept = []
+    for rec in result.records:
+        plane = extract_slice(keep, rec.index, result.axis)
+        if rec.index != result.start and not plane.any():
+            continue
+        if int(plane.sum()) != rec.area:  # pieces outside the component removed: record what is kept
+            rec.mask_rle, rec.area = rle.encode(plane), int(plane.sum())
+        kept.append(rec)
+    result.records = kept
+
+
+def replay_propagation(record: dict[str, Any], engine: Engine, volume: np.ndarray, start_mask: np.ndarray,
+                       start_logits: np.ndarray | None, modality: str = "CT", window: Any = None,
+                       policy_factory: Callable[[], Any] | None = None) -> Propagation:
+    """Re-run a recorded propagation and check that every slice's mask is the same; ValueError names the first
+    slice that differs."""
+    if record.get("format") != PROPAGATION_FORMAT:
+        raise ValueError(f"not a MedAgentSeg propagation record (format {PROPAGATION_FORMAT!r} expected)")
+    cfg = PropagationConfig(**record["config"])
+    again = propagate(engine, volume, record["start"], start_mask, start_logits, record["axis"], modality, window,
+                      cfg, policy_factory)
+    want = {s["index"]: s["mask_rle"] for s in record["slices"]}
+    got = {r.index: r.mask_rle for r in again.records}
+    if sorted(want) != sorted(got):
+        raise ValueError(f"replay covers slices {sorted(got)[:3]}... but the record {sorted(want)[:3]}...")
+    for k in sorted(want):
+        if not np.array_equal(rle.decode(want[k]), rle.decode(got[k])):
+            raise ValueError(f"replayed slice {k} gives a different mask than recorded")
+    return again
