@@ -78,6 +78,7 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
     """Do the work of `segment`; returns a summary dict. Raises on bad input before writing anything."""
     from . import images
     from .engines import create_engine
+    from . import rle
     from .metrics import dice
     from .policies import GT_FREE_POLICIES, OraclePolicy
     from .render import filmstrip
@@ -181,7 +182,9 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
         for name in names:
             shutil.move(str(tmp / name), str(out / name))
     summary = {"target": info["name"], "engine": engine.name, "device": engine.device, "slice": index,
-               "reverted": len(session.reverted),
+               "reverted": [{"action": r["action"]["name"], "reason": r["action"].get("reason"),
+                             **({"dice": round(dice(rle.decode(r["mask_rle"]), gt), 4)} if gt is not None else {})}
+                            for r in session.reverted],
                "propagation": None if prop is None else {"slices": prop.slices, "voxels": int(prop.mask.sum()),
                                                          **({"dice_3d": round(dice(prop.mask, gt3), 4)}
                                                             if gt3 is not None else {})},
@@ -226,8 +229,10 @@ def _print_summary(s: dict[str, Any]) -> None:
         sl = p["slices"]
         extra = f", Dice {p['dice_3d']:.3f} against --gt" if "dice_3d" in p else ""
         print(f"  propagated to {len(sl)} slices ({sl[0]}..{sl[-1]}), {p['voxels']} voxels{extra}")
-    if s.get("reverted"):
-        print(f"  the agent took back {s['reverted']} of its own turn(s); the trajectory keeps them under 'reverted'")
+    for r in s.get("reverted") or []:
+        extra = f" (Dice {r['dice']:.3f})" if "dice" in r else ""
+        print(f"  taken back by the agent: {r['action']}{extra} - {r['reason'] or 'no reason given'}; the trajectory "
+              "keeps it under 'reverted'")
     print(f"wrote {s['out']}/segmentation.seg.nrrd, trajectory.json, turns.png")
 
 
@@ -239,12 +244,25 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     if not SAMPLE_IMAGE.is_file():
         raise UsageError(f"the bundled sample is missing ({SAMPLE_IMAGE}); reinstall from a full checkout")
-    ns = build_parser().parse_args(["segment", str(SAMPLE_IMAGE), "--target", "liver", "--gt", str(SAMPLE_LABELS),
-                                    "--label", "1", "--jitter", "0.1", "--seed", "0", "--max-turns", "5",
-                                    "--stop-iou", "0.92", "--out", args.out, "--device", args.device]
-                                   + (["--engine", args.engine] if args.engine else []))
-    print("Demo: LiTS case 117 (CC BY-NC-SA 4.0), liver, oracle policy with a 10%-jittered box and RITM clicks")
-    _print_summary(run_segment(ns))
+    argv = ["segment", str(SAMPLE_IMAGE), "--target", "liver", "--gt", str(SAMPLE_LABELS), "--label", "1",
+            "--max-turns", "5", "--out", args.out, "--device", args.device]
+    argv += ["--engine", args.engine] if args.engine else []
+    if args.policy == "oracle":
+        argv += ["--jitter", "0.1", "--seed", "0", "--stop-iou", "0.92"]
+        print("Demo: LiTS case 117 (CC BY-NC-SA 4.0), liver, oracle policy with a 10%-jittered box and RITM clicks")
+    else:  # the person's box (here: the reference's, jittered 10%, seeded), then the GT-free agent on its own
+        from . import images
+        from .oracle import box_from_mask
+
+        img = images.load_image(SAMPLE_IMAGE)
+        ref = images.load_mask(SAMPLE_LABELS, img, 1)
+        k = images.largest_slice(ref)
+        box = box_from_mask(images.extract_slice(ref, k), 0.1, np.random.default_rng(0))
+        argv += ["--slice", str(k), "--box", ",".join(f"{v:.1f}" for v in box), "--policy", args.policy]
+        print(f"Demo: LiTS case 117 (CC BY-NC-SA 4.0), liver: a box as a person would draw it (the reference's, "
+              f"jittered 10%), then the {args.policy} agent refines on its own (it never sees the reference; "
+              "Dice is printed against it)")
+    _print_summary(run_segment(build_parser().parse_args(argv)))
     return 0
 
 
@@ -318,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_segment)
     p = sub.add_parser("demo", help="run the agent on the bundled sample case (no data, no GPU needed)")
     p.add_argument("--out", default="medagentseg-demo")
+    p.add_argument("--policy", choices=["learned", "heuristic", "oracle"], default="learned",
+                   help="learned (default) / heuristic: GT-free agent after a box; oracle: the simulated expert")
     p.add_argument("--engine", default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
