@@ -76,9 +76,8 @@ def _slicer_terminology(info: dict[str, Any]) -> dict[str, Any] | None:
 
 def run_segment(args: argparse.Namespace) -> dict[str, Any]:
     """Do the work of `segment`; returns a summary dict. Raises on bad input before writing anything."""
-    from . import images
+    from . import images, rle
     from .engines import create_engine
-    from . import rle
     from .metrics import dice
     from .policies import GT_FREE_POLICIES, OraclePolicy
     from .render import filmstrip
