@@ -87,6 +87,9 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--max-turns must be at least 1, got {args.max_turns}")
     info = resolve_target(args.target)
     img = images.load_image(args.image, modality=args.modality)
+    if img.metadata.get("non_finite_voxels"):
+        print(f"medagentseg: warning: {img.metadata['non_finite_voxels']} NaN/Inf voxel(s) in {args.image} were set to "
+              "the image's lowest value", file=sys.stderr)
     if getattr(args, "mode", "2d") == "3d" and not img.is_3d:
         raise UsageError(f"--mode 3d needs a 3D image (NIfTI, NRRD, MHA or a DICOM series); {args.image} is 2D")
     gt3 = images.load_mask(args.gt, img, args.label) if args.gt else None

@@ -104,13 +104,31 @@ def load_image(path: str | Path, modality: str | None = None) -> LoadedImage:
                          "volume); convert it to a scalar volume first")
     if img.GetDimension() == 4:
         raise ImageError(f"{path} is 4D; extract one frame (time point) first")
-    arr = sitk.GetArrayFromImage(img)
+    arr = _finite(sitk.GetArrayFromImage(img), path, meta)
     if img.GetDimension() == 2:
         mod = modality or meta.get("Modality") or _guess_modality(arr, False, False)
         return LoadedImage(str(path), arr, False, mod, spacing=tuple(img.GetSpacing()) + (1.0,), metadata=meta)
     return LoadedImage(str(path), arr, True, modality or meta.get("Modality") or _guess_modality(arr, True, False),
                        spacing=tuple(img.GetSpacing()), origin=tuple(img.GetOrigin()),
                        direction=tuple(img.GetDirection()), metadata=meta)
+
+
+def _finite(arr: np.ndarray, path: Path, meta: dict[str, Any]) -> np.ndarray:
+    """NaN / Inf policy: an image with no finite voxel is refused; otherwise non-finite voxels take the lowest
+    finite value (background) and their count is kept in metadata["non_finite_voxels"] for a warning. One NaN
+    must not blank the intensity stretch of a whole slice."""
+    if not np.issubdtype(arr.dtype, np.floating):
+        return arr
+    bad = ~np.isfinite(arr)
+    n = int(bad.sum())
+    if n == 0:
+        return arr
+    if n == arr.size:
+        raise ImageError(f"{path} has no finite voxel (all NaN or Inf); the file is broken: re-export it")
+    arr = arr.copy()
+    arr[bad] = arr[~bad].min()
+    meta["non_finite_voxels"] = n
+    return arr
 
 
 def load_mask(path: str | Path, image: LoadedImage, label: int | None = None) -> np.ndarray:
@@ -162,6 +180,9 @@ def to_engine_rgb(plane: np.ndarray, modality: str = "gray", window: str | tuple
         return np.ascontiguousarray(plane[..., :3].astype(np.uint8))
     if plane.ndim != 2:
         raise ImageError(f"expected a 2D slice, got shape {plane.shape}")
+    if np.issubdtype(plane.dtype, np.floating) and not np.isfinite(plane).all():  # as load_image's NaN policy
+        finite = np.isfinite(plane)
+        plane = np.where(finite, plane, plane[finite].min() if finite.any() else 0.0)
     mod = (modality or "").upper()
     if mod == "CT":
         level, width = CT_WINDOWS[window] if isinstance(window, str) else (window or CT_WINDOWS["abdomen"])

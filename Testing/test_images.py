@@ -101,3 +101,29 @@ def test_segmentation_written_on_the_source_grid(tmp_path):
     assert np.array_equal(back.transpose(2, 1, 0), mask)  # slicerio voxels are IJK
     with pytest.raises(images.ImageError, match="does not match"):
         images.write_segmentation(tmp_path / "t.seg.nrrd", loaded, [{"name": "x", "mask": mask[0]}])
+
+
+def test_non_finite_voxels_do_not_blank_a_slice_and_an_all_nan_image_is_refused(tmp_path):
+    import SimpleITK as sitk
+
+    from MedAgentSegLib.images import ImageError, load_image, to_engine_rgb
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(40, 200, (4, 32, 32)).astype(np.float32)
+    clean = vol.copy()
+    vol[2, 5, 5] = np.nan
+    vol[1, 0, 0] = np.inf
+    sitk.WriteImage(sitk.GetImageFromArray(vol), str(tmp_path / "nan.nrrd"))
+    img = load_image(tmp_path / "nan.nrrd", modality="MR")
+    assert np.isfinite(img.array).all() and img.metadata["non_finite_voxels"] == 2
+    assert img.array[2, 5, 5] == clean[np.isfinite(vol)].min()
+    plane = to_engine_rgb(img.array[2], "MR")
+    ref = clean[2].copy()
+    ref[5, 5] = img.array[2, 5, 5]
+    assert np.array_equal(plane, to_engine_rgb(ref, "MR"))  # one NaN changes one pixel, not the whole slice
+    direct = vol[2].copy()  # the same policy when a caller hands a raw plane (the Slicer module does)
+    assert np.array_equal(to_engine_rgb(direct, "MR"), to_engine_rgb(np.where(np.isfinite(direct), direct,
+                                                                               np.nanmin(direct)), "MR"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 8, 8), np.nan, np.float32)), str(tmp_path / "allnan.nrrd"))
+    with pytest.raises(ImageError, match="no finite voxel"):
+        load_image(tmp_path / "allnan.nrrd")
