@@ -74,6 +74,17 @@ def _slicer_terminology(info: dict[str, Any]) -> dict[str, Any] | None:
     return term
 
 
+def _check_out(out: Path) -> None:
+    """The output folder must be creatable and writable: found before any model work, not after."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder (it is created if missing)")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {out}: {parent} is not writable; choose a folder you can write to")
+
+
 def run_segment(args: argparse.Namespace) -> dict[str, Any]:
     """Do the work of `segment`; returns a summary dict. Raises on bad input before writing anything."""
     from . import images, rle
@@ -86,6 +97,7 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_turns < 1:
         raise UsageError(f"--max-turns must be at least 1, got {args.max_turns}")
     info = resolve_target(args.target)
+    _check_out(Path(args.out))
     img = images.load_image(args.image, modality=args.modality)
     if img.metadata.get("non_finite_voxels"):
         print(f"medagentseg: warning: {img.metadata['non_finite_voxels']} NaN/Inf voxel(s) in {args.image} were set to "
@@ -362,17 +374,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_values(argv: list[str]) -> list[str]:
+    """`--box -5,3,...`: argparse takes a value starting with '-' for an option; join it as `--box=-5,3,...`."""
+    out: list[str] = []
+    for a in argv:
+        if out and out[-1] in ("--box", "--click") and a[:1] == "-" and a[1:2].isdigit():
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from .actions import ToolCallError
     from .engines.base import EngineError
     from .images import ImageError
     from .session import SessionError
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_negative_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         return int(args.func(args) or 0)
     except (UsageError, ImageError, EngineError, SessionError, ToolCallError, ValueError, ImportError) as exc:
         print(f"medagentseg: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # permissions, a full disk, a path that is a file: what and where, not a traceback
+        print(f"medagentseg: error: {exc.strerror or exc} ({exc.filename or 'file'}); check the path and its "
+              "permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medagentseg: interrupted", file=sys.stderr)

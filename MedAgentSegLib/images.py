@@ -184,6 +184,8 @@ def to_engine_rgb(plane: np.ndarray, modality: str = "gray", window: str | tuple
         finite = np.isfinite(plane)
         plane = np.where(finite, plane, plane[finite].min() if finite.any() else 0.0)
     mod = (modality or "").upper()
+    if isinstance(window, str) and window not in CT_WINDOWS:
+        raise ImageError(f"unknown CT window {window!r}; use one of {', '.join(CT_WINDOWS)} (or leave it out)")
     if mod == "CT":
         level, width = CT_WINDOWS[window] if isinstance(window, str) else (window or CT_WINDOWS["abdomen"])
         lo, hi = level - width / 2, level + width / 2

@@ -349,10 +349,18 @@ def load_trajectory(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"trajectory file not found: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a folder; give the trajectory.json inside it") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file (binary content); give a trajectory.json") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); is it a trajectory.json?") from None
     if not isinstance(data, dict) or data.get("format") != TRAJECTORY_FORMAT:
         raise ValueError(f"{path} is not a MedAgentSeg trajectory (format {TRAJECTORY_FORMAT!r} expected)")
+    missing = [k for k in ("target", "turns", "image") if k not in data]
+    if missing or not isinstance(data.get("turns"), list) or "sha1" not in (data.get("image") or {}):
+        what = ", ".join(missing) or "turns (a list) / image.sha1"
+        raise ValueError(f"{path} is an incomplete trajectory (missing {what}); re-save it from a session")
     return data
 
 

@@ -106,3 +106,33 @@ def test_console_script_exit_code(tmp_path):
                         "--target", "liver", "--box", "1,1,4,4", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "image not found" in r.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["segment", "{vol}", "--target", "liver", "--box", "20,30,100,110", "--window", "nope"], "unknown CT window"),
+    (["segment", "{vol}", "--target", "liver", "--box", "20,30,100,110", "--device", "cuda"], "no CUDA GPU"),
+    (["segment", "{vol}", "--target", "liver", "--box", "-5,30,100,110"], "outside the 128x128 image"),
+    (["segment", "{vol}", "--target", "liver", "--box", "20,30,100,110", "--out", "{file}"], "is a file"),
+    (["segment", "{vol}", "--target", "liver", "--box", "20,30,100,110", "--policy", "heuristic",
+      "--policy-weights", "x.pt"], "--policy learned only"),
+    (["replay", "{dir}"], "is a folder"),
+    (["replay", "{keyless}"], "incomplete trajectory"),
+    (["replay", "{binary}"], "not a text file"),
+])
+def test_plain_mistakes_are_one_line_exit_2_before_any_output(tmp_path, capsys, args, fragment):
+    """Each of these ended in a traceback (issue #18); none may write anything."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "k.json").write_text(json.dumps({"format": "medagentseg-trajectory/1"}))
+    (tmp_path / "b.json").write_bytes(bytes(range(128, 256)))
+    subs = {"{vol}": SAMPLE_IMAGE, "{file}": tmp_path / "afile", "{dir}": tmp_path / "folder",
+            "{keyless}": tmp_path / "k.json", "{binary}": tmp_path / "b.json"}
+    argv = [str(subs.get(a, a)) for a in args]
+    if argv[0] == "segment" and "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    if argv[0] == "segment" and "--device" not in argv:
+        argv += ["--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medagentseg: error:") and fragment in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists() and (tmp_path / "afile").read_text() == "x"

@@ -85,6 +85,10 @@ def resolve_device(device: str = "auto") -> str:
     import torch
 
     if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError(f"--device {device}: no CUDA GPU is available here; use --device auto or cpu")
+        if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise EngineError("--device mps: Apple's MPS is not available here; use --device auto or cpu")
         return device
     if torch.cuda.is_available():
         return "cuda"

@@ -81,13 +81,17 @@ def run_eval(args: argparse.Namespace) -> int:
         result["config"]["policy_weights"] = str(Path(args.policy_weights).resolve())
     if args.drop is not None:
         result["config"]["drop"] = args.drop
+    if result["summary"]["n"] == 0:
+        print(f"error: no instance could be evaluated ({len(result['skipped'])} skipped, reasons above); nothing "
+              "written. Check the dataset folders, --labels, --min-area and --split", file=sys.stderr)
+        return 2
     print(format_table(result))
     write_json(result, args.json)
     print(f"wrote {args.json}")
     if args.plot:
         plot_dice({result["config"]["engine"]: result}, args.plot)
         print(f"wrote {args.plot}")
-    return 0 if result["summary"]["n"] > 0 else 1
+    return 0
 
 
 def add_propagation_args(p: argparse.ArgumentParser) -> None:
