@@ -95,6 +95,7 @@ def load_image(path: str | Path, modality: str | None = None) -> LoadedImage:
                 meta["Modality"] = reader.GetMetaData(0, "0008|0060").strip()
             meta["series"] = series[0]
         else:
+            _check_gzip(path)
             img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
@@ -111,6 +112,22 @@ def load_image(path: str | Path, modality: str | None = None) -> LoadedImage:
     return LoadedImage(str(path), arr, True, modality or meta.get("Modality") or _guess_modality(arr, True, False),
                        spacing=tuple(img.GetSpacing()), origin=tuple(img.GetOrigin()),
                        direction=tuple(img.GetDirection()), metadata=meta)
+
+
+def _check_gzip(path: Path) -> None:
+    """A truncated .gz must not be read: ITK fills the missing voxels with zeros and says nothing."""
+    if path.suffix.lower() != ".gz":
+        return
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ImageError(f"cannot read {path}: it is truncated or corrupt ({exc}); copy or export the file "
+                         "again") from None
 
 
 def _finite(arr: np.ndarray, path: Path, meta: dict[str, Any]) -> np.ndarray:

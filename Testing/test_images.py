@@ -127,3 +127,17 @@ def test_non_finite_voxels_do_not_blank_a_slice_and_an_all_nan_image_is_refused(
     sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 8, 8), np.nan, np.float32)), str(tmp_path / "allnan.nrrd"))
     with pytest.raises(ImageError, match="no finite voxel"):
         load_image(tmp_path / "allnan.nrrd")
+
+
+def test_a_truncated_nifti_gz_is_refused_not_zero_filled(tmp_path):
+    import SimpleITK as sitk
+
+    from MedAgentSegLib.images import ImageError, load_image
+
+    vol = np.random.default_rng(0).normal(0, 100, (20, 64, 64)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(vol), str(tmp_path / "v.nii.gz"))
+    data = (tmp_path / "v.nii.gz").read_bytes()
+    assert np.array_equal(load_image(tmp_path / "v.nii.gz").array, vol)
+    (tmp_path / "t.nii.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        load_image(tmp_path / "t.nii.gz")
