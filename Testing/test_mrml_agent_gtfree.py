@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from MedAgentSegModuleLib import agent_logic  # noqa: E402
 from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic, default_policy  # noqa: E402
 from MedAgentSegModuleLib.mrml_writer import ensure_scene_logics, markups_positions, vtk_matrix  # noqa: E402
+from test_mrml_agent_flow import segment_array  # noqa: E402  (one independent segment reader for both)
 
 from MedAgentSegLib.actions import AddPoint  # noqa: E402
 from MedAgentSegLib.engines.base import Prompts  # noqa: E402
@@ -49,20 +50,6 @@ def oblique_ijk_to_ras() -> np.ndarray:
     m[:3, :3] = rz @ rx @ np.diag([0.9, 0.8, 2.0])
     m[:3, 3] = [-30.0, 12.5, 80.0]
     return m
-
-
-def segment_array(seg_node, segment_id: str, shape_kji: tuple[int, int, int]) -> np.ndarray:
-    """(K, J, I) bool of a segment on the volume grid, read independently of the module's own reader."""
-    img = slicer.vtkOrientedImageData()
-    seg_node.GetBinaryLabelmapRepresentation(segment_id, img)
-    out = np.zeros(shape_kji, dtype=bool)
-    e = img.GetExtent()
-    if e[0] > e[1] or img.GetPointData().GetScalars() is None:
-        return out
-    a = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(
-        e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
-    out[e[4]:e[5] + 1, e[2]:e[3] + 1, e[0]:e[1] + 1] = a > 0
-    return out
 
 
 def scene_state(ctx, run) -> dict:
