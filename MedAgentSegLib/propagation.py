@@ -160,9 +160,8 @@ def _one_slice(engine, volume, k, axis, modality, window, prev_mask, prev_logits
     rgb = to_engine_rgb(extract_slice(volume, k, axis), modality, window)
     h, w = rgb.shape[:2]
     box = _grow(mask_box(prev_mask, 0.0), cfg.margin, cfg.min_grow, h, w)
-    if store is not None and hasattr(engine, "embedding_state"):
-        store.encode(engine, rgb)  # kept on disk: a second run over this volume encodes nothing
-        store.prime(engine, rgb)
+    if store is not None:
+        store.keep(engine, rgb)  # kept on disk: a second run over this volume encodes nothing
     engine.set_image(rgb)
     feed = prev_logits if cfg.feed_logits else None
     pred = engine.predict(Prompts(box), prev_logits=feed)

@@ -313,6 +313,12 @@ def test_the_learned_agent_runs_from_given_weights_and_says_why(ctx, tmp_path, n
     draw_box(ctx, run)
     ctx["logic"].run_agent(2)
     ctx["logic"].wait()
+    assert_agent_said_why(ctx, run)
+    assert np.array_equal(segment_array(ctx["seg"], run.segment_id, ctx["shape"])[ctx["k"]], run.session.mask)
+
+
+def assert_agent_said_why(ctx, run) -> None:
+    """No error; every agent turn (taken back ones too) has a reason, and the chat gave it with a confidence."""
     assert not texts(ctx, "error"), texts(ctx, "error")
     actions = [r["action"] for r in run.session.reverted] + [t.action for t in run.session.turns
                                                              if t.source == "agent"]
@@ -320,7 +326,6 @@ def test_the_learned_agent_runs_from_given_weights_and_says_why(ctx, tmp_path, n
     for action in actions:
         if action["name"] != "stop_action":
             assert any(action["reason"] in m and "confidence" in m for m in texts(ctx, "agent")), action
-    assert np.array_equal(segment_array(ctx["seg"], run.segment_id, ctx["shape"])[ctx["k"]], run.session.mask)
 
 
 def test_the_shipped_learned_agent_refines_from_the_box(ctx):
@@ -332,13 +337,7 @@ def test_the_shipped_learned_agent_refines_from_the_box(ctx):
     draw_box(ctx, run)
     ctx["logic"].run_agent(3)
     ctx["logic"].wait()
-    assert not texts(ctx, "error"), texts(ctx, "error")
-    actions = [r["action"] for r in run.session.reverted] + [t.action for t in run.session.turns
-                                                             if t.source == "agent"]
-    assert actions and all(a.get("reason") for a in actions), actions
-    for action in actions:
-        if action["name"] != "stop_action":
-            assert any(action["reason"] in m and "confidence" in m for m in texts(ctx, "agent")), action
+    assert_agent_said_why(ctx, run)
     target = segment_array(ctx["seg"], run.segment_id, ctx["shape"])
     assert np.array_equal(target[ctx["k"]], run.session.mask)
 

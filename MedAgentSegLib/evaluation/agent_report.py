@@ -98,20 +98,9 @@ def run_agent_report(args: argparse.Namespace) -> int:
     argv = ["medagentseg", "agent-report"] + sys.argv[2:]
     command = " ".join(shlex.quote(a) for a in argv)
     body = render_agent_report(results, present, command, args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("# MedAgentSeg: GT-free agents, validation report\n\n" + body)
-    print(f"wrote {out}")
-    readme = Path(args.readme)
-    if readme.is_file():
-        from .report import replace_section
+    from .report import write_report
 
-        new = replace_section(readme.read_text(), body, START, END)
-        if new is None:
-            print(f"{readme} has no {START} ... {END} markers; wrote {out} only", file=sys.stderr)
-        else:
-            readme.write_text(new)
-            print(f"updated the agent-report section of {readme}")
+    write_report(Path(args.out), "MedAgentSeg: GT-free agents, validation report", body, Path(args.readme), START, END)
     if args.update_card:
         _update_card(results, command, args.policy_weights)
     return 0

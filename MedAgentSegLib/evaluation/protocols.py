@@ -96,12 +96,12 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
         dices = [dice(t.mask, gt) for t in made]
         ious = [iou(t.mask, gt) for t in made]
         # turns the policy chose (not the stop the turn limit forces), the ones it took back included
-        asked = [t.to_dict() for t in session.turns if t.source == "agent" and "policy_s" in t.timings]
-        asked += session.reverted
+        asked = [(t.action, t.timings) for t in session.turns if t.source == "agent" and "policy_s" in t.timings]
+        asked += [(r["action"], r["timings"]) for r in session.reverted]
         out["reverted"] = len(session.reverted)
-        out["policy_s"] = [round(t["timings"]["policy_s"], 6) for t in asked]
+        out["policy_s"] = [round(timings["policy_s"], 6) for _, timings in asked]
         out["engine_s"] = [round(t.timings["engine_s"], 6) for t in made]
-        out["actions"] = [t["action"]["name"] for t in asked]
+        out["actions"] = [action["name"] for action, _ in asked]
     out["turns"] = session.mask_turns + len(session.reverted)
     out["updates"] = [t.update for t in session.turns if t.produces_mask][1:]
     out["clicks"] = [[round(float(p[0]), 1), round(float(p[1]), 1), int(lab)]

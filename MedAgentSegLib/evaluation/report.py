@@ -29,6 +29,25 @@ def replace_section(text: str, body: str, start: str = START, end: str = END) ->
     return text[:i + len(start)] + "\n" + body.rstrip() + "\n" + text[j:]
 
 
+def write_report(out: Path, title: str, body: str, readme: Path, start: str = START, end: str = END,
+                 readme_body: str | None = None) -> None:
+    """Write `out` (title + body) and replace the README section between the markers with readme_body (default:
+    body)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# {title}\n\n" + body)
+    print(f"wrote {out}")
+    readme = Path(readme)
+    if not readme.is_file():
+        return
+    new = replace_section(readme.read_text(), body if readme_body is None else readme_body, start, end)
+    if new is None:
+        print(f"{readme} has no {start} ... {end} markers; wrote {out} only", file=sys.stderr)
+    else:
+        readme.write_text(new)
+        print(f"updated the section between {start} and {end} of {readme}")
+
+
 def _row(name: str, s: dict[str, Any]) -> str:
     d = s.get("dice_by_step") or []
 
@@ -126,18 +145,8 @@ def build_report(args: argparse.Namespace) -> int:
             for e, per in results.items()}
     plot_dice(flat, plot_path, title="Validation Dice per step (0 = box)")
     body += f"\n![Dice per step]({plot_path.name})\n"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("# MedAgentSeg benchmark report\n\n" + body)
-    print(f"wrote {out}")
-    readme = Path(args.readme)
-    if readme.is_file():
-        new = replace_section(readme.read_text(), body.replace(f"]({plot_path.name})", f"]({_rel(plot_path)})"))
-        if new is None:
-            print(f"{readme} has no {START} ... {END} markers; wrote {out} only", file=sys.stderr)
-        else:
-            readme.write_text(new)
-            print(f"updated the report section of {readme}")
+    write_report(Path(args.out), "MedAgentSeg benchmark report", body, Path(args.readme),
+                 readme_body=body.replace(f"]({plot_path.name})", f"]({_rel(plot_path)})"))
     if args.update_card:
         _update_card(results, command)
     return 0
