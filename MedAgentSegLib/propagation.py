@@ -10,7 +10,7 @@ MedSAMSlicer recipe), along any slice axis of a KJI volume.
 - Slices whose score is below `refine_below` can be handed to a GT-free policy for refinement turns (a 2D
   `Session` per slice, starting from the propagated box).
 - One record per slice (box, prior slice, score, mask as RLE) so `replay_propagation` re-runs it bit for bit;
-  `propagate(..., start_from=record)` re-propagates outward from a slice the person corrected.
+  `repropagate` re-propagates outward from a slice the person corrected, keeping the slices on the start's side.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .engines.base import Engine, Prompts
 from .images import AXES, extract_slice, insert_slice, to_engine_rgb
 
 __all__ = ["PropagationConfig", "SliceRecord", "Propagation", "propagate", "replay_propagation",
-           "PropagationError", "PROPAGATION_FORMAT"]
+           "PropagationError", "PROPAGATION_FORMAT", "repropagate"]
 
 PROPAGATION_FORMAT = "medagentseg-propagation/1"
 
@@ -63,6 +63,7 @@ class SliceRecord:
     mask_rle: dict[str, Any]
     refined: dict[str, Any] | None = None  # the refinement session's trajectory, if the agent refined this slice
     seconds: float = 0.0
+    corrected: bool = False  # the person's mask, which a re-propagation started from
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Propagation:
     records: list[SliceRecord] = field(default_factory=list)
     stopped: str = ""  # "" | "cancelled"
     config: dict[str, Any] = field(default_factory=dict)
+    restarted_at: int | None = None  # a re-propagation: the corrected slice it started from
 
     @property
     def slices(self) -> list[int]:
@@ -82,7 +84,8 @@ class Propagation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PROPAGATION_FORMAT, "axis": self.axis, "start": self.start, "stopped": self.stopped,
-                "config": self.config, "slices": [asdict(r) for r in self.records]}
+                "restarted_at": self.restarted_at, "config": self.config,
+                "slices": [asdict(r) for r in self.records]}
 
 
 def _grow(box: tuple[float, float, float, float], margin: float, min_grow: float, h: int, w: int):
@@ -121,37 +124,97 @@ def propagate(engine: Engine, volume: np.ndarray, start: int, start_mask: np.nda
     box0 = mask_box(start_mask, 0.0)
     result = Propagation(axis, start, out, [SliceRecord(start, None, list(box0), 1.0, int(start_mask.sum()),
                                                         rle.encode(start_mask))], config=asdict(cfg))
-    done = 1
+    run = _Run(engine, volume, axis, modality, window, cfg, policy_factory, on_slice, should_stop, store)
     for step in (1, -1):
-        prev_mask, prev_logits, prev_index, misses = start_mask, start_logits, start, []
-        k = start + step
+        if not run.direction(result, step, start, start_mask, start_logits):
+            break
+    _keep_component(result, start, start_mask)
+    return result
+
+
+def repropagate(engine: Engine, volume: np.ndarray, previous: Propagation, index: int, mask: np.ndarray,
+                logits: np.ndarray | None = None, modality: str = "CT", window: Any = None,
+                config: PropagationConfig | None = None, policy_factory: Callable[[], Any] | None = None,
+                on_slice: Callable[[SliceRecord, int], None] | None = None,
+                should_stop: Callable[[], bool] | None = None, store: Any = None) -> Propagation:
+    """Re-propagate from slice `index`, which the person corrected to `mask`, outwards (away from the first start
+    slice; both ways when `index` is that slice). Slices between the start and `index` are kept as they were; those
+    beyond `index` are made again from the corrected mask. The result's `restarted_at` is `index`."""
+    cfg = config or (PropagationConfig(**previous.config) if previous.config else PropagationConfig())
+    axis = previous.axis
+    n = volume.shape[AXES[axis]]
+    if not 0 <= index < n:
+        raise PropagationError(f"corrected slice {index} is outside the volume (0..{n - 1} along {axis})")
+    mask = np.asarray(mask, bool)
+    if mask.sum() < 1:
+        raise PropagationError(f"the corrected mask on slice {index} is empty: nothing to propagate from; to remove "
+                               "the structure beyond this slice, erase those slices instead")
+    start = previous.start
+    steps = (1, -1) if index == start else ((1,) if index > start else (-1,))
+    kept = [r for r in previous.records if r.index != index
+            and not any((r.index - index) * s > 0 for s in steps)]
+    out = np.zeros(volume.shape, bool)
+    for r in kept:
+        insert_slice(out, r.index, axis, rle.decode(r.mask_rle))
+    insert_slice(out, index, axis, mask)
+    corrected = SliceRecord(index, None, list(mask_box(mask, 0.0)), 1.0, int(mask.sum()), rle.encode(mask),
+                            corrected=True)
+    result = Propagation(axis, start, out, kept + [corrected], config=asdict(cfg), restarted_at=index)
+    run = _Run(engine, volume, axis, modality, window, cfg, policy_factory, on_slice, should_stop, store)
+    run.done = len(result.records)
+    for step in steps:
+        if not run.direction(result, step, index, mask, logits):
+            break
+    _keep_component(result, index, mask)
+    return result
+
+
+@dataclass
+class _Run:
+    """What every slice of one propagation run shares."""
+
+    engine: Engine
+    volume: np.ndarray
+    axis: str
+    modality: str
+    window: Any
+    cfg: PropagationConfig
+    policy_factory: Callable[[], Any] | None
+    on_slice: Callable[[SliceRecord, int], None] | None
+    should_stop: Callable[[], bool] | None
+    store: Any
+    done: int = 1
+
+    def direction(self, result: Propagation, step: int, first: int, first_mask: np.ndarray,
+                  first_logits: np.ndarray | None) -> bool:
+        """Propagate from slice `first` in direction `step` until the structure ends; False if cancelled."""
+        cfg, n = self.cfg, self.volume.shape[AXES[self.axis]]
+        prev_mask, prev_logits, prev_index, misses = first_mask, first_logits, first, []
+        k = first + step
         while 0 <= k < n:
-            if should_stop is not None and should_stop():
+            if self.should_stop is not None and self.should_stop():
                 result.stopped = "cancelled"
                 break
-            rec, logits = _one_slice(engine, volume, k, axis, modality, window, prev_mask, prev_logits, prev_index,
-                                     cfg, policy_factory, store)
+            rec, logits = _one_slice(self.engine, self.volume, k, self.axis, self.modality, self.window, prev_mask,
+                                     prev_logits, prev_index, cfg, self.policy_factory, self.store)
             good = rec.area >= cfg.min_area and rec.score >= cfg.min_score
             misses = [] if good else misses + [rec]
             if not good and len(misses) >= cfg.patience:
                 break
             result.records.append(rec)
             mask = rle.decode(rec.mask_rle)
-            insert_slice(result.mask, k, axis, mask)
-            done += 1
-            if on_slice is not None:
-                on_slice(rec, done)
+            insert_slice(result.mask, k, self.axis, mask)
+            self.done += 1
+            if self.on_slice is not None:
+                self.on_slice(rec, self.done)
             if rec.area >= cfg.min_area:
                 prev_mask, prev_logits, prev_index = mask, logits, k
             k += step
         for rec in misses:  # trailing weak slices past the structure's end are not kept
             if rec in result.records:
                 result.records.remove(rec)
-                insert_slice(result.mask, rec.index, axis, np.zeros_like(start_mask))
-        if result.stopped:
-            break
-    _keep_component(result, start_mask)
-    return result
+                insert_slice(result.mask, rec.index, self.axis, np.zeros_like(first_mask))
+        return not result.stopped
 
 
 def _one_slice(engine, volume, k, axis, modality, window, prev_mask, prev_logits, prev_index, cfg,
@@ -180,22 +243,23 @@ def _one_slice(engine, volume, k, axis, modality, window, prev_mask, prev_logits
     return rec, logits
 
 
-def _keep_component(result: Propagation, start_mask: np.ndarray) -> None:
-    """Keep the 3D connected component(s) that overlap the start slice's mask; drop the rest from the records."""
+def _keep_component(result: Propagation, start: int, start_mask: np.ndarray) -> None:
+    """Keep the 3D connected component(s) that overlap `start_mask` on slice `start`; drop the rest from the
+    records."""
     from scipy import ndimage
 
     labels, n = ndimage.label(result.mask)
     if n <= 1:
         return
     seed = np.zeros_like(result.mask)
-    insert_slice(seed, result.start, result.axis, start_mask)
+    insert_slice(seed, start, result.axis, start_mask)
     keep = np.isin(labels, np.unique(labels[seed & result.mask]))
     keep &= labels > 0
     result.mask = keep
     kept = []
     for rec in result.records:
         plane = extract_slice(keep, rec.index, result.axis)
-        if rec.index != result.start and not plane.any():
+        if rec.prior is not None and not plane.any():
             continue
         if int(plane.sum()) != rec.area:  # pieces outside the component removed: record what is kept
             rec.mask_rle, rec.area = rle.encode(plane), int(plane.sum())
@@ -211,8 +275,19 @@ def replay_propagation(record: dict[str, Any], engine: Engine, volume: np.ndarra
     if record.get("format") != PROPAGATION_FORMAT:
         raise ValueError(f"not a MedAgentSeg propagation record (format {PROPAGATION_FORMAT!r} expected)")
     cfg = PropagationConfig(**record["config"])
-    again = propagate(engine, volume, record["start"], start_mask, start_logits, record["axis"], modality, window,
-                      cfg, policy_factory)
+    if record.get("restarted_at") is not None:  # a re-propagation: the kept slices and the person's mask as recorded
+        index = record["restarted_at"]
+        slices = [SliceRecord(**s) for s in record["slices"]]
+        fix = next((s for s in slices if s.index == index and s.corrected), None)
+        if fix is None:
+            raise ValueError(f"the record restarts at slice {index} but holds no corrected mask for it")
+        previous = Propagation(record["axis"], record["start"], np.zeros(volume.shape, bool),
+                               [s for s in slices if s is not fix], config=record["config"])
+        again = repropagate(engine, volume, previous, index, rle.decode(fix.mask_rle), None, modality, window, cfg,
+                            policy_factory)
+    else:
+        again = propagate(engine, volume, record["start"], start_mask, start_logits, record["axis"], modality,
+                          window, cfg, policy_factory)
     want = {s["index"]: s["mask_rle"] for s in record["slices"]}
     got = {r.index: r.mask_rle for r in again.records}
     if sorted(want) != sorted(got):

@@ -10,7 +10,7 @@ import pytest
 
 from MedAgentSegLib import rle
 from MedAgentSegLib.engines.base import Engine, Prediction
-from MedAgentSegLib.propagation import PropagationConfig, PropagationError, propagate, replay_propagation
+from MedAgentSegLib.propagation import PropagationConfig, PropagationError, propagate, replay_propagation, repropagate
 
 
 class ThresholdEngine(Engine):
@@ -80,6 +80,33 @@ def test_stop_between_slices_keeps_the_slices_done_and_nothing_half_written():
     done = {r.index for r in res.records}
     for k in range(vol.shape[0]):
         assert res.mask[k].any() == (k in done)
+
+
+def test_repropagation_from_a_corrected_slice_redoes_only_the_slices_beyond_it():
+    vol, ball = ball_volume()
+    cfg = PropagationConfig(margin=0.1, min_grow=1)
+    first = propagate(ThresholdEngine(), vol, 10, ball[10], None, config=cfg, modality="gray")
+    # The person trims slice 13 to the ball's left half; slices 14.. must follow the trimmed box.
+    fixed = ball[13].copy()
+    fixed[:, 18:] = False
+    engine = ThresholdEngine()
+    again = repropagate(engine, vol, first, 13, fixed, modality="gray")
+    assert engine.calls == len([k for k in again.slices if k > 13]) + 2  # the slices past 13 and the 2 misses
+    assert np.array_equal(again.mask[13], fixed)
+    for k in range(0, 13):  # the start's side is kept as it was, not re-made
+        assert np.array_equal(again.mask[k], first.mask[k])
+    assert again.mask[14].any() and not again.mask[14][:, 20:].any() and first.mask[14][:, 20:].any()
+    assert again.restarted_at == 13 and next(r for r in again.records if r.index == 13).corrected
+    record = json.loads(json.dumps(again.to_dict()))
+    replayed = replay_propagation(record, ThresholdEngine(), vol, ball[10], None, modality="gray")
+    assert np.array_equal(replayed.mask, again.mask)
+    # Corrected on the start slice itself: both directions are made again.
+    both = repropagate(ThresholdEngine(), vol, first, 10, ball[10] & (np.arange(40)[None, :] < 18), modality="gray")
+    assert not both.mask[8][:, 20:].any() and not both.mask[12][:, 20:].any()
+    with pytest.raises(PropagationError, match="empty"):
+        repropagate(ThresholdEngine(), vol, first, 13, np.zeros_like(fixed))
+    with pytest.raises(PropagationError, match="outside the volume"):
+        repropagate(ThresholdEngine(), vol, first, 30, fixed)
 
 
 def test_bad_requests_say_what_to_do():
