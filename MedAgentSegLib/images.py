@@ -88,6 +88,7 @@ def load_image(path: str | Path, modality: str | None = None) -> LoadedImage:
             if not series:
                 raise ImageError(f"no DICOM series found in folder {path}; point at a folder of .dcm files")
             files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+            _check_fits(path, files[0], len(files))
             reader.SetFileNames(files)
             reader.MetaDataDictionaryArrayUpdateOn()
             img = reader.Execute()
@@ -96,6 +97,7 @@ def load_image(path: str | Path, modality: str | None = None) -> LoadedImage:
             meta["series"] = series[0]
         else:
             _check_gzip(path)
+            _check_fits(path, path)
             img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
@@ -112,6 +114,43 @@ def load_image(path: str | Path, modality: str | None = None) -> LoadedImage:
     return LoadedImage(str(path), arr, True, modality or meta.get("Modality") or _guess_modality(arr, True, False),
                        spacing=tuple(img.GetSpacing()), origin=tuple(img.GetOrigin()),
                        direction=tuple(img.GetDirection()), metadata=meta)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (Linux MemAvailable), None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# Reading holds ITK's image and numpy's copy; a float copy for the NaN check or the intensity window may follow.
+READ_COPIES = 3
+
+
+def _check_fits(path: Path, first_file: Path | str, n_files: int = 1) -> None:
+    """Refuse, before reading, an image whose voxels would not fit in the memory that is free."""
+    import SimpleITK as sitk
+
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(first_file))
+    try:
+        info.ReadImageInformation()
+    except RuntimeError:
+        return  # not readable as a header: the read that follows says why
+    size = list(info.GetSize()) + ([n_files] if n_files > 1 else [])
+    item = sitk.GetArrayViewFromImage(sitk.Image([1] * info.GetDimension(), info.GetPixelID())).itemsize
+    nbytes = int(np.prod(size, dtype=np.float64)) * item * info.GetNumberOfComponents()
+    free = available_memory()
+    if free is not None and nbytes * READ_COPIES > free:
+        dims = "x".join(str(v) for v in size)
+        raise ImageError(f"{path} is {dims} voxels ({nbytes / 2 ** 30:.1f} GiB as stored); reading it needs about "
+                         f"{nbytes * READ_COPIES / 2 ** 30:.1f} GiB but {free / 2 ** 30:.1f} GiB of memory is free. "
+                         "Crop it to the region of interest or resample it to a coarser grid first (Slicer's Crop "
+                         "Volume, or SimpleITK), or free memory")
 
 
 def _check_gzip(path: Path) -> None:

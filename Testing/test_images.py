@@ -141,3 +141,24 @@ def test_a_truncated_nifti_gz_is_refused_not_zero_filled(tmp_path):
     (tmp_path / "t.nii.gz").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageError, match="truncated or corrupt"):
         load_image(tmp_path / "t.nii.gz")
+
+
+def test_a_volume_too_large_for_memory_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    from MedAgentSegLib import images
+    from MedAgentSegLib.cli import main
+
+    huge = tmp_path / "huge.nrrd"  # declares 4000^3 shorts (119 GiB) and holds a few bytes
+    huge.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4000 4000 4000\nendian: little\nencoding: raw\n\n" + b"\0" * 64)
+    with pytest.raises(images.ImageError, match=r"4000x4000x4000 voxels \(119.2 GiB.*Crop it"):
+        images.load_image(huge)
+    out = tmp_path / "out"
+    assert main(["segment", str(huge), "--target", "liver", "--box", "1,1,9,9", "--out", str(out)]) == 2
+    assert not out.exists()
+    vol = tmp_path / "v.nrrd"  # an ordinary volume on a machine with little memory free
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((10, 64, 64), np.int16)), str(vol))
+    assert images.load_image(vol).array.shape == (10, 64, 64)
+    monkeypatch.setattr(images, "available_memory", lambda: 100_000)
+    with pytest.raises(images.ImageError, match="64x64x10 voxels.*0.0 GiB of memory is free"):
+        images.load_image(vol)
