@@ -188,13 +188,20 @@ class _Run:
     def direction(self, result: Propagation, step: int, first: int, first_mask: np.ndarray,
                   first_logits: np.ndarray | None) -> bool:
         """Propagate from slice `first` in direction `step` until the structure ends; False if cancelled."""
+        with _Prefetch(self) as ahead:
+            return self._direction(result, step, first, first_mask, first_logits, ahead)
+
+    def _direction(self, result, step, first, first_mask, first_logits, ahead) -> bool:
         cfg, n = self.cfg, self.volume.shape[AXES[self.axis]]
         prev_mask, prev_logits, prev_index, misses = first_mask, first_logits, first, []
         k = first + step
+        ahead.start(k)
         while 0 <= k < n:
             if self.should_stop is not None and self.should_stop():
                 result.stopped = "cancelled"
                 break
+            ahead.wait(k)
+            ahead.start(k + step)  # encoded on another thread while this slice is decoded
             rec, logits = _one_slice(self.engine, self.volume, k, self.axis, self.modality, self.window, prev_mask,
                                      prev_logits, prev_index, cfg, self.policy_factory, self.store)
             good = rec.area >= cfg.min_area and rec.score >= cfg.min_score
@@ -215,6 +222,38 @@ class _Run:
                 result.records.remove(rec)
                 insert_slice(result.mask, rec.index, self.axis, np.zeros_like(first_mask))
         return not result.stopped
+
+
+class _Prefetch:
+    """Encodes the next slice on a background thread (engines with `encode`, i.e. LiteMedSAM); the slice is then
+    taken from the engine's embedding cache. At most one slice ahead: past the structure's end it is wasted."""
+
+    def __init__(self, run: _Run):
+        self.run = run
+        self.pool = None
+        self.pending: dict[int, Any] = {}
+
+    def __enter__(self) -> _Prefetch:
+        if hasattr(self.run.engine, "encode"):
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="medagentseg-prefetch")
+        return self
+
+    def start(self, k: int) -> None:
+        r = self.run
+        if self.pool is not None and 0 <= k < r.volume.shape[AXES[r.axis]] and k not in self.pending:
+            self.pending[k] = self.pool.submit(
+                lambda: r.engine.encode(to_engine_rgb(extract_slice(r.volume, k, r.axis), r.modality, r.window)))
+
+    def wait(self, k: int) -> None:
+        fut = self.pending.pop(k, None)
+        if fut is not None:
+            fut.result()  # an encoder error surfaces here, on the propagation's thread
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)  # nothing runs on the engine once we return
 
 
 def _one_slice(engine, volume, k, axis, modality, window, prev_mask, prev_logits, prev_index, cfg,

@@ -109,6 +109,41 @@ def test_repropagation_from_a_corrected_slice_redoes_only_the_slices_beyond_it()
         repropagate(ThresholdEngine(), vol, first, 30, fixed)
 
 
+class PrefetchingEngine(ThresholdEngine):
+    """ThresholdEngine with an `encode` (as LiteMedSAM has): records which slices were encoded ahead, and on which
+    thread, and whether set_image found them already encoded."""
+
+    def __init__(self):
+        super().__init__()
+        import threading
+
+        self.encoded, self.threads, self.hits, self.lock = [], set(), 0, threading.Lock()
+
+    def encode(self, image):
+        import threading
+
+        with self.lock:
+            self.encoded.append(np.asarray(image).tobytes())
+            self.threads.add(threading.current_thread().name)
+
+    def set_image(self, image):
+        with self.lock:
+            self.hits += np.asarray(image).tobytes() in self.encoded
+        super().set_image(image)
+
+
+def test_prefetch_encodes_the_next_slice_on_another_thread_and_changes_nothing():
+    vol, ball = ball_volume()
+    cfg = PropagationConfig(margin=0.2, min_grow=3)
+    plain = propagate(ThresholdEngine(), vol, 10, ball[10], None, config=cfg, modality="gray")
+    engine = PrefetchingEngine()
+    fast = propagate(engine, vol, 10, ball[10], None, config=cfg, modality="gray")
+    assert np.array_equal(plain.mask, fast.mask) and plain.slices == fast.slices
+    assert engine.threads and all(t.startswith("medagentseg-prefetch") for t in engine.threads)
+    assert engine.hits == engine.calls  # every slice the propagation decoded had been encoded ahead
+    assert len(engine.encoded) <= engine.calls + 2  # at most one slice ahead per direction is wasted
+
+
 def test_bad_requests_say_what_to_do():
     vol, ball = ball_volume()
     with pytest.raises(PropagationError, match="empty"):
