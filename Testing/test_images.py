@@ -150,7 +150,8 @@ def test_a_volume_too_large_for_memory_is_refused_before_it_is_read(tmp_path, mo
     from MedAgentSegLib.cli import main
 
     huge = tmp_path / "huge.nrrd"  # declares 4000^3 shorts (119 GiB) and holds a few bytes
-    huge.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4000 4000 4000\nendian: little\nencoding: raw\n\n" + b"\0" * 64)
+    huge.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4000 4000 4000\nendian: little\n"
+                     b"encoding: raw\n\n" + b"\0" * 64)
     with pytest.raises(images.ImageError, match=r"4000x4000x4000 voxels \(119.2 GiB.*Crop it"):
         images.load_image(huge)
     out = tmp_path / "out"
