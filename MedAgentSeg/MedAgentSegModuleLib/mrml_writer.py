@@ -11,6 +11,8 @@ Imports only MRML / VTK classes (the ``slicer`` namespace as given by Slicer or 
   positive green "+n", negative red "-n") of one session, to and from `Prompts` in slice pixels.
 - `TrajectoryRecorder`: one ``vtkMRMLSequenceNode`` per recorded node (mask, box, positive and negative
   clicks) synchronised by a ``vtkMRMLSequenceBrowserNode``: one item per turn, scrubbed in Sequences.
+- `SliceReviewRecorder`: the same for a 3D propagation: one item per propagated slice (its mask and box).
+- `view_slice`: the IJK axis and slice index a slice view shows.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from .geometry import SliceGeometry
 __all__ = [
     "MRMLInputError", "ensure_scene_logics", "check_volume", "volume_array_kji", "volume_ijk_to_ras",
     "slice_geometry", "SegmentSliceWriter", "PromptNodes", "TrajectoryRecorder", "POSITIVE_COLOR",
-    "NEGATIVE_COLOR", "BOX_COLOR", "TAG_PREFIX", "is_segment_locked", "vtk_matrix",
+    "NEGATIVE_COLOR", "BOX_COLOR", "TAG_PREFIX", "is_segment_locked", "vtk_matrix", "SliceReviewRecorder",
+    "slice_image", "view_slice", "set_roi_box",
 ]
 
 POSITIVE_COLOR = (0.10, 0.85, 0.20)
@@ -133,6 +136,24 @@ def slice_geometry(volume_node: Any, axis: str, index: int) -> SliceGeometry:
     return SliceGeometry(axis, int(index), (int(dims[0]), int(dims[1]), int(dims[2])), volume_ijk_to_ras(volume_node))
 
 
+def view_slice(slice_node: Any, volume_node: Any, view_name: str = "") -> tuple[str, int]:
+    """(IJK axis normal to the slice view, slice index) of the slice `slice_node` shows through `volume_node`."""
+    slice_to_ras = slice_node.GetSliceToRAS()
+    normal = [slice_to_ras.GetElement(r, 2) for r in range(3)]
+    centre = [slice_to_ras.GetElement(r, 3) for r in range(3)]
+    ras_to_ijk = vtk.vtkMatrix4x4()
+    volume_node.GetRASToIJKMatrix(ras_to_ijk)
+    n_ijk = [sum(ras_to_ijk.GetElement(r, c) * normal[c] for c in range(3)) for r in range(3)]
+    axis_index = max(range(3), key=lambda a: abs(n_ijk[a]))
+    ijk = ras_to_ijk.MultiplyPoint([*centre, 1.0])
+    dims = volume_node.GetImageData().GetDimensions()
+    index = int(round(ijk[axis_index]))
+    if not 0 <= index < dims[axis_index]:
+        raise MRMLInputError(f"The {view_name or 'chosen'} slice view is outside the volume; scroll it into the "
+                             "volume.")
+    return "IJK"[axis_index], index
+
+
 def vtk_matrix(m: np.ndarray) -> vtk.vtkMatrix4x4:
     """4x4 numpy array -> vtkMatrix4x4."""
     out = vtk.vtkMatrix4x4()
@@ -154,6 +175,18 @@ def is_segment_locked(segment: Any) -> bool:
 
 
 # -- segment slices ---------------------------------------------------------------------------------------
+def slice_image(mask_hw: np.ndarray, geom: SliceGeometry) -> Any:
+    """(H, W) mask -> a one-slice vtkOrientedImageData (uint8 0/1) on the volume grid at the slice of `geom`."""
+    img = slicer.vtkOrientedImageData()
+    img.SetExtent(*geom.extent)
+    img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    slab = np.ascontiguousarray(geom.slab_kji(np.asarray(mask_hw).astype(np.uint8)))
+    img.GetPointData().GetScalars().DeepCopy(numpy_support.numpy_to_vtk(slab.ravel(), deep=True))
+    img.SetImageToWorldMatrix(vtk_matrix(geom.ijk_to_ras))
+    img.Modified()
+    return img
+
+
 class SegmentSliceWriter:
     """Reads and writes one slice of segments of `segmentation_node`, on the geometry of `volume_node`.
 
@@ -273,21 +306,11 @@ class SegmentSliceWriter:
         return {sid: self.read_slice(sid, geom) for sid in self.segmentation_node.GetSegmentation().GetSegmentIDs()}
 
     # -- writing ---------------------------------------------------------------------------------------
-    def _modifier(self, mask_hw: np.ndarray, geom: SliceGeometry) -> Any:
-        img = slicer.vtkOrientedImageData()
-        img.SetExtent(*geom.extent)
-        img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        slab = np.ascontiguousarray(geom.slab_kji(mask_hw.astype(np.uint8)))
-        img.GetPointData().GetScalars().DeepCopy(numpy_support.numpy_to_vtk(slab.ravel(), deep=True))
-        img.SetImageToWorldMatrix(vtk_matrix(geom.ijk_to_ras))
-        img.Modified()
-        return img
-
     def _modify(self, segment_id: str, mask_hw: np.ndarray, geom: SliceGeometry, mode: int, bypass: bool) -> None:
         if not mask_hw.any():
             return
         self.editor_logic.SetCurrentSegmentID(segment_id)
-        self.editor_logic.ModifySegmentByLabelmap(self.segmentation_node, segment_id, self._modifier(mask_hw, geom),
+        self.editor_logic.ModifySegmentByLabelmap(self.segmentation_node, segment_id, slice_image(mask_hw, geom),
                                                   mode, geom.extent, False, bypass)
 
     def write_slice(self, segment_id: str, mask_hw: np.ndarray, geom: SliceGeometry) -> np.ndarray:
@@ -319,6 +342,16 @@ class SegmentSliceWriter:
 
 
 # -- markups ----------------------------------------------------------------------------------------------
+def set_roi_box(roi: Any, box: tuple[float, float, float, float], geom: SliceGeometry) -> None:
+    """Place `roi` on the pixel box (x1, y1, x2, y2) of the slice of `geom`, oriented with the volume axes."""
+    centre, size, axes = geom.box_to_roi(box)
+    m = np.eye(4)
+    m[:3, :3] = axes
+    roi.GetObjectToNodeMatrix().DeepCopy(vtk_matrix(m))
+    roi.SetCenter(*centre)
+    roi.SetSize(*size)
+
+
 class PromptNodes:
     """The prompt state of one session in markups nodes, positions on the session's slice.
 
@@ -368,12 +401,7 @@ class PromptNodes:
             if prompts.box is None:
                 self.roi.RemoveAllControlPoints()
             else:
-                centre, size, axes = geom.box_to_roi(prompts.box)
-                m = np.eye(4)
-                m[:3, :3] = axes
-                self.roi.GetObjectToNodeMatrix().DeepCopy(vtk_matrix(m))
-                self.roi.SetCenter(*centre)
-                self.roi.SetSize(*size)
+                set_roi_box(self.roi, prompts.box, geom)
             for node, label in ((self.positive, 1), (self.negative, 0)):
                 node.RemoveAllControlPoints()
                 n = 0
@@ -462,23 +490,10 @@ class TrajectoryRecorder:
     def __init__(self, scene: Any, base_name: str, sequences_logic: Any):
         self.scene = scene
         self.sequences_logic = sequences_logic
-        self.sequences: dict[str, Any] = {}
-        for key, label in (("mask", "mask"), ("box", "box"), ("positive", "positive clicks"),
-                           ("negative", "negative clicks")):
-            seq = slicer.vtkMRMLSequenceNode()
-            seq.SetName(scene.GenerateUniqueName(f"{base_name} {label} sequence"))
-            seq.SetIndexName("turn")
-            seq.SetIndexUnit("")
-            seq.SetIndexType(seq.NumericIndex)
-            seq.SetAttribute(TAG_PREFIX + "Role", key)
-            scene.AddNode(seq)
-            self.sequences[key] = seq
-        self.browser = slicer.vtkMRMLSequenceBrowserNode()
-        self.browser.SetName(scene.GenerateUniqueName(f"{base_name} trajectory"))
-        scene.AddNode(self.browser)
-        self.browser.SetAndObserveMasterSequenceNodeID(self.sequences["mask"].GetID())
-        for key in ("box", "positive", "negative"):
-            self.browser.AddSynchronizedSequenceNodeID(self.sequences[key].GetID())
+        self.sequences, self.browser = _browsed_sequences(
+            scene, f"{base_name} trajectory", "turn", {"mask": f"{base_name} mask", "box": f"{base_name} box",
+                                                        "positive": f"{base_name} positive clicks",
+                                                        "negative": f"{base_name} negative clicks"})
 
     @property
     def count(self) -> int:
@@ -520,19 +535,107 @@ class TrajectoryRecorder:
         return [seq.GetNthIndexValue(i) for i in range(seq.GetNumberOfDataNodes())]
 
     def _refresh(self, select_last: bool) -> None:
-        if self.count == 0:
-            return
-        if select_last:
-            self.browser.SetSelectedItemNumber(self.count - 1)
-        self.sequences_logic.UpdateProxyNodesFromSequences(self.browser)
-        proxy = self.browser.GetProxyNode(self.sequences["mask"])
-        if proxy is not None and proxy.GetDisplayNode() is not None:
-            proxy.GetDisplayNode().SetOpacity2DFill(0.0)  # review outline only, over the live segment
-        for key in ("box", "positive", "negative"):
-            proxy = self.browser.GetProxyNode(self.sequences[key])
-            if proxy is not None:
-                proxy.SetLocked(True)
+        if self.count:
+            _show_item(self.browser, self.sequences, self.sequences_logic, self.count - 1 if select_last else None)
 
     def nodes(self) -> Iterable[Any]:
         yield from self.sequences.values()
         yield self.browser
+
+
+class SliceReviewRecorder:
+    """One sequence item per slice of a 3D propagation, for review: the slice's mask (a one-segment segmentation
+    holding only that slice, the slice record as its attribute) and the box it was prompted with, browsed together.
+
+    Index values are the slice indices along the propagation's axis (index name "slice"). It shows the propagation
+    now in the segment, so after an Undo it shows the one before (or nothing).
+    """
+
+    def __init__(self, scene: Any, base_name: str, sequences_logic: Any):
+        self.scene = scene
+        self.sequences_logic = sequences_logic
+        self.sequences, self.browser = _browsed_sequences(
+            scene, f"{base_name} propagation", "slice", {"mask": f"{base_name} propagated slices",
+                                                         "box": f"{base_name} propagation boxes"})
+
+    @property
+    def count(self) -> int:
+        return self.sequences["mask"].GetNumberOfDataNodes()
+
+    def index_values(self) -> list[str]:
+        seq = self.sequences["mask"]
+        return [seq.GetNthIndexValue(i) for i in range(seq.GetNumberOfDataNodes())]
+
+    def show(self, items: Iterable[tuple[SliceGeometry, np.ndarray, Any, dict[str, Any]]], segment: Any,
+             segment_id: str) -> None:
+        """Replace the items with (slice geometry, (H, W) mask, pixel box or None, record) per slice."""
+        for seq in self.sequences.values():
+            seq.RemoveAllDataNodes()
+        for geom, mask, box, record in items:
+            value = str(int(geom.index))
+            self.sequences["mask"].SetDataNodeAtValue(_slice_segmentation(geom, mask, segment, segment_id, record),
+                                                      value)
+            roi = slicer.vtkMRMLMarkupsROINode()
+            if box is not None:
+                set_roi_box(roi, box, geom)
+            self.sequences["box"].SetDataNodeAtValue(roi, value)
+        if self.count:
+            _show_item(self.browser, self.sequences, self.sequences_logic, 0)
+
+    def nodes(self) -> Iterable[Any]:
+        yield from self.sequences.values()
+        yield self.browser
+
+
+def _browsed_sequences(scene: Any, browser_name: str, index_name: str, names: dict[str, str]
+                       ) -> tuple[dict[str, Any], Any]:
+    """Sequence nodes (key -> node, the first key the master) and a browser synchronising them."""
+    sequences = {}
+    for key, name in names.items():
+        seq = slicer.vtkMRMLSequenceNode()
+        seq.SetName(scene.GenerateUniqueName(f"{name} sequence"))
+        seq.SetIndexName(index_name)
+        seq.SetIndexUnit("")
+        seq.SetIndexType(seq.NumericIndex)
+        seq.SetAttribute(TAG_PREFIX + "Role", key)
+        scene.AddNode(seq)
+        sequences[key] = seq
+    browser = slicer.vtkMRMLSequenceBrowserNode()
+    browser.SetName(scene.GenerateUniqueName(browser_name))
+    scene.AddNode(browser)
+    master, *others = sequences.values()
+    browser.SetAndObserveMasterSequenceNodeID(master.GetID())
+    for seq in others:
+        browser.AddSynchronizedSequenceNodeID(seq.GetID())
+    return sequences, browser
+
+
+def _show_item(browser: Any, sequences: dict[str, Any], sequences_logic: Any, item: int | None) -> None:
+    """Select `item` (None: keep the selection) and update the proxies: the mask as an outline over the live
+    segment, the markups locked (scrubbing must never edit them)."""
+    if item is not None:
+        browser.SetSelectedItemNumber(item)
+    sequences_logic.UpdateProxyNodesFromSequences(browser)
+    for key, seq in sequences.items():
+        proxy = browser.GetProxyNode(seq)
+        if proxy is None:
+            continue
+        if key == "mask" and proxy.GetDisplayNode() is not None:
+            proxy.GetDisplayNode().SetOpacity2DFill(0.0)
+        elif key != "mask":
+            proxy.SetLocked(True)
+
+
+def _slice_segmentation(geom: SliceGeometry, mask: np.ndarray, segment: Any, segment_id: str,
+                        record: dict[str, Any]) -> Any:
+    """A segmentation node (not in a scene) holding only `mask` on the slice of `geom`, named like `segment`."""
+    node = slicer.vtkMRMLSegmentationNode()
+    copy = slicer.vtkSegment()
+    copy.SetName(segment.GetName())
+    copy.SetColor(segment.GetColor())
+    copy.AddRepresentation(BINARY, slice_image(mask, geom))
+    node.GetSegmentation().SetSourceRepresentationName(BINARY)
+    node.GetSegmentation().AddSegment(copy, segment_id)
+    node.SetAttribute(TAG_PREFIX + "Slice", json.dumps(record))
+    node.SetName(f"slice {geom.axis}={geom.index}")
+    return node
