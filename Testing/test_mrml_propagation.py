@@ -6,8 +6,11 @@ person draws the box on slice K=10 (scripted policy), then asks for the whole vo
   voxels on slices the propagation found nothing on are untouched; model work runs on the worker thread;
 - Undo right after it restores every segment bit-exactly, and the review sequence goes with it;
 - Stop mid-propagation keeps the slices done, writes nothing more, and the chat says it was stopped;
+- propagation only adds to what the segment holds on a slice: the person's painting on the slices it reaches
+  stays (Undo puts back exactly the painting);
 - re-propagating from a slice the person corrected changes only the slices beyond it (the corrected slice from
-  the slice view, or given);
+  the slice view, or given), and there takes out only the earlier propagation's voxels: the person's painting
+  beyond the corrected slice stays, also where the new propagation finds nothing;
 - trajectory_dict / save_trajectory hold the propagation record (it replays bit for bit) and the review sequence
   has one item per slice;
 - no mask yet, nothing found beyond the start, a PropagationError: each says so in the chat and writes nothing;
@@ -278,6 +281,85 @@ def test_repropagate_from_a_corrected_slice_changes_only_the_slices_beyond_it(ct
     assert logic.repropagate(slice_index=13) is True
     logic.wait()
     assert np.array_equal(segment_array(ctx["seg"], run.segment_id, ctx["shape"]), again)
+
+
+def paint(ctx, run, blob: np.ndarray) -> np.ndarray:
+    """The person paints `blob` into the run's segment (Segment Editor): returns the segment afterwards."""
+    painted = segment_array(ctx["seg"], run.segment_id, ctx["shape"]) | blob
+    set_segment(ctx["seg"], run.segment_id, painted, ctx["m"])
+    return painted
+
+
+def test_propagate_adds_to_what_the_person_painted_on_the_slices_it_reaches(ctx):
+    logic, ball = ctx["logic"], ctx["ball"]
+    run = start_with_box(ctx)
+    blob = np.zeros_like(ball)  # on slices 12 and 14: partly inside the ball, partly outside it
+    blob[12, 16:24, 24:34] = True
+    blob[14, 2:6, 14:22] = True
+    assert (blob & ball).any() and (blob & ~ball).any()
+    painted = paint(ctx, run, blob)
+    before = propagate(ctx, run)
+
+    target = segment_array(ctx["seg"], run.segment_id, ctx["shape"])
+    made = np.zeros_like(ball)  # the ball's slices the propagation makes (not the one-voxel tips on 4 and 16)
+    made[5:16] = ball[5:16]
+    assert np.array_equal(target, painted | made)  # the ball was added; every painted voxel is still there
+    assert np.array_equal(target[[12, 14]] & ~ball[[12, 14]], blob[[12, 14]] & ~ball[[12, 14]])
+    assert np.array_equal(segment_array(ctx["seg"], ctx["other"], ctx["shape"]), before[ctx["other"]])
+    assert run.propagations[0].written == [k for k in BALL_SLICES if k != K0]
+    assert run.propagations[0].masked_voxels == 0
+
+    # Propagate again: it replaces only what the first one wrote, so the same result; Undo takes back one each
+    after = all_segments(ctx)
+    propagate(ctx, run)
+    assert len(run.propagations) == 2
+    assert_same_segments(all_segments(ctx), after)
+    assert logic.undo() is True
+    assert_same_segments(all_segments(ctx), after)
+    assert logic.undo() is True  # one step back to the painting, bit for bit
+    assert_same_segments(all_segments(ctx), before)
+    assert np.array_equal(segment_array(ctx["seg"], run.segment_id, ctx["shape"]), painted)
+
+
+def test_repropagate_replaces_only_the_old_propagation_and_keeps_the_persons_painting(ctx):
+    logic, ball = ctx["logic"], ctx["ball"]
+    run = start_with_box(ctx)
+    propagate(ctx, run)
+    first = segment_array(ctx["seg"], run.segment_id, ctx["shape"])
+    corrected = first.copy()  # the person trims slice 13 to the ball's left half...
+    corrected[13][:, 18:] = False
+    set_segment(ctx["seg"], run.segment_id, corrected, ctx["m"])
+    blob = np.zeros_like(ball)  # ...and paints outside the ball on slices 14 and 15, beyond the corrected slice
+    blob[14, 2:6, 26:34] = True
+    blob[15, 34:38, 4:9] = True
+    assert not (blob & first).any()
+    painted = paint(ctx, run, blob)
+    before = all_segments(ctx)
+
+    assert logic.repropagate(slice_index=13) is True
+    logic.wait()
+    assert not texts(ctx, "error"), texts(ctx, "error")
+    new = run.propagations[-1].result.mask
+    again = segment_array(ctx["seg"], run.segment_id, ctx["shape"])
+    assert np.array_equal(again[:14], painted[:14])  # the corrected slice and the start's side: as they were
+    assert np.array_equal(again[14:], new[14:] | blob[14:])  # beyond it: the new propagation and the painting
+    replaced = first[14:] & ~new[14:]  # the old propagation's voxels there that the new one does not make
+    assert replaced.any() and not (again[14:] & replaced).any()
+    assert run.propagations[-1].written == [14, 15]
+
+    assert logic.undo() is True  # back to the correction and the painting, bit for bit
+    assert_same_segments(all_segments(ctx), before)
+
+    # the engine now finds nothing beyond slice 13: the old propagation's voxels go, the painting stays
+    ctx["engine"].blind = True
+    assert logic.repropagate(slice_index=13) is True
+    logic.wait()
+    assert not texts(ctx, "error"), texts(ctx, "error")
+    cleared = segment_array(ctx["seg"], run.segment_id, ctx["shape"])
+    assert np.array_equal(cleared[:14], painted[:14]) and np.array_equal(cleared[14:], blob[14:])
+    assert "removed from 2 slice(s)" in texts(ctx, "agent")[-1], texts(ctx, "agent")[-1]
+    assert logic.undo() is True
+    assert_same_segments(all_segments(ctx), before)
 
 
 def test_trajectory_and_review_sequence_hold_the_propagation(ctx, tmp_path):

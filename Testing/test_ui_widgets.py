@@ -57,8 +57,8 @@ def test_panel_has_every_control_the_issue_asks_for():
                       "segmentNameLineEdit": "QLineEdit", "engineComboBox": "QComboBox", "policyComboBox": "QComboBox",
                       "chatView": "QTextBrowser", "requestLineEdit": "QLineEdit", "runButton": "QPushButton",
                       "stepButton": "QPushButton", "stopButton": "QPushButton", "acceptButton": "QPushButton",
-                      "rejectButton": "QPushButton", "undoButton": "QPushButton", "deviceWarningLabel": "QLabel",
-                      "dependencyLabel": "QLabel"}.items():
+                      "rejectButton": "QPushButton", "undoButton": "QPushButton", "propagateButton": "QPushButton",
+                      "deviceWarningLabel": "QLabel", "dependencyLabel": "QLabel"}.items():
         assert widgets.get(name) == cls, f"{name} should be a {cls}, found {widgets.get(name)}"
 
 

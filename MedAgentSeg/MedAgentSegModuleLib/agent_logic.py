@@ -22,7 +22,9 @@ to the turn before, exactly as Reject does, and the chat says so. `oracle` (need
 slice axis (MedAgentSegLib.propagation, on the worker; progress in the chat; Stop ends it between slices and keeps
 the slices done). `repropagate()` starts again from a slice the person corrected in the segment. Each writes only
 the slices it made, as one undo step (Undo / Reject put every segment back bit-exactly), and shows its slices in a
-review sequence; `trajectory_dict()` holds each propagation's record.
+review sequence; `trajectory_dict()` holds each propagation's record. A propagation only adds to what the segment
+holds on a slice: what the person painted there stays; a later propagation takes out only the voxels an earlier
+one wrote on the slices it makes again.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ class PropagationStep:
 
     slices_before: slice index -> segment ID -> (H, W) bool slice of every segment before it was written.
     after_turns / after_session_turns: len(run.records) / len(session.turns) when it was written (undo order).
+    written: the slices it changed: those it made (its mask added) and those where it took out what an earlier
+    propagation had written (its mask there, possibly empty, is what it leaves of the propagations on that slice).
     """
 
     kind: str  # "propagate" | "repropagate"
@@ -1061,8 +1065,7 @@ class AgentSegLogic:
     def _apply_propagation(self, job: _PropagationJob, prop: Propagation) -> None:
         """Write the slices a finished propagation made (main thread) as one undo step, and say what happened."""
         run = job.run
-        previous = run.propagations[-1].result if job.kind == "repropagate" and run.propagations else None
-        masks = _slices_to_write(prop, previous)
+        masks = _slices_to_write(prop, _propagated_voxels(run))
         if not masks:
             self._say("agent", self._nothing_found(run, prop))
             return
@@ -1079,9 +1082,11 @@ class AgentSegLogic:
         self._set_propagation_tag(run)
         self._say("agent", self._describe_propagation(run, step))
 
-    def _write_slices(self, run: TargetRun, masks: dict[int, np.ndarray]) -> tuple[dict, int]:
-        """Write each (H, W) mask into its slice of the segment; returns (every segment's slices before, voxels
-        the Segment Editor's masking kept). On failure, everything written is put back and the error re-raised."""
+    def _write_slices(self, run: TargetRun, masks: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[dict, int]:
+        """On each slice, add the (H, W) mask to the segment and take out the earlier propagations' voxels (the
+        second mask) outside it; what else the segment holds there stays. Returns (every segment's slices before,
+        voxels the Segment Editor's masking kept). On failure, everything written is put back and the error
+        re-raised."""
         for node, what in ((run.segmentation_node, "segmentation"), (run.volume_node, "volume")):
             if node.GetScene() is None:
                 raise MRMLInputError(f"the {what} node '{node.GetName()}' was removed from the scene")
@@ -1090,10 +1095,12 @@ class AgentSegLogic:
         before: dict[int, dict[str, np.ndarray]] = {}
         masked = 0
         try:
-            for k, mask in sorted(masks.items()):
+            for k, (add, remove) in sorted(masks.items()):
                 geom = slice_geometry(run.volume_node, run.geom.axis, k)
                 before[k] = run.writer.read_all(geom)
-                masked += int((run.writer.write_slice(run.segment_id, mask, geom) != mask).sum())
+                aimed, stored = run.writer.add_to_slice(run.segment_id, add, remove, geom,
+                                                        current=before[k][run.segment_id])
+                masked += int((stored != aimed).sum())
         except Exception:
             self._restore_slices(run, before)
             raise
@@ -1173,7 +1180,8 @@ class AgentSegLogic:
         made = [k for k in step.written if extract_slice(prop.mask, k, prop.axis).any()]
         span = f"{axis}={made[0]}..{made[-1]}" if made else "none"
         cleared = len(step.written) - len(made)
-        extra = f"; {cleared} slice(s) it had filled before were cleared" if cleared else ""
+        extra = f"; the earlier propagation's voxels were removed from {cleared} slice(s) where it found nothing " \
+                "(your own painting there stays)" if cleared else ""
         if step.masked_voxels:
             extra += f"; the Segment Editor's mask kept {step.masked_voxels} voxel(s) unchanged"
         if prop.stopped:
@@ -1243,10 +1251,25 @@ class AgentSegLogic:
         self._scene_tags = []
 
 
-def _slices_to_write(prop: Propagation, previous: Propagation | None) -> dict[int, np.ndarray]:
-    """Slice index -> (H, W) mask of the slices a propagation made: those beyond its start (both ways) or, for a
-    re-propagation, beyond the corrected slice, away from the first start. Slices where it found nothing are not
-    written, except that a re-propagation clears what the one before made beyond the corrected slice."""
+def _propagated_voxels(run: TargetRun) -> dict[int, np.ndarray]:
+    """Slice index -> (H, W) mask the propagations now in the segment wrote there (the latest one to write a slice
+    replaced what the ones before wrote on it). Voxels the person painted that a propagation also wrote count as
+    the propagation's: a later propagation may take them out if it does not make them again."""
+    out: dict[int, np.ndarray] = {}
+    for step in run.propagations:
+        for k in step.written:
+            out[k] = extract_slice(step.result.mask, k, step.result.axis)
+    return out
+
+
+def _slices_to_write(prop: Propagation, propagated: dict[int, np.ndarray]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Slice index -> ((H, W) mask to add, (H, W) voxels to take out) for the slices a propagation made: those
+    beyond its start (both ways) or, for a re-propagation, beyond the corrected slice, away from the first start.
+
+    `propagated` holds what earlier propagations wrote (`_propagated_voxels`): on the slices beyond, only those
+    voxels are taken out, so whatever else the segment holds there (the person's painting) stays and the mask is
+    added to it. Slices beyond where it found nothing are written only to take out what an earlier propagation
+    wrote there (a re-propagation clears the previous one's slices beyond the corrected slice)."""
     index = prop.start if prop.restarted_at is None else prop.restarted_at
 
     def beyond(k: int) -> bool:
@@ -1256,10 +1279,10 @@ def _slices_to_write(prop: Propagation, previous: Propagation | None) -> dict[in
     for r in prop.records:
         mask = extract_slice(prop.mask, r.index, prop.axis)
         if beyond(r.index) and mask.any():
-            out[r.index] = mask.copy()
-    for r in previous.records if previous is not None else ():
-        if beyond(r.index) and r.index not in out:
-            out[r.index] = np.zeros_like(extract_slice(prop.mask, r.index, prop.axis), dtype=bool)
+            out[r.index] = (mask.copy(), propagated.get(r.index, np.zeros_like(mask)))
+    for k, old in sorted(propagated.items()):
+        if beyond(k) and k not in out and old.any():
+            out[k] = (np.zeros_like(old), old)
     return out
 
 

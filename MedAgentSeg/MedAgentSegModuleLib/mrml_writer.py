@@ -326,6 +326,26 @@ class SegmentSliceWriter:
         self._modify(segment_id, current & ~mask, geom, self.editor_logic.ModificationModeRemove, False)
         return self.read_slice(segment_id, geom)
 
+    def add_to_slice(self, segment_id: str, add_hw: np.ndarray, remove_hw: np.ndarray | None, geom: SliceGeometry,
+                     current: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Add `add_hw` to the segment's slice and take `remove_hw` (outside `add_hw`) out of it, where the Segment
+        Editor's mask allows; every other voxel the segment holds on the slice stays (a 3D propagation never erases
+        what the person painted). Other segments change only as the Segment Editor's overwrite setting says.
+
+        current: the segment's slice now, if the caller has just read it. Returns (the slice it aimed for, the
+        (H, W) bool slice actually stored).
+        """
+        self.sync_editor_settings()
+        self.editor_logic.UpdateReferenceGeometryImage()
+        if current is None:
+            current = self.read_slice(segment_id, geom)
+        add = np.asarray(add_hw, dtype=bool)
+        remove = np.zeros_like(add) if remove_hw is None else np.asarray(remove_hw, dtype=bool)
+        target = (current & ~remove) | add
+        self._modify(segment_id, target & ~current, geom, self.editor_logic.ModificationModeAdd, False)
+        self._modify(segment_id, current & ~target, geom, self.editor_logic.ModificationModeRemove, False)
+        return target, self.read_slice(segment_id, geom)
+
     def restore(self, snapshot: dict[str, np.ndarray], geom: SliceGeometry) -> None:
         """Put every segment in `snapshot` back to its saved slice, bypassing masks and overwriting nothing."""
         saved_overwrite = self.editor_node.GetOverwriteMode()
