@@ -151,7 +151,7 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
 
         agent = create_policy(policy_name, **options)  # before any model work: bad weights fail fast
 
-    engine = create_engine(args.engine, checkpoint=args.checkpoint, device=args.device)
+    engine = create_engine(args.engine, checkpoint=args.checkpoint, device=args.device, encoder=args.encoder)
     meta = {"image": str(Path(args.image).resolve()), "slice": index, "axis": args.axis if img.is_3d else None,
             "modality": img.modality, "window": args.window, "segment": info}
     session = Session(engine, rgb, info["name"], max_turns=args.max_turns, metadata=meta)
@@ -293,7 +293,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     img = images.load_image(image_path, modality=meta.get("modality"))
     plane = images.extract_slice(img.array, meta["slice"], meta["axis"]) if img.is_3d else img.array
     rgb = images.to_engine_rgb(plane, img.modality, meta.get("window"))
-    session = replay(data, create_engine(args.engine or data["engine"], device=args.device), rgb)
+    # The encoder path the recording used: a fast path's embeddings differ slightly from torch fp32's.
+    engine = create_engine(args.engine or data["engine"], device=args.device, encoder=data.get("encoder", "torch"))
+    session = replay(data, engine, rgb)
     print(f"replayed {len(session.turns)} turns of {data['target']!r}: every mask identical to the recording")
     return 0
 
@@ -335,6 +337,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
                                                   f"{DEFAULT_ENGINE})")
     p.add_argument("--checkpoint", default=None, help="weights path (required for SAM engines)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
+    p.add_argument("--encoder", default="auto", help="LiteMedSAM image encoder: auto (the fastest path checked on "
+                   "validation data; see check-encoder), torch, openvino-f32, openvino-bf16")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -364,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     for module, fn in (("routing.cli", "add_route_command"), ("evaluation.cli", "add_eval_command"),
                        ("training.cli", "add_train_command"), ("evaluation.cli", "add_report_command"),
                        ("agent.cli", "add_trajectories_command"), ("agent.cli", "add_train_policy_command"),
-                       ("evaluation.agent_report", "add_agent_report_command")):
+                       ("evaluation.agent_report", "add_agent_report_command"),
+                       ("evaluation.encoder_check", "add_check_encoder_command"),
+                       ("evaluation.bench", "add_bench_command")):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=[fn])
         except ImportError:

