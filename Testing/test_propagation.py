@@ -191,3 +191,30 @@ def test_segment_mode_3d_writes_the_whole_structure_on_an_oblique_anisotropic_vo
     assert main(["segment", str(path), "--target", "liver", "--box", "1,1,3,3", "--slice", "99", "--mode", "3d",
                  "--device", "cpu", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_eval_fix_slices_corrects_the_worst_slice_and_repropagates(tmp_path):
+    """The bright ball runs over slices 5..15 but only 7..13 is labelled: propagation over-reaches, and each oracle
+    correction erases the worst over-reached end, so Dice rises with every fix."""
+    import SimpleITK as sitk
+
+    from MedAgentSegLib.evaluation import evaluate
+
+    vol, ball = ball_volume()
+    label = ball.copy()
+    label[:7] = label[14:] = False
+    root = tmp_path / "balls"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(vol), str(root / "images" / "b.nrrd"))
+    sitk.WriteImage(sitk.GetImageFromArray(label.astype(np.uint8)), str(root / "labels" / "b.nrrd"))
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "balls", "modality": "MR", "dimension": "3D", "labels": {"0": "background", "1": "ball"},
+        "cases": [{"id": "b", "image": "images/b.nrrd", "mask": "labels/b.nrrd", "patient": "p"}]}))
+    res = evaluate([root], "propagate", engine=ThresholdEngine(), clicks=0, jitter=0.0, fix_slices=3, progress=False,
+                   propagation=PropagationConfig(margin=0.2, min_grow=3))
+    case = res["cases"][0]
+    dices = case["dice_by_step"]
+    assert len(dices) == 3 and dices[0] < dices[1] < dices[2] == 1.0  # two fixes erase both ends; then nothing is wrong
+    assert sorted(case["fixed_slices"]) == [6, 14]  # the largest wrong slices first; each erase takes its end
+    assert res["summary"]["dice_3d"] == 1.0 and res["config"]["fix_slices"] == 3

@@ -46,6 +46,9 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
                    help="folder of LiteMedSAM image embeddings: taken from it, and images not there are kept in it")
     add_propagation_args(p)
     p.add_argument("--device", default="auto")
+    p.add_argument("--encoder", default="torch",
+                   help="LiteMedSAM image encoder path (default torch, the reference the reported numbers use; auto = "
+                        "what `segment` uses, see check-encoder)")
     p.add_argument("--plot", default=None, metavar="PNG")
     p.add_argument("--json", required=True, metavar="OUT")
     p.set_defaults(func=run_eval)
@@ -60,8 +63,9 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"error: --clicks must be >= 0, got {args.clicks}", file=sys.stderr)
         return 2
     try:
-        engine = create_engine(args.engine, device=args.device, click_weights=args.click_weights)
-    except (EngineError, ImportError) as exc:
+        engine = create_engine(args.engine, device=args.device, click_weights=args.click_weights,
+                               encoder=args.encoder)
+    except (EngineError, ImportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     labels = [s for s in args.labels.split(",") if s.strip()] if args.labels else None
@@ -71,7 +75,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           jitter=args.jitter, seed=args.seed, limit=args.limit, labels=labels,
                           min_area=args.min_area, mode=args.mode, split=None if args.split == "all" else args.split,
                           embedding_cache=args.embedding_cache, policy_kwargs=policy_kwargs,
-                          propagation=propagation_config(args))
+                          propagation=propagation_config(args), fix_slices=args.fix_slices)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -109,6 +113,8 @@ def add_propagation_args(p: argparse.ArgumentParser) -> None:
                                                                     "slices in a row")
     p.add_argument("--refine-below", type=float, default=None, help="propagation: hand slices scoring below this "
                                                                     "to --policy for refinement turns")
+    p.add_argument("--fix-slices", type=int, default=0, help="--protocol propagate: then K corrections, each on the "
+                   "worst slice (oracle: most wrong pixels; GT-free --policy: lowest score), re-propagated from there")
 
 
 def propagation_config(args: argparse.Namespace) -> Any:

@@ -151,9 +151,16 @@ def run_volume(engine: Any, inst: Any, protocol: str, clicks: int, jitter: float
 
 
 def run_propagate(engine: Any, inst: Any, clicks: int, jitter: float, seed: int, policy: str, store: Any = None,
-                  config: Any = None, policy_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+                  config: Any = None, policy_kwargs: dict[str, Any] | None = None,
+                  fix_slices: int = 0) -> dict[str, Any]:
     """--protocol propagate: a jittered box on the label's largest slice, `clicks` refinement turns there (oracle
-    clicks, or the GT-free policy's turns), then propagation through the volume; Dice of the whole volume."""
+    clicks, or the GT-free policy's turns), then propagation through the volume; Dice of the whole volume.
+
+    fix_slices: then K corrections, each on the slice that is worst now, re-propagated outwards from it
+    (`repropagate`); dice_by_step = [after propagation, after each correction]. The oracle corrects the slice with
+    the most wrong pixels (a jittered box from the reference; a slice the structure does not reach is erased with
+    every slice beyond it); a GT-free policy refines the propagated slice with the lowest engine score.
+    """
     from ..images import extract_slice, to_engine_rgb
     from ..metrics import dice, iou
     from ..oracle import box_from_mask
@@ -178,12 +185,61 @@ def run_propagate(engine: Any, inst: Any, clicks: int, jitter: float, seed: int,
     res = propagate(engine, img.array, k, session.mask, session.turns[-1].logits if session.turns else None,
                     "axial", img.modality, config=config, policy_factory=refine, store=store)
     seconds = time.perf_counter() - t0
+    dices, ious = [round(dice(res.mask, gt), 6)], [round(iou(res.mask, gt), 6)]
+    fixed: list[int] = []
+    for _ in range(fix_slices):
+        res, where = _fix_worst_slice(engine, img, gt, res, policy, policy_kwargs, jitter, rng, fixed, store)
+        if where is None:
+            break
+        fixed.append(where)
+        dices.append(round(dice(res.mask, gt), 6))
+        ious.append(round(iou(res.mask, gt), 6))
     slices_gt = [i for i in range(gt.shape[0]) if gt[i].any()]
-    return {"dice_by_step": [round(dice(res.mask, gt), 6)], "iou_by_step": [round(iou(res.mask, gt), 6)],
+    kept = res.slices or [k]
+    return {"dice_by_step": dices, "iou_by_step": ious,
             "dice_start_slice": round(dice(session.mask, gt[k]), 6), "turns": session.mask_turns,
             "slices": len(res.records), "slices_gt": len(slices_gt), "seconds_per_volume": round(seconds, 2),
-            "range": [min(res.slices), max(res.slices)], "range_gt": [min(slices_gt), max(slices_gt)],
+            "range": [min(kept), max(kept)], "range_gt": [min(slices_gt), max(slices_gt)], "fixed_slices": fixed,
             "noc85": None, "noc90": None, "reached90": None}
+
+
+def _fix_worst_slice(engine, img, gt, res, policy, policy_kwargs, jitter, rng, fixed, store):
+    """One correction of the propagation `res` (see run_propagate); returns (new result, slice) or (res, None)."""
+    from ..images import to_engine_rgb
+    from ..oracle import box_from_mask
+    from ..policies import create_policy
+    from ..propagation import Propagation, repropagate
+    from ..session import Session
+
+    if policy == "oracle":
+        wrong = (res.mask ^ gt).sum(axis=(1, 2))
+        wrong[fixed] = 0
+        k = int(np.argmax(wrong))
+        if wrong[k] == 0:
+            return res, None
+        if not gt[k].any():  # past the structure's end: the person erases this slice and those beyond it
+            mask = res.mask.copy()
+            beyond = range(k, mask.shape[0]) if k > res.start else range(0, k + 1)
+            mask[list(beyond)] = False
+            records = [r for r in res.records if r.index not in beyond]
+            return Propagation(res.axis, res.start, mask, records, res.stopped, res.config, res.restarted_at), k
+        rgb = to_engine_rgb(img.array[k], img.modality)
+        session = Session(engine, rgb, "target", max_turns=1)
+        session.add_box(*box_from_mask(gt[k], jitter, rng), source="agent")
+    else:
+        scored = [r for r in res.records if r.prior is not None and r.index not in fixed]
+        if not scored:
+            return res, None
+        worst = min(scored, key=lambda r: r.score)
+        k = worst.index
+        rgb = to_engine_rgb(img.array[k], img.modality)
+        session = Session(engine, rgb, "target", max_turns=3)
+        session.add_box(*worst.box, source="agent")
+        session.run(create_policy(policy, **(policy_kwargs or {})))
+    if not session.mask.any():
+        return res, None
+    return repropagate(engine, img.array, res, k, session.mask, session.turns[-1].logits, img.modality,
+                       store=store), k
 
 
 def _run_with_masks(engine, rgb, gt, protocol, clicks, jitter, seed, policy) -> list[np.ndarray]:
@@ -212,7 +268,8 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
              policy: str = "oracle", clicks: int = 5, jitter: float = 0.1, seed: int = 0, limit: int | None = None,
              labels: list[str] | None = None, min_area: int = 0, mode: str = "2d", split: str | None = None,
              embedding_cache: str | Path | None = None, log: Any = None, progress: bool = True,
-             policy_kwargs: dict[str, Any] | None = None, propagation: Any = None) -> dict[str, Any]:
+             policy_kwargs: dict[str, Any] | None = None, propagation: Any = None,
+             fix_slices: int = 0) -> dict[str, Any]:
     """Evaluate one engine on one or more dataset folders; returns {"summary", "cases", "skipped", "config"}.
 
     summary also holds "per_dataset" (one summary per dataset). split: "val"/"train" to restrict to that side
@@ -259,7 +316,7 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
                     if not inst.is_3d:
                         raise ValueError("--protocol propagate needs a 3D dataset")
                     rec.update(run_propagate(engine, inst, clicks, jitter, seed, policy, store, propagation,
-                                             policy_kwargs))
+                                             policy_kwargs, fix_slices))
                 elif inst.is_3d and mode == "3d":
                     if protocol == "agent" and policy != "oracle":
                         raise ValueError("--mode 3d runs the oracle only; evaluate GT-free policies in 2d mode")
@@ -287,9 +344,10 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
     summary = summarize(cases, protocol)
     summary["per_dataset"] = per_dataset
     summary["skipped"] = len(skipped)
-    config = {"protocol": protocol, "engine": getattr(engine, "name", str(engine_name)), "policy": policy,
+    config = {"protocol": protocol, "engine": getattr(engine, "name", str(engine_name)),
+              "encoder": getattr(engine, "encoder_path", "torch"), "policy": policy,
               "clicks": clicks, "jitter": jitter, "seed": seed, "limit": limit, "labels": labels,
-              "min_area": min_area, "mode": mode, "split": split, "click_rule": "ritm",
+              "min_area": min_area, "mode": mode, "split": split, "click_rule": "ritm", "fix_slices": fix_slices,
               "noc_definition": f"clicks after the box to reach IoU >= t; {MAX_NOC_CLICKS} (a failure) if never",
               "datasets": [str(d) for d in dataset_dirs], "elapsed_s": round(time.perf_counter() - t0, 1)}
     return {"summary": summary, "cases": cases, "skipped": [s.to_dict() for s in skipped], "config": config}
