@@ -49,6 +49,9 @@ class PropagationConfig:
     patience: int = 2
     refine_below: float | None = None
     refine_turns: int = 2
+    # A slice whose mean brightness inside the mask (engine image, 0..255) differs from the last kept slice's by
+    # more than this counts as past the structure's end: the box then holds other tissue. None: not checked.
+    max_shift: float | None = None
 
 
 @dataclass
@@ -63,7 +66,8 @@ class SliceRecord:
     mask_rle: dict[str, Any]
     refined: dict[str, Any] | None = None  # the refinement session's trajectory, if the agent refined this slice
     seconds: float = 0.0
-    corrected: bool = False  # the person's mask, which a re-propagation started from
+    corrected: bool = False
+    brightness: float | None = None  # mean engine-image value inside the mask  # the person's mask, which a re-propagation started from
 
 
 @dataclass
@@ -194,6 +198,8 @@ class _Run:
     def _direction(self, result, step, first, first_mask, first_logits, ahead) -> bool:
         cfg, n = self.cfg, self.volume.shape[AXES[self.axis]]
         prev_mask, prev_logits, prev_index, misses = first_mask, first_logits, first, []
+        prev_bright = _brightness(to_engine_rgb(extract_slice(self.volume, first, self.axis), self.modality,
+                                                self.window), first_mask)
         k = first + step
         ahead.start(k)
         while 0 <= k < n:
@@ -204,7 +210,8 @@ class _Run:
             ahead.start(k + step)  # encoded on another thread while this slice is decoded
             rec, logits = _one_slice(self.engine, self.volume, k, self.axis, self.modality, self.window, prev_mask,
                                      prev_logits, prev_index, cfg, self.policy_factory, self.store)
-            good = rec.area >= cfg.min_area and rec.score >= cfg.min_score
+            good = rec.area >= cfg.min_area and rec.score >= cfg.min_score and (
+                cfg.max_shift is None or abs(rec.brightness - prev_bright) <= cfg.max_shift)
             misses = [] if good else misses + [rec]
             if not good and len(misses) >= cfg.patience:
                 break
@@ -216,6 +223,8 @@ class _Run:
                 self.on_slice(rec, self.done)
             if rec.area >= cfg.min_area:
                 prev_mask, prev_logits, prev_index = mask, logits, k
+                if good:
+                    prev_bright = rec.brightness
             k += step
         for rec in misses:  # trailing weak slices past the structure's end are not kept
             if rec in result.records:
@@ -256,6 +265,10 @@ class _Prefetch:
             self.pool.shutdown(wait=True, cancel_futures=True)  # nothing runs on the engine once we return
 
 
+def _brightness(rgb: np.ndarray, mask: np.ndarray) -> float:
+    return round(float(rgb[..., 0][mask].mean()), 3) if mask.any() else 0.0
+
+
 def _one_slice(engine, volume, k, axis, modality, window, prev_mask, prev_logits, prev_index, cfg,
                policy_factory, store) -> tuple[SliceRecord, np.ndarray]:
     t0 = time.perf_counter()
@@ -278,7 +291,7 @@ def _one_slice(engine, volume, k, axis, modality, window, prev_mask, prev_logits
         mask, logits = session.mask, session.turns[-1].logits
         refined = session.to_dict()
     rec = SliceRecord(k, prev_index, [float(v) for v in box], round(score, 6), int(mask.sum()), rle.encode(mask),
-                      refined, round(time.perf_counter() - t0, 4))
+                      refined, round(time.perf_counter() - t0, 4), brightness=_brightness(rgb, mask))
     return rec, logits
 
 

@@ -144,6 +144,16 @@ def test_prefetch_encodes_the_next_slice_on_another_thread_and_changes_nothing()
     assert len(engine.encoded) <= engine.calls + 2  # at most one slice ahead per direction is wasted
 
 
+def test_max_shift_stops_where_the_box_holds_other_tissue():
+    vol, ball = ball_volume()
+    vol[16:21][ball[10][None].repeat(5, 0)] = 150  # dimmer tissue right after the ball's end, still found
+    cfg = PropagationConfig(margin=0.2, min_grow=3)
+    assert max(propagate(ThresholdEngine(), vol, 10, ball[10], None, config=cfg, modality="gray").slices) == 20
+    cfg.max_shift = 30.0
+    res = propagate(ThresholdEngine(), vol, 10, ball[10], None, config=cfg, modality="gray")
+    assert max(res.slices) == 15 and all(r.brightness == 200.0 for r in res.records if r.prior is not None)
+
+
 def test_bad_requests_say_what_to_do():
     vol, ball = ball_volume()
     with pytest.raises(PropagationError, match="empty"):

@@ -503,7 +503,7 @@ class AgentSegLogic:
             else:
                 from MedAgentSegLib.engines import create_engine
 
-                eng = create_engine(name, device=self.device)
+                eng = create_engine(name, device=self.device, encoder="auto")  # the checked fast path
             self.engines[name] = eng
         return eng
 

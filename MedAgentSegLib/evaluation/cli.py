@@ -60,14 +60,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from .harness import evaluate, format_table, plot_dice, write_json
 
     if args.clicks < 0:
-        print(f"error: --clicks must be >= 0, got {args.clicks}", file=sys.stderr)
-        return 2
+        return _fail(f"--clicks must be >= 0, got {args.clicks}")
     try:
+        _check_inputs(args)  # before any model work: a typo in a path must not cost an engine load
         engine = create_engine(args.engine, device=args.device, click_weights=args.click_weights,
                                encoder=args.encoder)
     except (EngineError, ImportError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     labels = [s for s in args.labels.split(",") if s.strip()] if args.labels else None
     try:
         policy_kwargs = policy_options(args)
@@ -77,8 +76,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           embedding_cache=args.embedding_cache, policy_kwargs=policy_kwargs,
                           propagation=propagation_config(args), fix_slices=args.fix_slices)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     if args.click_weights:
         result["config"]["click_weights"] = str(Path(args.click_weights).resolve())
     if args.policy_weights:
@@ -86,9 +84,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.drop is not None:
         result["config"]["drop"] = args.drop
     if result["summary"]["n"] == 0:
-        print(f"error: no instance could be evaluated ({len(result['skipped'])} skipped, reasons above); nothing "
-              "written. Check the dataset folders, --labels, --min-area and --split", file=sys.stderr)
-        return 2
+        return _fail(f"no instance could be evaluated ({len(result['skipped'])} skipped, reasons above); nothing "
+                     "written. Check the dataset folders, --labels, --min-area and --split")
     print(format_table(result))
     write_json(result, args.json)
     print(f"wrote {args.json}")
@@ -96,6 +93,30 @@ def run_eval(args: argparse.Namespace) -> int:
         plot_dice({result["config"]["engine"]: result}, args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"medagentseg: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Every dataset folder readable, --json and --plot writable: ValueError (one line) otherwise."""
+    import os
+
+    from .dataset import read_dataset
+
+    for root in args.datasets:
+        read_dataset(root)
+    for flag, out in (("--json", args.json), ("--plot", args.plot)):
+        if out is None:
+            continue
+        out = Path(out)
+        if out.is_dir():
+            raise ValueError(f"{flag} {out} is a folder; give a file name")
+        parent = next((q for q in out.parents if q.exists()), Path("."))
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ValueError(f"{flag} {out}: {parent} is not a writable folder; choose another path")
 
 
 def add_propagation_args(p: argparse.ArgumentParser) -> None:
@@ -113,6 +134,8 @@ def add_propagation_args(p: argparse.ArgumentParser) -> None:
                                                                     "slices in a row")
     p.add_argument("--refine-below", type=float, default=None, help="propagation: hand slices scoring below this "
                                                                     "to --policy for refinement turns")
+    p.add_argument("--max-shift", type=float, default=d.max_shift, help="propagation: a slice whose brightness "
+                   "inside the mask moved more than this (0..255) from the last kept slice counts as past the end")
     p.add_argument("--fix-slices", type=int, default=0, help="--protocol propagate: then K corrections, each on the "
                    "worst slice (oracle: most wrong pixels; GT-free --policy: lowest score), re-propagated from there")
 
@@ -123,7 +146,7 @@ def propagation_config(args: argparse.Namespace) -> Any:
     if getattr(args, "margin", None) is None:
         return None
     return PropagationConfig(margin=args.margin, feed_logits=args.feed_logits, min_score=args.min_score,
-                             patience=args.patience, refine_below=args.refine_below)
+                             patience=args.patience, refine_below=args.refine_below, max_shift=args.max_shift)
 
 
 def policy_options(args: argparse.Namespace) -> dict[str, Any]:
