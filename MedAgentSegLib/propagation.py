@@ -66,8 +66,8 @@ class SliceRecord:
     mask_rle: dict[str, Any]
     refined: dict[str, Any] | None = None  # the refinement session's trajectory, if the agent refined this slice
     seconds: float = 0.0
-    corrected: bool = False
-    brightness: float | None = None  # mean engine-image value inside the mask  # the person's mask, which a re-propagation started from
+    corrected: bool = False  # the person's mask, which a re-propagation started from
+    brightness: float | None = None  # mean engine-image value inside the mask
 
 
 @dataclass
