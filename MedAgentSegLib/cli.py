@@ -259,7 +259,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not SAMPLE_IMAGE.is_file():
         raise UsageError(f"the bundled sample is missing ({SAMPLE_IMAGE}); reinstall from a full checkout")
     argv = ["segment", str(SAMPLE_IMAGE), "--target", "liver", "--gt", str(SAMPLE_LABELS), "--label", "1",
-            "--max-turns", "5", "--out", args.out, "--device", args.device]
+            "--max-turns", "5", "--out", args.out, "--device", args.device, "--encoder", args.encoder]
     argv += ["--engine", args.engine] if args.engine else []
     if args.policy == "oracle":
         argv += ["--jitter", "0.1", "--seed", "0", "--stop-iou", "0.92"]
@@ -384,6 +384,7 @@ def _negative_values(argv: list[str]) -> list[str]:
     """`--box -5,3,...`: argparse takes a value starting with '-' for an option; join it as `--box=-5,3,...`."""
     out: list[str] = []
     for a in argv:
+    p.add_argument("--encoder", default="auto", help="auto (the checked fast path), torch, openvino-f32, openvino-bf16")
         if out and out[-1] in ("--box", "--click") and a[:1] == "-" and a[1:2].isdigit():
             out[-1] = f"{out[-1]}={a}"
         else:
