@@ -47,6 +47,7 @@ from MedAgentSegLib.images import extract_slice
 from MedAgentSegLib.propagation import Propagation, PropagationConfig, PropagationError, propagate, repropagate
 from MedAgentSegLib.session import Session, Turn
 
+from .chat import request_modality, segment_targets
 from .geometry import GeometryError, SliceGeometry
 from .mrml_writer import (
     TAG_PREFIX,
@@ -58,6 +59,7 @@ from .mrml_writer import (
     check_volume,
     ensure_scene_logics,
     is_segment_locked,
+    node_to_world,
     slice_geometry,
     view_slice,
     volume_array_kji,
@@ -66,7 +68,8 @@ from .worker import JobResult, SessionExecutor
 
 __all__ = ["AgentError", "ChatMessage", "TurnRecord", "TargetRun", "AgentSegLogic", "TRAJECTORY_FILE",
            "SLICER_TRAJECTORY_FORMAT", "guess_modality", "POLICY_CHOICES", "GT_FREE", "default_policy",
-           "learned_weights_available", "describe_decision", "PropagationStep", "chat_command", "AXIS_NAMES"]
+           "learned_weights_available", "describe_decision", "PropagationStep", "chat_command", "AXIS_NAMES",
+           "engine_choices", "default_engine"]
 
 #: the policies the module offers: the GT-free agents first, then the reference-driven oracle and the person
 POLICY_CHOICES = ("learned", "heuristic", "oracle", "scripted", "mllm")
@@ -74,7 +77,7 @@ GT_FREE = ("heuristic", "learned", "mllm")  # as MedAgentSegLib.policies.GT_FREE
 _BUILT_ON_WORKER = ("learned", "mllm")  # they load weights or a model: built on the worker thread
 TRAJECTORY_FILE = "trajectory.json"
 SLICER_TRAJECTORY_FORMAT = "medagentseg-slicer-trajectory/1"
-MARKUP_EVENTS = ("PointEndInteractionEvent", "PointRemovedEvent", "PointPositionDefinedEvent")
+MARKUP_EVENTS = ("PointRemovedEvent", "PointPositionDefinedEvent")  # a drag's end has its own observer
 AXIS_NAMES = {"K": "axial", "J": "coronal", "I": "sagittal"}  # the library's names for the KJI array's axes 0, 1, 2
 _NOUN = {"propagate": "propagation", "repropagate": "re-propagation"}
 PROGRESS_EVERY_S = 1.0  # at most one "propagating: n slices done" line per second
@@ -175,6 +178,8 @@ class TargetRun:
     window: Any = None
     propagations: list[PropagationStep] = field(default_factory=list)
     review: SliceReviewRecorder | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # read from MRML on the main thread, for the worker
+    engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"checkpoint": PATH} for SAM
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -210,6 +215,20 @@ def default_policy(reference_segment_id: str | None = None) -> str:
     if reference_segment_id:
         return "oracle"
     return "learned" if learned_weights_available() else "heuristic"
+
+
+def engine_choices() -> list[str]:
+    """Every engine the library can build here (the click-aware one first when its weights are shipped)."""
+    from MedAgentSegLib.engines import engine_names
+
+    return engine_names()
+
+
+def default_engine() -> str:
+    """The library's default: the click-aware LiteMedSAM when shipped (plain LiteMedSAM gets worse with clicks)."""
+    from MedAgentSegLib.engines import DEFAULT_ENGINE
+
+    return DEFAULT_ENGINE
 
 
 def describe_decision(action: dict[str, Any]) -> str | None:
@@ -281,17 +300,20 @@ class AgentSegLogic:
         self.policy_factory = policy_factory
         self.device = device
         self.sequences_logic = sequences_logic or ensure_scene_logics(scene)
-        self.engines: dict[str, Any] = {}  # touched only on the worker thread
+        self.engines: dict[tuple, Any] = {}  # (name, options) -> engine; touched only on the worker thread
         self.runs: dict[tuple[str, str, str, int], TargetRun] = {}
         self.active: TargetRun | None = None
         self.messages: list[ChatMessage] = []
         self.engine_device: str | None = None
         self._writing = False
+        self._dragging: set[Any] = set()  # markups nodes between PointStartInteraction and PointEndInteraction
         self._edit_pending = False
         self._stop_requested = False
         self._propagating: _PropagationJob | None = None
+        self.queued: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (segment info, start arguments) to do next
         self._scene_tags = [scene.AddObserver(ev, self._on_scene_save)
                             for ev in (scene.StartSaveEvent, scene.EndSaveEvent)]
+        self._scene_tags.append(scene.AddObserver(scene.StartCloseEvent, self._on_scene_close))
 
     # -- messages --------------------------------------------------------------------------------------
     def _say(self, role: str, text: str, turn: int | None = None) -> ChatMessage:
@@ -338,12 +360,59 @@ class AgentSegLogic:
             raise AgentError("The engine is still loading for this session; wait for the 'Engine ready' message.")
         return run
 
+    def _submit(self, run: TargetRun, name: str, fn: Callable[..., Any], *args: Any,
+                callback: Callable[[JobResult], None]) -> None:
+        """Queue model work; its callback runs only while `run` is still open (the scene may have been closed) and
+        any exception in it becomes a chat line: it runs in the poll timer, where it would otherwise vanish."""
+        def done(result: JobResult) -> None:
+            if not any(r is run for r in self.runs.values()):
+                return
+            try:
+                callback(result)
+            except Exception as exc:  # noqa: BLE001 - reported in the chat, never raised into the timer
+                self._callback_failed(run, exc)
+
+        self.executor.submit(name, fn, *args, callback=done)
+
+    def _callback_failed(self, run: TargetRun, exc: Exception) -> None:
+        import traceback
+
+        traceback.print_exc()  # the details belong in the Python console
+        run.auto_turns_left = 0
+        if run.segment() is None:
+            self._say("error", f"Segment '{run.target}' was deleted while the agent worked on it, so the result was "
+                               "not written. Start the request again to make a new segment.")
+        else:
+            self._say("error", f"Writing the agent's result into the scene failed: {exc}. Check that the volume, "
+                               "segmentation and markups still exist, then try again.")
+        self._changed()
+
+    def _on_scene_close(self, caller: Any, event: Any) -> None:
+        """File > Close Scene: every run's nodes go, so the runs go too; results still in flight are dropped."""
+        if self._propagating is not None:
+            self._propagating.cancel.set()
+            self._propagating = None
+        had_runs = bool(self.runs)
+        for run in list(self.runs.values()):
+            run.auto_turns_left = 0
+            self._remove_observers(run)
+        self.runs.clear()
+        self.queued.clear()
+        self.active = None
+        self._dragging.clear()
+        self._edit_pending = False
+        if had_runs:
+            self._say("info", "The scene was closed, and the agent's sessions with it. Load a volume and type a "
+                              "request to start again.")
+        self._changed()
+
     # -- starting ----------------------------------------------------------------------------------------
     def start(self, volume_node: Any, segmentation_node: Any, target: str, segment_name: str | None = None,
-              axis: str = "K", slice_index: int | None = None, engine: str = "litemedsam",
+              axis: str = "K", slice_index: int | None = None, engine: str | None = None,
               policy: Any = None, reference_segment_id: str | None = None, modality: str | None = None,
-              window: Any = None, max_turns: int = 5,
-              policy_options: dict[str, Any] | None = None) -> TargetRun:
+              window: Any = None, max_turns: int = 5, policy_options: dict[str, Any] | None = None,
+              engine_options: dict[str, Any] | None = None, segment_info: dict[str, Any] | None = None
+              ) -> TargetRun:
         """Open (or resume) the session for `target` on slice `slice_index` along IJK `axis`.
 
         segmentation_node: None creates one. segment_name: the segment to write (default: `target`; created
@@ -351,9 +420,14 @@ class AgentSegLogic:
         picks `default_policy(reference_segment_id)`: "oracle" with a reference, else the GT-free agent.
         reference_segment_id: for the "oracle" policy, the segment holding the reference mask on this slice.
         policy_options: keyword arguments for the policy factory, e.g. {"mllm_path": DIR} for "mllm" or
-        {"weights": PT} for "learned".
+        {"weights": PT} for "learned". engine: None picks `default_engine()`. engine_options: keyword arguments for
+        the engine, {"checkpoint": PATH} for the SAM engines (Meta's checkpoint file, required). segment_info:
+        {"color": (r, g, b) 0..1, "terminology": Slicer's entry string} for a segment this call creates.
         """
         check_volume(volume_node)
+        engine = engine or default_engine()
+        engine_options = {k: v for k, v in (engine_options or {}).items() if v not in (None, "")}
+        self._check_engine(engine, engine_options)
         if not target or not str(target).strip():
             raise AgentError("No target given: say what to segment, e.g. 'segment the liver'.")
         target = str(target).strip()
@@ -367,10 +441,7 @@ class AgentSegLogic:
         if isinstance(policy, str) and policy in _BUILT_ON_WORKER:
             self._check_policy_files(policy, policy_options)  # fail fast, before anything is created
         if segmentation_node is None:
-            segmentation_node = slicer.vtkMRMLSegmentationNode()
-            segmentation_node.SetName(self.scene.GenerateUniqueName(f"{volume_node.GetName()} MedAgentSeg"))
-            self.scene.AddNode(segmentation_node)
-            segmentation_node.CreateDefaultDisplayNodes()
+            segmentation_node = self._new_segmentation(volume_node)
         dims = volume_node.GetImageData().GetDimensions()
         axis = str(axis).upper()
         if slice_index is None:
@@ -393,7 +464,7 @@ class AgentSegLogic:
             return existing
         writer = SegmentSliceWriter(self.scene, segmentation_node, volume_node)  # checks geometry, may raise
         if not segment_id:
-            segment_id = segmentation.AddEmptySegment("", name)
+            segment_id = self._new_segment(segmentation, name, segment_info)
         segment = segmentation.GetSegment(segment_id)
         gt = None
         if isinstance(policy, str) and policy == "oracle":
@@ -419,11 +490,16 @@ class AgentSegLogic:
         run = TargetRun(volume_node, segmentation_node, segment_id, target, geom, image, engine, policy_obj,
                         writer, prompts, recorder, max_turns=int(max_turns), policy_name=policy_name,
                         modality=modality, window=window)
+        run.metadata = {"volume": volume_node.GetName(), "slice": f"{axis}={slice_index}", "policy": policy_name}
+        run.engine_options = engine_options
         for node in prompts.nodes:
             node.SetAttribute(TAG_PREFIX + "Segment", segment_id)
             node.SetAttribute(TAG_PREFIX + "Slice", f"{axis}={slice_index}")
             for ev in MARKUP_EVENTS:
                 run.observer_tags.append((node, node.AddObserver(getattr(node, ev), self._on_markups_edited)))
+            for ev, callback in (("PointStartInteractionEvent", self._on_interaction_start),
+                                 ("PointEndInteractionEvent", self._on_interaction_end)):
+                run.observer_tags.append((node, node.AddObserver(getattr(node, ev), callback)))
         segment.SetTag(TAG_PREFIX + "Target", target)
         segment.SetTag(TAG_PREFIX + "Engine", engine)
         segment.SetTag(TAG_PREFIX + "Status", "loading")
@@ -439,10 +515,102 @@ class AgentSegLogic:
             self._say("info", f"Agent: {policy} (GT-free, no reference needed). It refines from your box: place "
                               f"the box ('{prompts.roi.GetName()}') around the {target}, then press Run. Edit the "
                               "box or the clicks at any turn to take over.")
-        self.executor.submit("open session", self._open_session_job, run, deferred,
-                             callback=lambda r: self._on_session_open(run, r))
+        self._submit(run, "open session", self._open_session_job, run, deferred,
+                     callback=lambda r: self._on_session_open(run, r))
         self._changed()
         return run
+
+    # -- chat requests -----------------------------------------------------------------------------------------
+    def request(self, text: str, volume_node: Any = None, segmentation_node: Any = None, view: str = "Red",
+                **start_kwargs: Any) -> str:
+        """One line the person typed: shown in the chat, then done. "segment the liver" starts a session and runs
+        the agent (one segment per structure; the others are queued and start after Accept); accept / reject / undo
+        / stop / refine / "whole volume" / "re-propagate" act on the active session. The parser's warnings ("Read
+        'livr' as 'liver'") are said, and a modality named in the request is used. start_kwargs go to `start`.
+        Returns the command. Raises AgentError / MRMLInputError (a sentence) as the calls it makes do."""
+        text = (text or "").strip()
+        if not text:
+            return "empty"
+        self._say("user", text)
+        command = chat_command(text)
+        if command == "propagate":
+            self.propagate()
+            return command
+        if command == "repropagate":
+            self.repropagate(None, view)
+            return command
+        from MedAgentSegLib.language.parser import parse_request
+
+        parsed = parse_request(text)
+        for warning in parsed.warnings:
+            self._say("warning", _sentence(warning))
+        if parsed.targets and (parsed.command == "segment" or self.active is None):
+            self._start_targets(parsed, volume_node, segmentation_node, dict(start_kwargs))
+            return "segment"
+        handlers = {"accept": self.accept, "reject": self.reject, "undo": self.undo, "stop": self.stop,
+                    "refine": self.run_agent, "whole_volume": self.propagate}
+        if parsed.command in handlers:
+            handlers[parsed.command]()
+        elif parsed.command in ("next_slice", "previous_slice"):
+            self._say("error", f"'{text}' is not available yet: the agent segments one slice at a time. Move the "
+                               "slice view to the slice you want and type the request again.")
+        else:
+            self._say("error", parsed.message or f"I did not understand '{text}'. Try 'segment the liver'.")
+        return parsed.command
+
+    def _start_targets(self, parsed: Any, volume_node: Any, segmentation_node: Any, kwargs: dict[str, Any]) -> None:
+        targets = segment_targets(parsed)
+        if len(targets) == 1 and kwargs.get("segment_name"):
+            targets[0]["name"] = kwargs["segment_name"]
+        kwargs.pop("segment_name", None)
+        said = request_modality(parsed)
+        kwargs["modality"] = kwargs.get("modality") or said
+        if said and volume_node is not None and volume_node.GetImageData() is not None:
+            seen = guess_modality(volume_array_kji(volume_node))
+            if seen != said:
+                self._say("warning", f"You said {said}, but the intensities look like {seen}; using {said} as you "
+                                     "said. If that is wrong, type the request again without it.")
+        first, *rest = targets
+        run = self.start(volume_node, segmentation_node, first["name"], segment_name=first["name"],
+                         segment_info=first, **kwargs)
+        self.queued = [(t, {**kwargs, "segmentation_node": run.segmentation_node, "volume_node": volume_node})
+                       for t in rest]
+        if rest:
+            names = ", ".join(f"'{t['name']}'" for t in rest)
+            self._say("info", f"One segment per structure: '{first['name']}' now, then {names}, each in its own "
+                              f"segment; the next starts when you Accept '{first['name']}'.")
+        self.run_agent(kwargs.get("max_turns"))
+
+    def _start_queued(self) -> None:
+        """After Accept: the next structure of the request, on the same slice, in its own segment."""
+        if not self.queued:
+            return
+        info, kwargs = self.queued.pop(0)
+        kwargs = dict(kwargs)
+        volume_node, segmentation_node = kwargs.pop("volume_node"), kwargs.pop("segmentation_node")
+        self.start(volume_node, segmentation_node, info["name"], segment_name=info["name"], segment_info=info,
+                   **kwargs)
+        self.run_agent(kwargs.get("max_turns"))
+
+    def _new_segmentation(self, volume_node: Any) -> Any:
+        """A segmentation for `volume_node`, under the volume's parent transform so the two stay together."""
+        node = slicer.vtkMRMLSegmentationNode()
+        node.SetName(self.scene.GenerateUniqueName(f"{volume_node.GetName()} MedAgentSeg"))
+        self.scene.AddNode(node)
+        node.CreateDefaultDisplayNodes()
+        node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+        return node
+
+    @staticmethod
+    def _new_segment(segmentation: Any, name: str, info: dict[str, Any] | None) -> str:
+        """An empty segment with the structure's standard colour and terminology code when known."""
+        info = info or {}
+        color = info.get("color")
+        segment_id = segmentation.AddEmptySegment("", name, list(color)) if color else \
+            segmentation.AddEmptySegment("", name)
+        if info.get("terminology"):
+            segmentation.GetSegment(segment_id).SetTerminology(info["terminology"])
+        return segment_id
 
     def _make_policy(self, policy: Any, gt: np.ndarray | None, options: dict[str, Any] | None = None,
                      device: str | None = None) -> Any:
@@ -495,35 +663,56 @@ class AgentSegLogic:
             except ValueError as exc:
                 raise AgentError(f"Policy 'mllm' cannot be used: {exc}") from None
 
-    def _engine(self, name: str) -> Any:  # worker thread
-        eng = self.engines.get(name)
+    def _check_engine(self, engine: str, options: dict[str, Any]) -> None:
+        """Main thread, before anything is created: a known engine, and SAM's checkpoint file given and there."""
+        if self.engine_factory is not None:
+            return
+        if engine not in engine_choices():
+            raise AgentError(f"Unknown engine '{engine}': choose one of {', '.join(engine_choices())}.")
+        checkpoint = options.get("checkpoint")
+        if engine.startswith("sam_") and not checkpoint:
+            raise AgentError(f"Engine '{engine}' needs Meta's SAM checkpoint file (e.g. sam_vit_b_01ec64.pth, "
+                             "downloaded once by you): give its path in 'SAM checkpoint', or choose "
+                             f"'{default_engine()}'.")
+        if checkpoint and not Path(checkpoint).is_file():
+            raise AgentError(f"The checkpoint file {checkpoint} does not exist: give the path of the downloaded "
+                             "file in 'SAM checkpoint'.")
+
+    def _engine(self, name: str, options: dict[str, Any] | None = None) -> Any:  # worker thread
+        options = dict(options or {})
+        key = (name, tuple(sorted((k, str(v)) for k, v in options.items())))
+        eng = self.engines.get(key)
         if eng is None:
             if self.engine_factory is not None:
-                eng = self.engine_factory(name)
+                eng = self.engine_factory(name, **options) if options else self.engine_factory(name)
             else:
                 from MedAgentSegLib.engines import create_engine
 
-                eng = create_engine(name, device=self.device, encoder="auto")  # the checked fast path
-            self.engines[name] = eng
+                eng = create_engine(name, device=self.device, encoder="auto", **options)  # the checked fast path
+            self.engines[key] = eng
         return eng
 
     def _open_session_job(self, run: TargetRun, deferred: tuple[str, dict[str, Any]] | None = None
                           ) -> tuple[Session, Any]:  # worker thread
         """The engine, the policy when it loads weights (`deferred` = (name, options)), and the encoded session."""
-        engine = self._engine(run.engine_name)
+        engine = self._engine(run.engine_name, run.engine_options)
         policy = None
         if deferred is not None:
             name, options = deferred
             policy = self._make_policy(name, None, options, device=str(getattr(engine, "device", "cpu")))
-        session = Session(engine, run.image_rgb, run.target, max_turns=run.max_turns,
-                          metadata={"volume": run.volume_node.GetName(), "slice": f"{run.geom.axis}={run.geom.index}",
-                                    "policy": run.policy_name})
+        session = Session(engine, run.image_rgb, run.target, max_turns=run.max_turns, metadata=dict(run.metadata))
         return session, policy
 
     def _on_session_open(self, run: TargetRun, result: JobResult) -> None:
         if result.error is not None:
             self._discard_run(run)
             self._report_error("Could not start the engine", result)
+            return
+        if run.segment() is None:
+            self._discard_run(run)
+            self._say("error", f"Segment '{run.target}' was deleted while the engine was loading; nothing was "
+                               "written. Type the request again to start over.")
+            self._changed()
             return
         session, policy = result.value
         if policy is not None:
@@ -554,6 +743,7 @@ class AgentSegLogic:
     def _remove_observers(self, run: TargetRun) -> None:
         for node, tag in run.observer_tags:
             node.RemoveObserver(tag)
+            self._dragging.discard(node)
         run.observer_tags.clear()
 
     def _report_error(self, what: str, result: JobResult) -> None:
@@ -585,12 +775,11 @@ class AgentSegLogic:
             run.auto_turns_left = turns  # the agent continues once the person's box / clicks have run
             return
         run.auto_turns_left = turns
-        if run.session is None:
-            return  # starts when the engine is ready
+        if run.session is None or self.busy:
+            return  # starts when the engine is ready / the turn in flight continues with these turns
         if run.session.status == "stopped":
             run.session.undo()  # continue after a stop: the stop turn wrote nothing
-        if not self.busy:
-            self._submit_agent_turn(run)
+        self._submit_agent_turn(run)
 
     def _queue_unrun_prompts(self, run: TargetRun) -> bool:
         """A box or clicks in the markups that the engine has not run yet (e.g. an ROI placed without an end
@@ -620,7 +809,7 @@ class AgentSegLogic:
         run.auto_turns_left = 0
         if not self.busy and run.session is not None and run.session.status == "open" and run.session.turns:
             run.session.stop()
-            run.segment().SetTag(TAG_PREFIX + "Status", "stopped")
+            self._set_tags(run)
         self._say("info", "Stopped. Edit the clicks or box, press Run to continue, or Accept.")
         self._changed()
 
@@ -630,8 +819,8 @@ class AgentSegLogic:
             return
         run.auto_turns_left -= 1
         reverted_before = len(getattr(run.session, "reverted", ()))  # grows when the agent takes a turn back
-        self.executor.submit("agent turn", self._agent_turn_job, run,
-                             callback=lambda r: self._on_turn(run, r, reverted_before))
+        self._submit(run, "agent turn", self._agent_turn_job, run,
+                     callback=lambda r: self._on_turn(run, r, reverted_before))
 
     @staticmethod
     def _agent_turn_job(run: TargetRun) -> Turn:  # worker thread
@@ -864,6 +1053,7 @@ class AgentSegLogic:
         self._require_idle("Accept")
         if not run.records:
             raise AgentError("Nothing to accept yet: run at least one turn first.")
+        self._require_writable(run, "Accept")
         run.session.accept()
         run.auto_turns_left = 0
         self._remove_observers(run)
@@ -878,6 +1068,7 @@ class AgentSegLogic:
         self._set_tags(run)
         self._say("info", f"Accepted '{run.target}' after {len(run.records)} turn(s); the segment is now frozen.")
         self._changed()
+        self._start_queued()
 
     # -- human control -------------------------------------------------------------------------------------
     def add_click(self, ras: tuple[float, float, float], positive: bool = True) -> None:
@@ -891,8 +1082,15 @@ class AgentSegLogic:
         """Re-run the engine from the prompt state now shown in the markups (after edits by script)."""
         self._on_markups_edited(None, None)
 
+    def _on_interaction_start(self, caller: Any, event: Any) -> None:
+        self._dragging.add(caller)
+
+    def _on_interaction_end(self, caller: Any, event: Any) -> None:
+        self._dragging.discard(caller)
+        self._on_markups_edited(caller, event)
+
     def _on_markups_edited(self, caller: Any, event: Any) -> None:
-        if self._writing:
+        if self._writing or (caller is not None and caller in self._dragging):  # a drag runs one turn, at its end
             return
         run = self.active
         if caller is not None:
@@ -924,8 +1122,8 @@ class AgentSegLogic:
                 and new.labels == old.labels:
             kind, payload = "box", new.box
         run.auto_turns_left = 0
-        self.executor.submit("user turn", self._user_turn_job, run, kind, payload,
-                             callback=lambda r: self._on_turn(run, r))
+        self._submit(run, "user turn", self._user_turn_job, run, kind, payload,
+                     callback=lambda r: self._on_turn(run, r))
         self._changed()
 
     def _restore_prompts_view(self, run: TargetRun) -> None:
@@ -940,7 +1138,8 @@ class AgentSegLogic:
     # -- slice views (Slicer only) -------------------------------------------------------------------------
     def _jump_slice_views(self, run: TargetRun) -> None:
         """Show the session's slice: rotate slice views to the volume and centre them on the slice."""
-        centre = run.geom.pixel_to_ras((run.geom.width - 1) / 2.0, (run.geom.height - 1) / 2.0)
+        centre = node_to_world(run.volume_node, run.geom.pixel_to_ras((run.geom.width - 1) / 2.0,
+                                                                       (run.geom.height - 1) / 2.0))
         for node in [self.scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
                      for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))]:
             try:
@@ -1020,7 +1219,7 @@ class AgentSegLogic:
         job = _PropagationJob(run, kind)
         self._propagating = job
         run.auto_turns_left = 0
-        self.executor.submit(kind, fn, job, *args, callback=lambda r: self._on_propagated(job, r))
+        self._submit(run, kind, fn, job, *args, callback=lambda r: self._on_propagated(job, r))
         what = "Propagating" if kind == "propagate" else "Re-propagating"
         self._say("info", f"{what} '{run.target}' slice by slice along {run.geom.axis} ({AXIS_NAMES[run.geom.axis]} "
                           "slices of the volume); Stop ends it after the slice in progress.")
@@ -1029,15 +1228,15 @@ class AgentSegLogic:
     def _propagate_job(self, job: _PropagationJob, volume: np.ndarray, mask: np.ndarray, logits: Any,
                        config: PropagationConfig | None) -> Propagation:  # worker thread
         run = job.run
-        return propagate(self._engine(run.engine_name), volume, run.geom.index, mask, logits,
+        return propagate(self._engine(run.engine_name, run.engine_options), volume, run.geom.index, mask, logits,
                          AXIS_NAMES[run.geom.axis], run.modality, run.window, config, on_slice=job.slice_done,
                          should_stop=job.cancel.is_set)
 
     def _repropagate_job(self, job: _PropagationJob, volume: np.ndarray, previous: Propagation, index: int,
                          mask: np.ndarray) -> Propagation:  # worker thread
         run = job.run
-        return repropagate(self._engine(run.engine_name), volume, previous, index, mask, None, run.modality,
-                           run.window, on_slice=job.slice_done, should_stop=job.cancel.is_set)
+        return repropagate(self._engine(run.engine_name, run.engine_options), volume, previous, index, mask, None,
+                           run.modality, run.window, on_slice=job.slice_done, should_stop=job.cancel.is_set)
 
     def _report_progress(self) -> None:
         """The worker's progress as a chat line (main thread): the first at once, then at most one a second."""

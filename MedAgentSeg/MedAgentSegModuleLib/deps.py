@@ -1,16 +1,21 @@
 """First-use dependency check and install for Slicer's Python (never at import time).
 
 `missing()` only looks for the packages (importlib.util.find_spec, no heavy import). The widget shows the
-result and, after the user confirms, calls `install()`, which pip-installs into Slicer's own Python
-(``slicer.util.pip_install``). Nothing here runs on import.
+result and, after the user confirms, calls `start_install()`: pip runs in a child process of Slicer's own Python
+and the widget's timer polls it, so Slicer keeps working for the minutes PyTorch takes (`install()` blocks; it is
+for the Python console). Nothing here runs on import.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 
-__all__ = ["REQUIREMENTS", "missing", "install", "describe_missing"]
+__all__ = ["REQUIREMENTS", "missing", "install", "describe_missing", "start_install", "InstallJob"]
 
 #: import name -> pip requirement (pins match pyproject.toml's "engine" extra)
 REQUIREMENTS: dict[str, str] = {
@@ -51,3 +56,33 @@ def install(requirements: list[str], pip_install: Callable[[list[str]], None] | 
 
         pip_install = slicer.util.pip_install
     pip_install(list(requirements))  # a list: no shell quoting of the version specifiers
+
+
+class InstallJob:
+    """pip in a child process. `poll()`: None while it runs, else (return code, the last lines pip printed)."""
+
+    def __init__(self, command: list[str]):
+        self.command = command
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self._proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def poll(self) -> tuple[int, str] | None:
+        code = self._proc.poll()
+        if code is None:
+            return None
+        self._log.seek(0)
+        tail = "\n".join(self._log.read().splitlines()[-20:])
+        return code, tail
+
+
+def pip_python() -> str:
+    """Slicer's own Python (PythonSlicer) where there is one, else this interpreter."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def start_install(requirements: list[str], command: list[str] | None = None) -> InstallJob | None:
+    """Start pip-installing `requirements` without waiting (call only after the user confirmed). None if nothing
+    is missing. command: the whole command line instead of pip's (tests)."""
+    if not requirements:
+        return None
+    return InstallJob(command or [pip_python(), "-m", "pip", "install", *requirements])

@@ -34,7 +34,7 @@ __all__ = [
     "MRMLInputError", "ensure_scene_logics", "check_volume", "volume_array_kji", "volume_ijk_to_ras",
     "slice_geometry", "SegmentSliceWriter", "PromptNodes", "TrajectoryRecorder", "POSITIVE_COLOR",
     "NEGATIVE_COLOR", "BOX_COLOR", "TAG_PREFIX", "is_segment_locked", "vtk_matrix", "SliceReviewRecorder",
-    "slice_image", "view_slice", "set_roi_box",
+    "slice_image", "view_slice", "set_roi_box", "world_to_node", "node_to_world", "check_same_transform",
 ]
 
 POSITIVE_COLOR = (0.10, 0.85, 0.20)
@@ -136,11 +136,40 @@ def slice_geometry(volume_node: Any, axis: str, index: int) -> SliceGeometry:
     return SliceGeometry(axis, int(index), (int(dims[0]), int(dims[1]), int(dims[2])), volume_ijk_to_ras(volume_node))
 
 
+def _transform_between(source: Any, target: Any) -> vtk.vtkGeneralTransform:
+    t = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(source, target, t)
+    return t
+
+
+def world_to_node(node: Any, ras: Any) -> np.ndarray:
+    """A world RAS point in `node`'s own RAS (before its parent transforms): what IJKToRAS maps to."""
+    return np.array(_transform_between(None, node.GetParentTransformNode()).TransformPoint(*map(float, ras[:3])))
+
+
+def node_to_world(node: Any, ras: Any) -> np.ndarray:
+    """A point of `node`'s own RAS in world RAS (after its parent transforms): where the views show it."""
+    return np.array(_transform_between(node.GetParentTransformNode(), None).TransformPoint(*map(float, ras[:3])))
+
+
+def check_same_transform(segmentation_node: Any, volume_node: Any) -> None:
+    """Slices are written in the volume's own RAS: the segmentation must sit under the same parent transform."""
+    if (segmentation_node.GetTransformNodeID() or "") != (volume_node.GetTransformNodeID() or ""):
+        raise MRMLInputError(f"Segmentation '{segmentation_node.GetName()}' is under a different transform than "
+                             f"volume '{volume_node.GetName()}', so its voxels would land elsewhere. Put both under "
+                             "the same transform (Data module, Transform column), or let MedAgentSeg create a new "
+                             "segmentation.")
+
+
 def view_slice(slice_node: Any, volume_node: Any, view_name: str = "") -> tuple[str, int]:
-    """(IJK axis normal to the slice view, slice index) of the slice `slice_node` shows through `volume_node`."""
+    """(IJK axis normal to the slice view, slice index) of the slice `slice_node` shows through `volume_node`.
+
+    The view is in world RAS; the volume's IJKToRAS is in its own RAS, so its parent transforms are undone first."""
     slice_to_ras = slice_node.GetSliceToRAS()
-    normal = [slice_to_ras.GetElement(r, 2) for r in range(3)]
-    centre = [slice_to_ras.GetElement(r, 3) for r in range(3)]
+    world_centre = np.array([slice_to_ras.GetElement(r, 3) for r in range(3)])
+    world_normal = np.array([slice_to_ras.GetElement(r, 2) for r in range(3)])
+    centre = world_to_node(volume_node, world_centre)
+    normal = world_to_node(volume_node, world_centre + world_normal) - centre
     ras_to_ijk = vtk.vtkMatrix4x4()
     volume_node.GetRASToIJKMatrix(ras_to_ijk)
     n_ijk = [sum(ras_to_ijk.GetElement(r, c) * normal[c] for c in range(3)) for r in range(3)]
@@ -200,6 +229,7 @@ class SegmentSliceWriter:
         self.scene = scene
         self.segmentation_node = segmentation_node
         self.volume_node = volume_node
+        check_same_transform(segmentation_node, volume_node)
         self.editor_node = self._private_editor_node(scene)
         self.editor_logic = slicer.vtkSlicerSegmentEditorLogic()
         self.editor_logic.SetMRMLScene(scene)
@@ -414,9 +444,11 @@ class PromptNodes:
         return self.roi, self.positive, self.negative
 
     def write(self, prompts: Prompts, geom: SliceGeometry) -> None:
-        """Show `prompts` (pixels of the slice of `geom`) as markups in RAS on that slice."""
-        for node in self.nodes:
-            node.DisableModifiedEventOn()
+        """Show `prompts` (pixels of the slice of `geom`) as markups in RAS on that slice.
+
+        StartModify / EndModify, not DisableModifiedEvent: the events fire once at the end (views refresh) instead
+        of staying pending until the next modification, a drag, which would then run a turn mid-drag."""
+        was = [node.StartModify() for node in self.nodes]
         try:
             if prompts.box is None:
                 self.roi.RemoveAllControlPoints()
@@ -434,8 +466,8 @@ class PromptNodes:
                                                f"{'+' if label else '-'}{n}")
                     node.SetNthControlPointDescription(idx, f"prompt {i}")
         finally:
-            for node in self.nodes:
-                node.DisableModifiedEventOff()
+            for node, w in zip(self.nodes, was):
+                node.EndModify(w)
 
     def read(self, geom: SliceGeometry) -> Prompts:
         """Prompts (pixels) from the markups: points projected onto the slice and clamped to the image."""
