@@ -1,7 +1,8 @@
 """The MedAgentSeg Slicer logic against a real MRML scene (PyPI slicer-core), real CT, real LiteMedSAM.
 
-The volume is LiTS case 117 (../shared/data/lits-117) placed with an oblique, anisotropic IJKToRAS, so
-every pixel <-> IJK <-> RAS mapping is exercised off-axis. What is checked:
+The volume is LiTS case 117 as bundled (Resources/Samples: 24 slices of 128 x 128, so these run on a fresh
+clone) placed with an oblique, anisotropic IJKToRAS, so every pixel <-> IJK <-> RAS mapping is exercised off-axis.
+What is checked:
 - a full agent run writes one ROI box, the clicks (positive / negative nodes), the target segment's slice
   (equal to the session mask, nothing on other slices) and one sequence item per turn;
 - markups positions in RAS map back, through the volume node's own RASToIJK, to the prompt pixels;
@@ -39,7 +40,7 @@ from MedAgentSegModuleLib.mrml_writer import (  # noqa: E402
     vtk_matrix,
 )
 
-LITS = REPO.parent / "shared" / "data" / "lits-117"
+SAMPLE = REPO / "Resources" / "Samples"
 MAX_TURNS = 3
 
 
@@ -118,11 +119,9 @@ def assert_same_state(a: dict, b: dict) -> None:
 # -- fixtures ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def lits():
-    if not (LITS / "images" / "lits_117.nii.gz").is_file():
-        pytest.skip(f"real data not found: {LITS} (needs ../shared/data/lits-117 beside the repository)")
     sitk = pytest.importorskip("SimpleITK")
-    image = sitk.GetArrayFromImage(sitk.ReadImage(str(LITS / "images" / "lits_117.nii.gz"))).astype(np.float32)
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(LITS / "labels" / "lits_117.nii.gz"))).astype(np.uint8)
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "lits117_liver_ct.nrrd"))).astype(np.float32)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / "lits117_liver_ct_labels.nrrd"))).astype(np.uint8)
     liver = labels == 1
     k = int(np.argmax(liver.sum(axis=(1, 2))))
     return image, liver, k
