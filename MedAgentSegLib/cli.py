@@ -133,7 +133,8 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
 
     Prompts(tuple(box) if box else None, [(x, y) for x, y, _ in clicks],
             [1 if p else 0 for _, _, p in clicks]).validate(h, w)
-    policy_name = args.policy or ("oracle" if gt is not None else "scripted")
+    # no prompt and no reference: the locator places the first box, the learned agent goes on (issue #16)
+    policy_name = args.policy or ("oracle" if gt is not None else "scripted" if box or clicks else "learned")
     if policy_name == "oracle" and gt is None:
         raise UsageError("--policy oracle needs a reference mask: add --gt MASK (or use --box/--click)")
     if policy_name == "scripted" and box is None and not clicks:
@@ -142,19 +143,25 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
 
     args.policy = policy_name
     options = policy_options(args)  # --policy-weights / --mllm-path with another policy is a mistake: say so
-    agent = None
+    agent = located = None
     if policy_name in GT_FREE_POLICIES:
-        if box is None and not clicks:
-            raise UsageError(f"the {policy_name} agent refines from a first prompt it cannot place yet: give --box "
-                             "X1,Y1,X2,Y2 (or --click X,Y,+) around the target")
         from .policies import create_policy
 
         agent = create_policy(policy_name, **options)  # before any model work: bad weights fail fast
+    locator = _load_locator(info) if agent is not None and box is None and not clicks else None  # issue #16
 
     engine = create_engine(args.engine, checkpoint=args.checkpoint, device=args.device, encoder=args.encoder)
+    if locator is not None:  # issue #16: the agent's own first box (and start slice), or it asks
+        located, index, rgb = _locate_first_box(args, locator, img, engine, index, rgb, gt3 is not None,
+                                                 info["name"])
     meta = {"image": str(Path(args.image).resolve()), "slice": index, "axis": args.axis if img.is_3d else None,
             "modality": img.modality, "window": args.window, "segment": info}
     session = Session(engine, rgb, info["name"], max_turns=args.max_turns, metadata=meta)
+    if located is not None:  # issue #16: the locator's box is the agent's first turn
+        turn = session.add_box(*located.box, source="agent")
+        turn.action = {**turn.action, "reason": f"locator: the {located.concept} is most likely here"
+                       + (f" (slice {located.slice} of the scanned ones)" if located.slice is not None else ""),
+                       "confidence": round(located.confidence, 4)}
     if box is not None:
         session.add_box(*box)
     for x, y, positive in clicks:
@@ -207,6 +214,35 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
                           **({"dice": round(dice(t.mask, gt), 4)} if gt is not None else {})}
                          for t in session.turns], "out": str(out)}
     return summary
+
+
+def _load_locator(info: dict[str, Any]) -> Any:
+    """The shipped locator if it knows the target (issue #16); else ask for a prompt, naming what it can find."""
+    from .agent.locator import load_locator
+
+    locator = load_locator()
+    if not locator.knows(info["name"]):
+        raise UsageError(locator.unknown_message(info["name"]))
+    return locator
+
+
+def _locate_first_box(args: argparse.Namespace, locator: Any, img: Any, engine: Any, index: int | None,
+                      rgb: np.ndarray, has_gt: bool, concept: str) -> tuple[Any, int | None, np.ndarray]:
+    """(Location, slice, engine RGB of that slice): in 3D with neither --slice nor --gt, the locator also picks the
+    slice (issue #16). A confidence below the card's threshold asks for a box or a click (UsageError, exit 2)."""
+    from . import images
+
+    if img.is_3d and args.slice is None and not has_gt:
+        def plane(k: int) -> np.ndarray:
+            return images.to_engine_rgb(images.extract_slice(img.array, k, args.axis), img.modality, args.window)
+
+        loc = locator.locate_volume(engine, plane, img.array.shape[images.AXES[args.axis]], concept)
+        index, rgb = loc.slice, plane(loc.slice)
+    else:
+        loc = locator.locate(engine, rgb, concept)
+    if locator.asks(loc):
+        raise UsageError(locator.low_confidence_message(loc))
+    return loc, index, rgb
 
 
 def _propagate(args: argparse.Namespace, engine: Any, img: Any, index: int, session: Any, refine_policy: Any):
@@ -358,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learned (default) / heuristic: GT-free agent after a box; oracle: the simulated expert")
     p.add_argument("--engine", default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--encoder", default="auto", help="auto (the checked fast path), torch, openvino-f32, openvino-bf16")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("replay", help="re-run a trajectory.json and check every mask is reproduced exactly")
     p.add_argument("trajectory")
@@ -370,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("agent.cli", "add_trajectories_command"), ("agent.cli", "add_train_policy_command"),
                        ("evaluation.agent_report", "add_agent_report_command"),
                        ("evaluation.encoder_check", "add_check_encoder_command"),
-                       ("evaluation.bench", "add_bench_command")):
+                       ("evaluation.bench", "add_bench_command"),
+                       ("agent.locator", "add_train_locator_command")):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=[fn])
         except ImportError:
@@ -384,7 +422,6 @@ def _negative_values(argv: list[str]) -> list[str]:
     """`--box -5,3,...`: argparse takes a value starting with '-' for an option; join it as `--box=-5,3,...`."""
     out: list[str] = []
     for a in argv:
-    p.add_argument("--encoder", default="auto", help="auto (the checked fast path), torch, openvino-f32, openvino-bf16")
         if out and out[-1] in ("--box", "--click") and a[:1] == "-" and a[1:2].isdigit():
             out[-1] = f"{out[-1]}={a}"
         else:

@@ -18,12 +18,16 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="evaluate an engine on datasets in the dataset.json format",
                               description="Evaluate an interactive engine with simulated users (seeded).")
     p.add_argument("datasets", nargs="+", metavar="DATASET_DIR", help="folder(s) holding a dataset.json")
-    p.add_argument("--protocol", choices=["box", "clicks", "noc", "agent", "propagate"], default="clicks",
+    p.add_argument("--protocol", choices=["box", "clicks", "noc", "agent", "propagate", "auto"], default="clicks",
                    help="propagate (3D datasets): box on the largest slice, --clicks refinement turns there, then "
-                        "propagation through the volume; reports dice_3d and seconds_per_volume")
+                        "propagation through the volume; reports dice_3d and seconds_per_volume. auto: the request "
+                        "only, the locator's first box then --policy (default learned); reports box_iou_median, "
+                        "asked_rate (scored from the reference box when the agent asked) and dice_final")
     p.add_argument("--engine", default=None, help="engine name (default: the default engine)")
-    p.add_argument("--policy", default="oracle", choices=["oracle", "heuristic", "learned", "mllm"],
-                   help="policy for --protocol agent: oracle (uses the reference) or a GT-free agent")
+    p.add_argument("--policy", default=None, choices=["oracle", "heuristic", "learned", "mllm"],
+                   help="policy for --protocol agent (default oracle: uses the reference) or auto (default learned)")
+    p.add_argument("--locator-weights", default=None, metavar="PT",
+                   help="with --protocol auto: a locator from train-locator (card beside it), not the shipped one")
     p.add_argument("--policy-weights", default=None, metavar="PT",
                    help="with --policy learned: a controller that train-policy wrote instead of the shipped one")
     p.add_argument("--mllm-path", default=None, help="with --policy mllm: a local Qwen2-VL / Qwen2.5-VL folder")
@@ -61,6 +65,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.clicks < 0:
         return _fail(f"--clicks must be >= 0, got {args.clicks}")
+    args.policy = args.policy or ("learned" if args.protocol == "auto" else "oracle")
     try:
         _check_inputs(args)  # before any model work: a typo in a path must not cost an engine load
         engine = create_engine(args.engine, device=args.device, click_weights=args.click_weights,
@@ -74,7 +79,8 @@ def run_eval(args: argparse.Namespace) -> int:
                           jitter=args.jitter, seed=args.seed, limit=args.limit, labels=labels,
                           min_area=args.min_area, mode=args.mode, split=None if args.split == "all" else args.split,
                           embedding_cache=args.embedding_cache, policy_kwargs=policy_kwargs,
-                          propagation=propagation_config(args), fix_slices=args.fix_slices)
+                          propagation=propagation_config(args), fix_slices=args.fix_slices,
+                          locator_weights=args.locator_weights)
     except ValueError as exc:
         return _fail(str(exc))
     if args.click_weights:
@@ -83,6 +89,10 @@ def run_eval(args: argparse.Namespace) -> int:
         result["config"]["policy_weights"] = str(Path(args.policy_weights).resolve())
     if args.drop is not None:
         result["config"]["drop"] = args.drop
+    if args.protocol == "auto":
+        from ..agent.locator import DEFAULT_WEIGHTS
+
+        result["config"]["locator_weights"] = str(Path(args.locator_weights or DEFAULT_WEIGHTS).resolve())
     if result["summary"]["n"] == 0:
         return _fail(f"no instance could be evaluated ({len(result['skipped'])} skipped, reasons above); nothing "
                      "written. Check the dataset folders, --labels, --min-area and --split")

@@ -89,6 +89,13 @@ def summarize(cases: list[dict[str, Any]], protocol: str) -> dict[str, Any]:
     # How the engine applied the clicks (engines.base.Prediction.update): shares over all click turns.
     kinds = [u for c in ok for u in c.get("updates", [])]
     out["click_updates"] = {k: round(kinds.count(k) / len(kinds), 4) for k in sorted(set(kinds))} if kinds else {}
+    if any("asked" in c for c in ok):  # auto protocol (issue #16): the locator's first box, or the agent asked
+        ious = [c["box_iou"] for c in ok if c.get("box_iou") is not None]
+        out["box_iou_median"] = round(float(np.median(ious)), 4) if ious else None
+        out["asked_rate"] = round(sum(1 for c in ok if c["asked"]) / len(ok), 4)
+        out["dice_ref_final"] = _mean([c["dice_ref_final"] for c in ok])
+        hits = [c["start_slice_hit"] for c in ok if "start_slice_hit" in c]
+        out["start_slice_hit_rate"] = round(float(np.mean(hits)), 4) if hits else None
     if any("seconds_per_volume" in c for c in ok):  # propagate protocol
         out["dice_3d"] = out["dice_final"]
         out["seconds_per_volume"] = _mean([c["seconds_per_volume"] for c in ok])
@@ -242,6 +249,34 @@ def _fix_worst_slice(engine, img, gt, res, policy, policy_kwargs, jitter, rng, f
                        store=store), k
 
 
+def _run_auto_instance(engine: Any, inst: Any, locator: Any, concept: str | None, clicks: int, seed: int,
+                       policy: str, policy_kwargs: Any, store: Any) -> dict[str, Any]:
+    """--protocol auto (issue #16) on the instance's image (3D: its largest slice); on a 3D case the locator also
+    picks the start slice by itself, scanning up to 12 slices: "start_slice_hit" = the target is on that slice."""
+    from ..images import extract_slice, to_engine_rgb
+    from .protocols import run_auto
+
+    rgb, gt = load_instance(inst)
+    if store is not None:
+        store.keep(engine, rgb)
+    rec = run_auto(engine, rgb, gt, locator, concept, clicks,
+                   instance_seed(seed, inst.dataset, inst.case_id, inst.label, inst.slice_index), policy=policy,
+                   target=inst.label_name, policy_kwargs=policy_kwargs)
+    if inst.is_3d and locator.knows(concept):
+        img, gt3 = load_volume_instance(inst)
+
+        def plane(k: int) -> np.ndarray:
+            p = to_engine_rgb(extract_slice(img.array, k), img.modality)
+            if store is not None:
+                store.keep(engine, p)
+            return p
+
+        loc = locator.locate_volume(engine, plane, gt3.shape[0], concept)
+        rec["start_slice"] = loc.slice
+        rec["start_slice_hit"] = bool(gt3[loc.slice].any())
+    return rec
+
+
 def _run_with_masks(engine, rgb, gt, protocol, clicks, jitter, seed, policy) -> list[np.ndarray]:
     """Masks per step of one 2D run (for 3D mode): re-runs the session and keeps each turn's mask."""
     from ..oracle import box_from_mask
@@ -269,7 +304,7 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
              labels: list[str] | None = None, min_area: int = 0, mode: str = "2d", split: str | None = None,
              embedding_cache: str | Path | None = None, log: Any = None, progress: bool = True,
              policy_kwargs: dict[str, Any] | None = None, propagation: Any = None,
-             fix_slices: int = 0) -> dict[str, Any]:
+             fix_slices: int = 0, locator_weights: str | Path | None = None) -> dict[str, Any]:
     """Evaluate one engine on one or more dataset folders; returns {"summary", "cases", "skipped", "config"}.
 
     summary also holds "per_dataset" (one summary per dataset). split: "val"/"train" to restrict to that side
@@ -289,6 +324,11 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
         from ..training.cache import EmbeddingCache
 
         store = EmbeddingCache(embedding_cache)
+    locator = None
+    if protocol == "auto":  # issue #16: the locator places the first box
+        from ..agent.locator import concept_name, load_locator
+
+        locator = load_locator(locator_weights)
     cases: list[dict[str, Any]] = []
     skipped: list[Skip] = []
     per_dataset: dict[str, Any] = {}
@@ -321,6 +361,9 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
                     if protocol == "agent" and policy != "oracle":
                         raise ValueError("--mode 3d runs the oracle only; evaluate GT-free policies in 2d mode")
                     rec.update(run_volume(engine, inst, protocol, clicks, jitter, seed, policy, store))
+                elif protocol == "auto":  # issue #16
+                    rec.update(_run_auto_instance(engine, inst, locator, concept_name(inst.label_name), clicks,
+                                                  seed, policy, policy_kwargs, store))
                 else:
                     rgb, gt = load_instance(inst)
                     if store is not None:

@@ -10,6 +10,9 @@ the `OraclePolicy` simulated user (RITM click rule). Step 0 is the box; step i i
   clicks after the box needed to reach IoU >= t (0 if the box already does; 20 if never: a failure).
 - agent: box, then the given policy acts until it stops (at most K mask-producing turns after the box). The
   steps are the masks the session kept (a turn the agent took back is not a step, but counts in "turns").
+- auto: the request only (issue #16): the locator places the first box (no prompt from the reference), then the
+  policy acts as in `agent`. Where the locator does not know the target or is below its threshold, the agent
+  asks; it is then scored as if the person drew the reference box (the agent runs from that box).
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PROTOCOLS", "run_instance", "instance_seed", "noc_from_ious", "MAX_NOC_CLICKS"]
+__all__ = ["PROTOCOLS", "run_instance", "run_auto", "instance_seed", "noc_from_ious", "MAX_NOC_CLICKS"]
 
-PROTOCOLS = ("box", "clicks", "noc", "agent", "propagate")
+PROTOCOLS = ("box", "clicks", "noc", "agent", "propagate", "auto")
 MAX_NOC_CLICKS = 20
 
 
@@ -43,14 +46,15 @@ def noc_from_ious(ious: list[float], threshold: float, max_clicks: int = MAX_NOC
 
 def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, clicks: int = 5,
                  jitter: float = 0.1, seed: int = 0, policy: str = "oracle", rule: str = "ritm",
-                 target: str = "target", policy_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+                 target: str = "target", policy_kwargs: dict[str, Any] | None = None,
+                 box: tuple[float, float, float, float] | None = None) -> dict[str, Any]:
     """Run one protocol on one 2D instance.
 
     image: (H, W, 3) uint8 engine input; gt: (H, W) bool reference (non-empty). seed: the instance seed.
     Returns {"dice_by_step", "iou_by_step" (lists, step 0 = box), "turns" (mask-producing turns),
     "box" (x1, y1, x2, y2 pixels), "clicks" [[x, y, positive]], "updates" (Prediction.update of each turn
     after the box), "noc85", "noc90", "reached90"} where the
-    NoC fields are None unless protocol == "noc".
+    NoC fields are None unless protocol == "noc". box: the first box (pixels) instead of the reference's jittered one.
     """
     from ..metrics import dice, iou
     from ..oracle import box_from_mask
@@ -63,7 +67,7 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
     if not gt.any():
         raise ValueError("the reference mask is empty: nothing to segment")
     rng = np.random.default_rng(seed)
-    box = box_from_mask(gt, jitter, rng)
+    box = box_from_mask(gt, jitter, rng) if box is None else box
     session = Session(engine, image, target, max_turns=MAX_NOC_CLICKS + 1)
     session.add_box(*box, source="agent")
     dices, ious = [dice(session.mask, gt)], [iou(session.mask, gt)]
@@ -81,7 +85,7 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
             session.act(action)
             dices.append(dice(session.mask, gt))
             ious.append(iou(session.mask, gt))
-    elif protocol == "agent":
+    elif protocol in ("agent", "auto"):
         from ..policies import create_policy
 
         kwargs: dict[str, Any] = dict(policy_kwargs or {})
@@ -111,4 +115,33 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
         out["noc90"], out["reached90"] = noc_from_ious(ious, 0.90)
     out["dice_by_step"] = [round(v, 6) for v in dices]
     out["iou_by_step"] = [round(v, 6) for v in ious]
+    return out
+
+
+def run_auto(engine: Any, image: np.ndarray, gt: np.ndarray, locator: Any, concept: str | None, clicks: int = 4,
+             seed: int = 0, policy: str = "learned", target: str = "target",
+             policy_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """--protocol auto on one 2D instance: the locator's box (from the image and the concept only), then the policy.
+
+    Adds to the agent protocol's record: "box_iou" (locator box vs the reference's tight box; None when the
+    target is unknown), "confidence", "asked" (unknown, no box, or confidence below the locator's threshold; the
+    run then starts from the reference box), and "dice_ref_final" (the same policy from the reference box).
+    """
+    from ..agent.locator import box_iou
+    from ..oracle import box_from_mask
+
+    gt = np.asarray(gt).astype(bool)
+    ref = box_from_mask(gt)
+    loc = locator.locate(engine, image, concept) if locator.knows(concept) else None
+    asked = loc is None or locator.asks(loc)
+    first = ref if asked else loc.box
+    out = run_instance(engine, image, gt, "auto", clicks, 0.0, seed, policy=policy, target=target,
+                       policy_kwargs=policy_kwargs, box=first)
+    from_ref = out if asked else run_instance(engine, image, gt, "auto", clicks, 0.0, seed, policy=policy,
+                                              target=target, policy_kwargs=policy_kwargs, box=ref)
+    out.update({"concept": concept, "asked": bool(asked),
+                "confidence": None if loc is None else round(loc.confidence, 4),
+                "box_iou": None if loc is None else round(box_iou(loc.box, ref), 4),
+                "locator_box": None if loc is None or loc.box is None else [round(v, 1) for v in loc.box],
+                "dice_ref_final": from_ref["dice_by_step"][-1]})
     return out

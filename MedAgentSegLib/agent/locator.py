@@ -1,0 +1,548 @@
+"""The locator: from the request's target to the agent's first box, or a question (issue #16).
+
+A small convolutional head over the frozen LiteMedSAM image embedding (1, 256, 64, 64) gives one heatmap per
+concept it knows (the terminology's names: "polyp", "liver", "right kidney", "left ventricle", ...). The first
+box is the bounding box of the largest connected component of the thresholded heatmap, mapped back to image
+pixels; its confidence is the heatmap's maximum probability. Below the card's threshold (chosen on the
+validation split) or for a concept it does not know, the agent asks for a box or a click instead of guessing.
+
+Training (`medagentseg train-locator`): every label of a training image is a target (BCE + Dice on the 64x64
+grid); concepts of other datasets are not supervised on that image. 3D volumes add slices without the target.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Locator", "LocatorHead", "Location", "load_locator", "concept_name", "heatmap_box",
+           "DEFAULT_WEIGHTS", "NotLocatable", "train_locator", "build_samples"]
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "locator.pt"
+GRID = 64  # embedding cells per side; one cell = 4 px of the 256 x 256 network input
+# dataset label names whose terminology reading is not the whole structure (the first of two targets)
+_LABEL_ALIASES = {"portal_vein_and_splenic_vein": "portal vein"}
+
+
+class NotLocatable(ValueError):
+    """The locator cannot place the first prompt: the message asks for a box or a click."""
+
+
+def concept_name(label: str) -> str | None:
+    """The terminology's standard name for a dataset label or a request's target ('kidney_right' -> 'right
+    kidney', 'liver tumor' -> 'tumor in liver'); None if the terminology does not know it."""
+    from ..language import parse_request
+
+    text = _LABEL_ALIASES.get(label, label).replace("_", " ")
+    parsed = parse_request(f"segment {text}")
+    return parsed.targets[0].name if parsed.targets else None
+
+
+def _torch_head(n_out: int, width: int = 32):
+    import torch
+    from torch import nn
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp = nn.Conv2d(256 + 2, width, 1)
+            self.body = nn.Sequential(nn.GELU(), nn.Conv2d(width, width, 3, padding=1), nn.GELU(),
+                                      nn.Conv2d(width, width, 3, padding=2, dilation=2), nn.GELU(),
+                                      nn.Conv2d(width, width, 3, padding=4, dilation=4), nn.GELU())
+            self.out = nn.Conv2d(width, n_out, 1)
+            ys, xs = torch.meshgrid(torch.linspace(-1, 1, GRID), torch.linspace(-1, 1, GRID), indexing="ij")
+            self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
+
+        def forward(self, emb):  # (B, 256, 64, 64) -> (B, n_out, 64, 64) logits
+            x = torch.cat([emb, self.coords.expand(emb.shape[0], -1, -1, -1)], 1)
+            return self.out(self.body(self.inp(x)))
+
+    return Head()
+
+
+LocatorHead = _torch_head
+
+
+@dataclass
+class Location:
+    """The locator's answer: box (x1, y1, x2, y2) in image pixels, confidence 0..1, the concept; slice for 3D."""
+
+    concept: str
+    box: tuple[float, float, float, float] | None
+    confidence: float
+    slice: int | None = None
+    mass: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"concept": self.concept, "box": None if self.box is None else [round(v, 1) for v in self.box],
+                "confidence": round(self.confidence, 4), "slice": self.slice}
+
+
+def heatmap_box(prob: np.ndarray, scale: float, hw: tuple[int, int], threshold: float = 0.5
+                ) -> tuple[float, float, float, float] | None:
+    """Box of the largest connected component of a (64, 64) probability map thresholded at `threshold` (or
+    half the map's maximum when that is lower), in the pixels of the (h, w) image the embedding came from
+    (network frame / scale). None when the map is empty."""
+    from scipy import ndimage
+
+    prob = np.asarray(prob, dtype=np.float32)
+    peak = float(prob.max())
+    if peak <= 0:
+        return None
+    # up-sample to the 256 x 256 network frame so box edges are not quantised to 4 px
+    big = np.kron(prob, np.ones((4, 4), np.float32)) if prob.shape == (GRID, GRID) else prob
+    big = ndimage.uniform_filter(big, 3) if prob.shape == (GRID, GRID) else big
+    fg = big >= min(threshold, 0.5 * float(big.max()))
+    lab, n = ndimage.label(fg)
+    if n == 0:
+        return None
+    sizes = ndimage.sum(fg, lab, index=np.arange(1, n + 1))
+    ys, xs = np.nonzero(lab == int(np.argmax(sizes)) + 1)
+    f = big.shape[0] / 256.0
+    h, w = hw
+    x1, x2 = xs.min() / f / scale, (xs.max() + 1) / f / scale - 1
+    y1, y2 = ys.min() / f / scale, (ys.max() + 1) / f / scale - 1
+    x1, x2 = float(np.clip(x1, 0, w - 1)), float(np.clip(x2, 0, w - 1))
+    y1, y2 = float(np.clip(y1, 0, h - 1)), float(np.clip(y2, 0, h - 1))
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return (x1, y1, x2, y2)
+
+
+class Locator:
+    """Heatmaps over a LiteMedSAM embedding; `locate(engine, rgb, concept)` -> Location."""
+
+    def __init__(self, head: Any, outputs: list[str], threshold: float = 0.0, card: dict | None = None,
+                 known: list[str] | None = None):
+        self.head = head.eval()
+        self.outputs = list(outputs)  # one heatmap each, in the head's order
+        self.concepts = [c for c in self.outputs if known is None or c in known]  # the ones it was trained for
+        self.threshold = float(threshold)
+        self.card = card or {}
+        self.thresholds = {k: float(v) for k, v in self.card.get("thresholds", {}).items()}
+
+    def threshold_for(self, concept: str | None) -> float:
+        """The confidence below which the agent asks for a prompt (the card's, per concept where it has one)."""
+        return self.thresholds.get(concept, self.threshold)
+
+    def asks(self, loc: Location) -> bool:
+        return loc.box is None or loc.confidence < self.threshold_for(loc.concept)
+
+    def knows(self, concept: str | None) -> bool:
+        return concept in self.concepts
+
+    def probabilities(self, emb: Any) -> np.ndarray:
+        """(1, 256, 64, 64) tensor or (256, 64, 64) array -> (n_concepts, 64, 64) probabilities."""
+        import torch
+
+        t = torch.as_tensor(np.asarray(emb, dtype=np.float32) if isinstance(emb, np.ndarray) else emb).float()
+        if t.ndim == 3:
+            t = t[None]
+        with torch.no_grad():
+            return torch.sigmoid(self.head(t))[0].numpy()
+
+    def from_embedding(self, emb: Any, scale: float, hw: tuple[int, int], concept: str) -> Location:
+        if not self.knows(concept):
+            raise NotLocatable(self.unknown_message(concept))
+        prob = self.probabilities(emb)[self.outputs.index(concept)]
+        box = heatmap_box(prob, scale, hw)
+        return Location(concept, box, float(prob.max()) if box is not None else 0.0, mass=float(prob.sum()))
+
+    def locate(self, engine: Any, rgb: np.ndarray, concept: str) -> Location:
+        """Set `rgb` on a LiteMedSAM engine (its embedding is reused by the session) and locate `concept`."""
+        if not hasattr(engine, "embedding_state"):
+            raise NotLocatable(f"the engine {getattr(engine, 'name', engine)!r} gives no LiteMedSAM embedding for the "
+                               "locator; give --box X1,Y1,X2,Y2 or --click X,Y,+ around the target")
+        if not self.knows(concept):
+            raise NotLocatable(self.unknown_message(concept))
+        engine.set_image(rgb)
+        emb, scale, _new_hw, hw = engine.embedding_state()
+        return self.from_embedding(emb, scale, tuple(hw), concept)
+
+    def locate_volume(self, engine: Any, planes: Any, n_slices: int, concept: str, samples: int = 12) -> Location:
+        """Scan `samples` evenly spaced slices (planes(k) -> (H, W, 3) uint8) and locate `concept` on the one
+        where its heatmap mass is largest."""
+        if not self.knows(concept):
+            raise NotLocatable(self.unknown_message(concept))
+        ks = sorted({int(round(v)) for v in np.linspace(0, n_slices - 1, min(samples, n_slices) + 2)[1:-1]}) \
+            if n_slices > 2 else list(range(n_slices))
+        best: Location | None = None
+        for k in ks:
+            loc = self.locate(engine, planes(k), concept)
+            loc.slice = k
+            if loc.box is not None and (best is None or loc.mass > best.mass):
+                best = loc
+        return best or Location(concept, None, 0.0, slice=ks[len(ks) // 2])
+
+    def unknown_message(self, concept: str | None) -> str:
+        return (f"I cannot find {concept or 'this target'} on my own yet: give --box X1,Y1,X2,Y2 or --click X,Y,+ "
+                f"around it. Targets I can find on my own: {', '.join(self.concepts)}")
+
+    def low_confidence_message(self, loc: Location) -> str:
+        return (f"I am not sure where the {loc.concept} is (locator confidence {loc.confidence:.2f} < "
+                f"{self.threshold_for(loc.concept):.2f}): give --box X1,Y1,X2,Y2 or --click X,Y,+ around it. "
+                f"Targets I can find on my own: {', '.join(self.concepts)}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_locator(path: str | Path | None = None) -> Locator:
+    """The shipped locator (weights checked against the SHA-256 in the model card beside them)."""
+    from ..engines.base import EngineError
+    from ..engines.litemedsam import load_verified_state
+
+    path = Path(path or DEFAULT_WEIGHTS)
+    card_path = path.with_suffix(".json")
+    if not path.is_file() or not card_path.is_file():
+        raise NotLocatable(f"no locator weights at {path} (and its card {card_path.name}); give --box or --click, "
+                           "or re-create them with `medagentseg train-locator`")
+    card = json.loads(card_path.read_text())
+    state = load_verified_state(path, card.get("sha256"))
+    head = _torch_head(len(card["outputs"]), card.get("width", 32))
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as exc:
+        raise EngineError(f"{path} does not fit the locator of its card ({str(exc).splitlines()[0]})") from None
+    return Locator(head, card["outputs"], card.get("threshold", 0.0), card, known=card["concepts"])
+
+
+# -- training data ---------------------------------------------------------------------------------------------
+
+def _down64(mask256: np.ndarray) -> np.ndarray:
+    return mask256.reshape(GRID, 4, GRID, 4).mean(axis=(1, 3)).astype(np.float16)
+
+
+def build_samples(data_root: str | Path, datasets: tuple[str, ...], split: str, cache: Any, engine: Any,
+                  max_images: dict[str, int], new_budget: int, empty_slices: int = 1, seed: int = 0,
+                  n_blank: int = 0, log: Any = print) -> dict[str, Any]:
+    """Images of `split` with every label's target map on the 64 grid; cached embeddings first, then at most
+    `new_budget` new encodings in all. Returns {"keys", "targets" (N, C, 64, 64) f16, "known" (N, C) bool,
+    "concepts", "dataset", "counts"}; 3D volumes give the largest slice of each label plus `empty_slices` random
+    slices (often without some of the targets)."""
+    from ..evaluation.dataset import Case, _read_label_map, read_dataset, split_patients
+    from ..images import extract_slice, to_engine_rgb
+    from ..training.cache import image_key, to_input_frame
+
+    rng = np.random.default_rng(seed)
+    concepts: list[str] = []
+    per_ds: dict[str, dict[int, str]] = {}
+    kind: dict[str, str] = {}  # endoscopy vs radiology: a concept of the other kind is absent from the image
+    for name in datasets:
+        ds = read_dataset(Path(data_root) / name)
+        kind[name] = "endoscopy" if "endoscop" in ds.modality.lower() else "radiology"
+        per_ds[name] = {}
+        for k, lab in sorted(ds.labels.items()):
+            c = concept_name(lab)
+            if c is None:
+                log(f"[locator] {name}: label {lab!r} is not in the terminology; skipped")
+                continue
+            per_ds[name][k] = c
+            if c not in concepts:
+                concepts.append(c)
+    keys, targets, known, dsname = [], [], [], []
+    budget = new_budget
+    counts: dict[str, int] = {}
+    t0 = time.perf_counter()
+    for name in datasets:
+        ds = read_dataset(Path(data_root) / name)
+        assign = split_patients(ds)
+        cases = [c for c in ds.cases if assign.get(c.patient) == split]
+        cases = [cases[i] for i in rng.permutation(len(cases))]
+        items: list[tuple[np.ndarray, np.ndarray, str]] = []  # (rgb, label map slice, key)
+        cached_items, fresh_items = [], []
+        limit = max_images.get(name, 10 ** 9)
+        for case in cases:
+            if len(cached_items) >= limit:
+                break
+            try:
+                img, lab = _read_label_map(Case(case.id, case.image, case.mask, case.patient), ds.is_3d)
+            except (ValueError, OSError, RuntimeError) as exc:
+                log(f"[locator] skipped {name}/{case.id}: {exc}")
+                continue
+            if ds.is_3d:
+                sl = {int(np.argmax((lab == k).sum(axis=(1, 2)))) for k in per_ds[name] if (lab == k).any()}
+                sl |= {int(v) for v in rng.integers(0, lab.shape[0], empty_slices)}
+                planes = [(to_engine_rgb(extract_slice(img.array, s), img.modality), extract_slice(lab, s))
+                          for s in sorted(sl)]
+            else:
+                planes = [(to_engine_rgb(img.array, img.modality), lab)]
+            for rgb, lb in planes:
+                key = image_key(rgb)
+                (cached_items if cache.has(key) else fresh_items).append((rgb, lb, key))
+        items = cached_items[:limit]
+        extra = fresh_items[:max(0, min(budget, limit - len(items)))]
+        budget -= len(extra)
+        items += extra
+        for n, (rgb, lb, key) in enumerate(items):
+            if not cache.has(key):
+                cache.encode(engine, rgb)
+            meta = cache.load(key)[1]
+            tgt = np.zeros((len(concepts), GRID, GRID), np.float16)
+            kn = np.array([any(c in per_ds[d].values() for d in datasets if kind[d] != kind[name])
+                           and c not in per_ds[name].values() for c in concepts])
+            for k, c in per_ds[name].items():
+                ci = concepts.index(c)
+                kn[ci] = True
+                m = lb == k
+                if m.any():
+                    tgt[ci] = np.maximum(tgt[ci], _down64(to_input_frame(m, meta["scale"], meta["new_hw"])))
+            keys.append(key)
+            targets.append(tgt)
+            known.append(kn)
+            dsname.append(name)
+            if n % 50 == 0:
+                log(f"[locator] {name} {split} {n + 1}/{len(items)} ({len(extra)} newly encoded) "
+                    f"{time.perf_counter() - t0:.0f}s")
+        counts[name] = len(items)
+        log(f"[locator] {name} {split}: {len(items)} images ({len(cached_items)} cached, {len(extra)} encoded)")
+    # images of nothing (flat, noise, gradients, colour fields): every concept absent
+    for rgb in _blank_images(n_blank, seed):
+        key = cache.encode(engine, rgb)
+        keys.append(key)
+        targets.append(np.zeros((len(concepts), GRID, GRID), np.float16))
+        known.append(np.ones(len(concepts), bool))
+        dsname.append("blank")
+    counts["blank"] = n_blank
+    return {"keys": keys, "targets": np.stack(targets), "known": np.stack(known), "concepts": concepts,
+            "dataset": dsname, "counts": counts}
+
+
+def _blank_images(n: int, seed: int) -> list[np.ndarray]:
+    """`n` seeded (H, W, 3) uint8 images holding no anatomy: flat grey, noise, ramps, flat colour."""
+    rng = np.random.default_rng(seed + 7)
+    out = []
+    for i in range(n):
+        h, w = int(rng.integers(32, 400)), int(rng.integers(32, 400))
+        k = i % 4
+        if k == 0:
+            img = np.full((h, w, 3), rng.integers(0, 256), np.uint8)
+        elif k == 1:
+            img = rng.integers(0, 256, (h, w, 1), dtype=np.uint8).repeat(3, 2)
+        elif k == 2:
+            img = np.linspace(0, 255, w, dtype=np.float32)[None, :, None].repeat(h, 0).repeat(3, 2).astype(np.uint8)
+        else:
+            img = np.broadcast_to(rng.integers(0, 256, 3).astype(np.uint8), (h, w, 3)).copy()
+        out.append(img)
+    return out
+
+
+# -- training ------------------------------------------------------------------------------------------------
+
+def train_locator(samples: dict[str, Any], cache: Any, epochs: int = 12, batch: int = 16, lr: float = 3e-3,
+                  width: int = 32, seed: int = 0, repeat: dict[str, int] | None = None, log: Any = print) -> Any:
+    """Train the head with BCE + soft Dice on the concepts known for each image; returns the head (eval mode).
+    repeat: {dataset: k} shows that dataset's images k times per epoch (few images, many concepts: BTCV)."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    embs = np.stack([cache.load(k)[0].astype(np.float16) for k in samples["keys"]])
+    tgt = samples["targets"]
+    known = samples["known"]
+    head = _torch_head(len(samples["concepts"]), width)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    base = np.concatenate([np.full((repeat or {}).get(d, 1), i) for i, d in enumerate(samples["dataset"])])
+    steps = epochs * int(np.ceil(len(base) / batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # positives are rare on the grid: weigh them up in the BCE
+    pos_weight = torch.tensor(4.0)
+    t0 = time.perf_counter()
+    for ep in range(epochs):
+        order = rng.permutation(base)
+        total = 0.0
+        head.train()
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            x = torch.from_numpy(embs[idx].astype(np.float32))
+            y = torch.from_numpy(tgt[idx].astype(np.float32))
+            k = torch.from_numpy(known[idx]).float()[:, :, None, None]
+            logits = head(x)
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none",
+                                                                       pos_weight=pos_weight)
+            bce = (bce * k).sum() / (k.sum() * GRID * GRID).clamp(min=1)
+            p = torch.sigmoid(logits) * k
+            inter = (p * y).sum((2, 3))
+            present = (y.sum((2, 3)) > 0).float()
+            dice = 1 - (2 * inter + 1) / (p.sum((2, 3)) + y.sum((2, 3)) + 1)
+            dice = (dice * present).sum() / present.sum().clamp(min=1)
+            loss = bce + dice
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        log(f"[locator] epoch {ep + 1}/{epochs} loss {total / len(order):.4f} {time.perf_counter() - t0:.0f}s")
+    return head.eval()
+
+
+def box_iou(a: Any, b: Any) -> float:
+    """IoU of two (x1, y1, x2, y2) pixel boxes (inclusive pixel edges)."""
+    if a is None or b is None:
+        return 0.0
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+    inter = ix * iy
+    area = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
+    return float(inter / area) if area > 0 else 0.0
+
+
+def validate(locator: Locator, data_root: str | Path, datasets: tuple[str, ...], cache: Any, engine: Any,
+             min_area: int = 500, log: Any = print) -> list[dict[str, Any]]:
+    """Per val instance (largest slice for 3D): the locator's box IoU with the reference box and confidence."""
+    from ..evaluation.dataset import list_instances, load_instance, read_dataset
+    from ..oracle import box_from_mask
+    from ..training.cache import image_key
+
+    rows = []
+    for name in datasets:
+        ds = read_dataset(Path(data_root) / name)
+        insts, _ = list_instances(ds, split="val", min_area=min_area)
+        for inst in insts:
+            concept = concept_name(inst.label_name)
+            if not locator.knows(concept):
+                rows.append({"dataset": name, "concept": concept, "known": False})
+                continue
+            rgb, gt = load_instance(inst)
+            key = cache.encode(engine, rgb) if not cache.has(image_key(rgb)) else image_key(rgb)
+            emb, meta = cache.load(key)
+            loc = locator.from_embedding(emb, meta["scale"], tuple(meta["hw"]), concept)
+            rows.append({"dataset": name, "concept": concept, "known": True, "case": inst.case_id,
+                         "confidence": loc.confidence, "box_iou": box_iou(loc.box, box_from_mask(gt))})
+    return rows
+
+
+def choose_threshold(rows: list[dict[str, Any]], wrong_iou: float = 0.5, max_wrong: float = 0.1) -> float:
+    """The lowest confidence threshold at which at most `max_wrong` of the accepted boxes have IoU < wrong_iou
+    (pooled over the given validation instances the locator knows); 1.0 (always ask) if none does."""
+    known = [r for r in rows if r.get("known")]
+    for t in np.round(np.arange(0.0, 1.0, 0.01), 2):
+        acc = [r for r in known if r["confidence"] >= t]
+        if acc and np.mean([r["box_iou"] < wrong_iou for r in acc]) <= max_wrong:
+            return float(t)
+    return 1.0
+
+
+def choose_thresholds(rows: list[dict[str, Any]], min_n: int = 5) -> tuple[float, dict[str, float]]:
+    """(pooled threshold, {concept: threshold}) by `choose_threshold`; a concept with fewer than `min_n`
+    validation instances takes the pooled one."""
+    pooled = choose_threshold(rows)
+    per: dict[str, float] = {}
+    for c in sorted({r["concept"] for r in rows if r.get("known")}):
+        rs = [r for r in rows if r.get("known") and r["concept"] == c]
+        per[c] = choose_threshold(rs) if len(rs) >= min_n else pooled
+    return pooled, per
+
+
+def summarize(rows: list[dict[str, Any]], threshold: float, per: dict[str, float] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in sorted({r["dataset"] for r in rows}):
+        rs = [r for r in rows if r["dataset"] == name and r.get("known")]
+        if not rs:
+            out[name] = {"n": 0, "unknown": sum(1 for r in rows if r["dataset"] == name)}
+            continue
+        out[name] = {"n": len(rs), "box_iou_median": round(float(np.median([r["box_iou"] for r in rs])), 3),
+                     "asked_rate": round(float(np.mean([r["confidence"] < (per or {}).get(r["concept"], threshold)
+                                                        for r in rs])), 3),
+                     "unknown": sum(1 for r in rows if r["dataset"] == name and not r.get("known"))}
+    return out
+
+
+def write_card(path: Path, head: Any, concepts: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().clone().contiguous() for k, v in head.state_dict().items()}
+    torch.save(state, path)
+    card = {"model": "MedAgentSeg locator: heatmap head over the frozen LiteMedSAM image embedding",
+            "concepts": concepts, "sha256": _sha256(path),
+            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **extra}
+    path.with_suffix(".json").write_text(json.dumps(card, indent=1))
+    return card
+
+
+# -- command ---------------------------------------------------------------------------------------------------
+
+def add_train_locator_command(subparsers: Any) -> Any:
+    repo = Path(__file__).resolve().parents[2]
+    p = subparsers.add_parser("train-locator", help="train the locator (first box from the request) and its card",
+                              description="Trains the locator head on the train split, picks its confidence "
+                                          "threshold on the validation split, writes the weights and card.")
+    p.add_argument("--data", default=str(repo.parent / "shared" / "data"), help="folder holding the datasets")
+    p.add_argument("--datasets", default="kvasir-seg,btcv-slices,acdc,lits-117")
+    p.add_argument("--max-images", default="kvasir-seg=400,btcv-slices=700,acdc=400",
+                   help="per dataset, the most training images (cached embeddings are used first)")
+    p.add_argument("--new-budget", type=int, default=250, help="the most training images to encode anew in all")
+    p.add_argument("--blank", type=int, default=24, help="images of nothing (flat, noise, ramps) as negatives")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--repeat", default="btcv-slices=3,blank=4",
+                   help="per dataset, times its images are shown per epoch")
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--embedding-cache", default=str(repo / ".cache" / "litemedsam"))
+    p.add_argument("--out", default=str(DEFAULT_WEIGHTS))
+    p.set_defaults(func=run_train_locator)
+    return p
+
+
+def run_train_locator(args: Any) -> int:
+    import shlex
+    import sys
+
+    import torch
+
+    from ..engines import create_engine
+    from ..training.cache import EmbeddingCache
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    names = tuple(d for d in args.datasets.split(",") if d)
+    missing = [d for d in names if not (Path(args.data) / d / "dataset.json").is_file()]
+    if missing:
+        raise ValueError(f"no dataset.json for {', '.join(missing)} under {args.data}; give --data and --datasets")
+    max_images = {k: int(v) for k, v in (kv.split("=") for kv in args.max_images.split(",") if kv)}
+    cache = EmbeddingCache(args.embedding_cache)
+    engine = create_engine(None, device="cpu", encoder="torch")
+    samples = build_samples(args.data, names, "train", cache, engine, max_images, args.new_budget, seed=args.seed,
+                            n_blank=args.blank)
+    t_data = time.perf_counter() - t0
+    repeat = {k: int(v) for k, v in (kv.split("=") for kv in args.repeat.split(",") if kv)}
+    head = train_locator(samples, cache, epochs=args.epochs, width=args.width, seed=args.seed, repeat=repeat)
+    t_train = time.perf_counter() - t0 - t_data
+    trained = sorted({c for row, kn in zip(samples["targets"], samples["known"])
+                      for c, k, t in zip(samples["concepts"], kn, row) if k and t.any()})
+    trained = [c for c in samples["concepts"] if c in trained]
+    loc = Locator(head, samples["concepts"], known=trained)
+    rows = validate(loc, args.data, names, cache, engine)
+    threshold, per = choose_thresholds(rows)
+    val = summarize(rows, threshold, per)
+    print(f"[locator] thresholds {threshold:.2f} {per} (chosen on the validation split); {json.dumps(val)}")
+    card = write_card(Path(args.out), head, trained, {"outputs": samples["concepts"],
+        "width": args.width, "threshold": threshold, "thresholds": per,
+        "threshold_rule": "per concept, the lowest confidence at which <= 10% of its accepted validation boxes have "
+                          "IoU < 0.5 (min-area 500; 'threshold' = the same pooled, used for concepts with < 5 "
+                          "validation instances). Chosen on the validation split: validation numbers are optimistic",
+        "data": {"root": "../shared/data", "split": "train (split_patients, seed 0)", "images": samples["counts"],
+                 "targets": "every label of the image; 3D: largest slice of each label + 1 random slice; "
+                            "negatives: the other kind's concepts (endoscopy vs CT/MR) and images of nothing"},
+        "command": "medagentseg " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == [
+            "train-locator"] else "medagentseg train-locator",
+        "seed": args.seed, "epochs": args.epochs, "repeat": repeat, "threads": args.threads,
+        "time_s": {"data": round(t_data), "train": round(t_train), "total": round(time.perf_counter() - t0)},
+        "validation": {"min_area": 500, "per_dataset": val},
+        "licence": "weights: trained on ../shared/data; follow each dataset's terms (research use)"})
+    print(f"[locator] wrote {args.out} ({card['sha256'][:12]}) in {time.perf_counter() - t0:.0f}s")
+    return 0

