@@ -49,6 +49,13 @@ def pixel_to_grid(value: float, size: int) -> int:
     return int(round(float(value) * GRID_MAX / (size - 1)))
 
 
+def _as_tuple(tool: str, form: str, value: Any) -> tuple:
+    """A list-like argument as a tuple; a number, null or an object is a malformed call, not a TypeError."""
+    if not isinstance(value, (list, tuple)):
+        raise ToolCallError(f"{tool} needs {form} (a list of integers), got {value!r}")
+    return tuple(value)
+
+
 def _check_grid(name: str, values: tuple[int, ...]) -> None:
     for v in values:
         if not isinstance(v, int) or isinstance(v, bool):
@@ -68,7 +75,7 @@ class AddBBox:
     name = "add_bbox"
 
     def __post_init__(self) -> None:
-        box = tuple(self.bbox_2d)
+        box = _as_tuple("add_bbox", "bbox_2d = [x1, y1, x2, y2]", self.bbox_2d)
         if len(box) != 4:
             raise ToolCallError(f"add_bbox needs bbox_2d = [x1, y1, x2, y2], got {list(box)!r}")
         _check_grid("bbox_2d", box)
@@ -92,7 +99,7 @@ class AddPoint:
     name = "add_point"
 
     def __post_init__(self) -> None:
-        point = tuple(self.point_2d)
+        point = _as_tuple("add_point", "point_2d = [x, y]", self.point_2d)
         if len(point) != 2:
             raise ToolCallError(f"add_point needs point_2d = [x, y], got {list(point)!r}")
         _check_grid("point_2d", point)
@@ -163,12 +170,16 @@ def action_from_dict(call: dict[str, Any]) -> Action:
     if not isinstance(call, dict) or "name" not in call:
         raise ToolCallError(f"a tool call must be an object with a 'name'; {_VALID}")
     name = call["name"]
+    if not isinstance(name, str):
+        raise ToolCallError(f"a tool call's 'name' must be a string, got {name!r}; {_VALID}")
     args = call.get("arguments", call.get("parameters", {})) or {}
     if isinstance(args, str):
         try:
             args = json.loads(args)
         except json.JSONDecodeError as exc:
             raise ToolCallError(f"arguments of {name!r} are not valid JSON ({exc.msg}); {_VALID}") from None
+        except RecursionError:
+            raise ToolCallError(f"arguments of {name!r} are nested too deeply to be a tool call; {_VALID}") from None
     if not isinstance(args, dict):
         raise ToolCallError(f"arguments of {name!r} must be an object; {_VALID}")
     if name not in _SCHEMA_DOC:
@@ -181,10 +192,9 @@ def action_from_dict(call: dict[str, Any]) -> Action:
     if extra:
         raise ToolCallError(f"{name} does not take {', '.join(extra)}; {_VALID}")
     if name == "add_bbox":
-        return AddBBox(tuple(args["bbox_2d"]) if isinstance(args["bbox_2d"], list) else args["bbox_2d"])
+        return AddBBox(args["bbox_2d"])
     if name == "add_point":
-        pt = args["point_2d"]
-        return AddPoint(tuple(pt) if isinstance(pt, list) else pt, args["point_type"])
+        return AddPoint(args["point_2d"], args["point_type"])
     return StopAction()
 
 
@@ -211,4 +221,6 @@ def parse_tool_call(text: str) -> Action:
         call = json.loads(body[start:end + 1])
     except json.JSONDecodeError as exc:
         raise ToolCallError(f"tool call is not valid JSON ({exc.msg} at char {exc.pos}); {_VALID}") from None
+    except RecursionError:  # the C decoder's depth limit: a runaway generation, not a call
+        raise ToolCallError(f"tool call is nested too deeply to be one; {_VALID}") from None
     return action_from_dict(call)

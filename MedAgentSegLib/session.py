@@ -24,7 +24,8 @@ from .actions import Action, AddBBox, AddPoint, StopAction, action_from_dict, gr
 from .engines.base import Engine, Prompts, as_rgb_uint8, image_digest
 from .observation import Observation, UndoTurn
 
-__all__ = ["Turn", "Session", "SessionError", "replay", "load_trajectory", "TRAJECTORY_FORMAT"]
+__all__ = ["Turn", "Session", "SessionError", "replay", "load_trajectory", "check_trajectory", "TRAJECTORY_FORMAT",
+           "TRAJECTORY_SCHEMA"]
 
 TRAJECTORY_FORMAT = "medagentseg-trajectory/1"
 
@@ -206,6 +207,7 @@ class Session:
     def add_box(self, x1: float, y1: float, x2: float, y2: float, source: str = "user") -> Turn:
         """Place or replace the box, in pixels (x = column, y = row)."""
         self._require_open()
+        Prompts((x1, y1, x2, y2)).validate(self.height, self.width)  # before the grid: NaN or 1e308 has none
         action = {"name": "add_bbox", "arguments": {"bbox_2d": [pixel_to_grid(x1, self.width),
                   pixel_to_grid(y1, self.height), pixel_to_grid(x2, self.width), pixel_to_grid(y2, self.height)]},
                   "pixels": [float(x1), float(y1), float(x2), float(y2)]}
@@ -214,6 +216,7 @@ class Session:
     def add_click(self, x: float, y: float, positive: bool = True, source: str = "user") -> Turn:
         """Add a click in pixels (x = column, y = row)."""
         self._require_open()
+        Prompts(None, [(x, y)], [1]).validate(self.height, self.width)
         action = {"name": "add_point", "arguments": {"point_2d": [pixel_to_grid(x, self.width),
                   pixel_to_grid(y, self.height)], "point_type": "positive" if positive else "negative"},
                   "pixels": [float(x), float(y)]}
@@ -303,11 +306,9 @@ class Session:
         }
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)  # never leave a half-written trajectory
-        return path
+        from .fileio import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))  # never a half-written trajectory
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -343,8 +344,48 @@ def _engine_view(engine: Engine, image: np.ndarray) -> _EngineView:
     return view
 
 
+def _numbers(n: int) -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n}
+
+
+_PROMPTS_SCHEMA = {"type": "object", "properties": {
+    "box": {"anyOf": [{"type": "null"}, _numbers(4)]},
+    "points": {"type": "array", "items": _numbers(2)},
+    "labels": {"type": "array", "items": {"enum": [0, 1]}}}}
+_ACTION_SCHEMA = {
+    "type": "object", "required": ["name"],
+    "properties": {"name": {"enum": ["add_bbox", "add_point", "stop_action", "edit_prompts"]},
+                   "arguments": {"type": ["object", "string"]}},
+    "allOf": [
+        {"if": {"properties": {"name": {"const": "add_bbox"}}}, "then": {"properties": {"pixels": _numbers(4)}}},
+        {"if": {"properties": {"name": {"const": "add_point"}}, "required": ["pixels"]},
+         "then": {"required": ["arguments"], "properties": {"pixels": _numbers(2), "arguments": {
+             "type": "object", "required": ["point_type"]}}}},
+        {"if": {"properties": {"name": {"const": "edit_prompts"}}},
+         "then": {"required": ["arguments"], "properties": {"arguments": _PROMPTS_SCHEMA}}}]}
+# What replay relies on; the RLE masks are then checked against the image's size without decoding them.
+TRAJECTORY_SCHEMA = {
+    "type": "object", "required": ["format", "target", "turns", "image"],
+    "properties": {
+        "format": {"const": TRAJECTORY_FORMAT},
+        "target": {"type": "string", "minLength": 1},
+        "engine": {"type": "string"}, "encoder": {"type": "string"},
+        "image": {"type": "object", "required": ["shape", "sha1"], "properties": {
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 3},
+            "sha1": {"type": "string"}}},
+        "max_turns": {"type": "integer", "minimum": 1},
+        "status": {"enum": ["open", "stopped", "accepted"]},
+        "metadata": {"type": "object"},  # free-form (the Slicer logic writes its own); replay checks what it uses
+        "turns": {"type": "array", "items": {
+            "type": "object", "required": ["action", "mask_rle"],
+            "properties": {"index": {"type": "integer"}, "source": {"enum": ["agent", "user"]},
+                           "action": _ACTION_SCHEMA, "mask_rle": {"type": "object"}}}},
+        "reverted": {"type": "array", "items": {"type": "object"}}}}
+
+
 def load_trajectory(path: str | Path) -> dict[str, Any]:
-    """Read and check a trajectory JSON; raises ValueError naming the problem."""
+    """Read and check a trajectory JSON (JSON only: nothing in it is executed); raises ValueError naming the
+    problem. A trajectory that loads has what replay needs: known actions, masks of the image's size."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -356,13 +397,35 @@ def load_trajectory(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a text file (binary content); give a trajectory.json") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); is it a trajectory.json?") from None
-    if not isinstance(data, dict) or data.get("format") != TRAJECTORY_FORMAT:
-        raise ValueError(f"{path} is not a MedAgentSeg trajectory (format {TRAJECTORY_FORMAT!r} expected)")
-    missing = [k for k in ("target", "turns", "image") if k not in data]
-    if missing or not isinstance(data.get("turns"), list) or "sha1" not in (data.get("image") or {}):
-        what = ", ".join(missing) or "turns (a list) / image.sha1"
-        raise ValueError(f"{path} is an incomplete trajectory (missing {what}); re-save it from a session")
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a trajectory; give a trajectory.json") from None
+    check_trajectory(data, str(path))
     return data
+
+
+def check_trajectory(data: Any, source: str = "the trajectory") -> None:
+    """ValueError, one line, if `data` is not a trajectory replay can use."""
+    import jsonschema
+
+    if not isinstance(data, dict) or data.get("format") != TRAJECTORY_FORMAT:
+        raise ValueError(f"{source} is not a MedAgentSeg trajectory (format {TRAJECTORY_FORMAT!r} expected)")
+    missing = [k for k in TRAJECTORY_SCHEMA["required"] if k not in data]
+    if missing:
+        raise ValueError(f"{source} is an incomplete trajectory (missing {', '.join(missing)}); re-save it from a "
+                         "session")
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(TRAJECTORY_SCHEMA).iter_errors(data))
+    if err is not None:
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ValueError(f"{source} is not a valid trajectory: field '{where}': {err.message[:160]}; re-save it "
+                         "from a session")
+    shape = data["image"]["shape"][:2]
+    for i, turn in enumerate(data["turns"]):
+        try:
+            size, _ = rle.check(turn["mask_rle"])
+        except ValueError as exc:
+            raise ValueError(f"{source}: turn {i}: {exc}") from None
+        if list(size) != shape:
+            raise ValueError(f"{source}: turn {i}'s mask is {list(size)} but the image is {shape}: corrupt trajectory")
 
 
 def replay(trajectory: dict[str, Any] | str | Path, engine: Engine, image: np.ndarray,
@@ -372,12 +435,16 @@ def replay(trajectory: dict[str, Any] | str | Path, engine: Engine, image: np.nd
     check: raise ValueError if the image differs from the recorded one or a replayed mask differs from
     the recorded mask (bit-exact comparison).
     """
-    data = trajectory if isinstance(trajectory, dict) else load_trajectory(trajectory)
+    if isinstance(trajectory, dict):
+        check_trajectory(trajectory)
+        data = trajectory
+    else:
+        data = load_trajectory(trajectory)
+    if check and image_digest(as_rgb_uint8(image)) != data["image"]["sha1"]:  # before the engine encodes it
+        raise ValueError("the image differs from the one the trajectory was recorded on; replay needs the same pixels")
     session = Session(engine, image, data["target"], max_turns=data.get("max_turns", 5),
                       metadata=data.get("metadata"))
-    if check and image_digest(session.image) != data["image"]["sha1"]:
-        raise ValueError("the image differs from the one the trajectory was recorded on; replay needs the same pixels")
-    for rec in data["turns"]:
+    for i, rec in enumerate(data["turns"]):
         act, src = rec["action"], rec.get("source", "agent")
         name = act["name"]
         if name == "edit_prompts":
@@ -390,7 +457,7 @@ def replay(trajectory: dict[str, Any] | str | Path, engine: Engine, image: np.nd
         else:
             turn = session.act(action_from_dict(act), source=src)
         if check and not np.array_equal(turn.mask, rle.decode(rec["mask_rle"])):
-            raise ValueError(f"replayed turn {rec['index']} gives a different mask than recorded "
+            raise ValueError(f"replayed turn {i} gives a different mask than recorded "
                              f"(engine {session.engine.name} vs recorded {data.get('engine')})")
     session.reverted = list(data.get("reverted", []))
     if data.get("status") == "accepted":
