@@ -21,6 +21,7 @@ __all__ = ["main", "build_parser", "run_segment", "SAMPLE_IMAGE", "SAMPLE_LABELS
 RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
 SAMPLE_IMAGE = RESOURCES / "Samples" / "lits117_liver_ct.nrrd"
 SAMPLE_LABELS = RESOURCES / "Samples" / "lits117_liver_ct_labels.nrrd"
+MIN_SIDE = 8  # pixels: below this a 2D image (or slice) holds nothing an engine can segment
 
 
 class UsageError(ValueError):
@@ -35,6 +36,9 @@ def _floats(text: str, n: int, what: str) -> list[float]:
         vals = []
     if len(vals) != n:
         raise UsageError(f"{what} {text!r} must be {n} comma-separated numbers")
+    if not all(np.isfinite(vals)):
+        raise UsageError(f"{what} {text!r} holds a value that is not a finite number (nan or inf); give pixel "
+                         "coordinates")
     return vals
 
 
@@ -55,6 +59,8 @@ def resolve_target(name: str) -> dict[str, Any]:
     if not parsed.targets:
         hint = f" Did you mean: {', '.join(parsed.suggestions)}?" if parsed.suggestions else ""
         raise UsageError(f"unknown target {name!r}.{hint} Use a structure name such as 'liver' or 'left kidney'")
+    for warning in parsed.warnings:  # a typo read as another name must be said, not silently segmented
+        print(f"medagentseg: warning: --target: {warning}", file=sys.stderr)
     t = parsed.targets[0]
     info = dict(t.segment)
     info["name"] = t.name
@@ -102,6 +108,12 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
     if img.metadata.get("non_finite_voxels"):
         print(f"medagentseg: warning: {img.metadata['non_finite_voxels']} NaN/Inf voxel(s) in {args.image} were set to "
               "the image's lowest value", file=sys.stderr)
+    scalar = img.is_3d or img.array.ndim == 2
+    values = images.label_values(img.array) if scalar and not args.modality else None  # --modality: it is an image
+    if values is not None:
+        shown = ", ".join(map(str, values[:6])) + (", ..." if len(values) > 6 else "")
+        raise UsageError(f"{args.image} looks like a label map (only the values {shown}), not an image to segment; "
+                         "give the image, and the label map as --gt (if it is the image, say so with --modality)")
     if getattr(args, "mode", "2d") == "3d" and not img.is_3d:
         raise UsageError(f"--mode 3d needs a 3D image (NIfTI, NRRD, MHA or a DICOM series); {args.image} is 2D")
     gt3 = images.load_mask(args.gt, img, args.label) if args.gt else None
@@ -127,6 +139,10 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
         plane, gt = img.array, gt3
     rgb = images.to_engine_rgb(plane, img.modality, args.window)
     h, w = rgb.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        where = f"slice {index} ({args.axis}) of {args.image}" if img.is_3d else str(args.image)
+        raise UsageError(f"{where} is {w}x{h} pixels; at least {MIN_SIDE} on each side are needed to segment "
+                         "anything: check the file" + (" and --axis" if img.is_3d else ""))
     box = _floats(args.box, 4, "--box") if args.box else None
     clicks = [parse_click(c) for c in args.click or []]
     from .engines.base import Prompts
@@ -316,21 +332,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _meta_str(meta: dict[str, Any], key: str) -> str | None:
+    value = meta.get(key)
+    return value if isinstance(value, str) else None
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from . import images
     from .engines import create_engine
+    from .engines.base import as_rgb_uint8, image_digest
     from .session import load_trajectory, replay
 
     data = load_trajectory(args.trajectory)
     meta = data.get("metadata", {})
     image_path = args.image or meta.get("image")
-    if not image_path:
+    if not image_path or not isinstance(image_path, str):
         raise UsageError("the trajectory does not name its image; pass --image PATH")
-    img = images.load_image(image_path, modality=meta.get("modality"))
+    img = images.load_image(image_path, modality=_meta_str(meta, "modality"))
+    if img.is_3d and (not isinstance(meta.get("slice"), int) or meta.get("axis") not in images.AXES):
+        raise UsageError(f"{image_path} is 3D but the trajectory does not say which slice it was recorded on "
+                         "(metadata slice and axis); pass the 2D image it was recorded on with --image")
     plane = images.extract_slice(img.array, meta["slice"], meta["axis"]) if img.is_3d else img.array
-    rgb = images.to_engine_rgb(plane, img.modality, meta.get("window"))
+    window = meta.get("window")
+    if isinstance(window, list) and len(window) == 2:
+        window = tuple(window)
+    rgb = images.to_engine_rgb(plane, img.modality, window if isinstance(window, (str, tuple)) else None)
+    if image_digest(as_rgb_uint8(rgb)) != data["image"]["sha1"]:  # found before any model work
+        raise UsageError(f"{image_path} is not the image the trajectory was recorded on (its pixels differ); pass "
+                         "the original with --image")
     # The encoder path the recording used: a fast path's embeddings differ slightly from torch fp32's.
-    engine = create_engine(args.engine or data["engine"], device=args.device, encoder=data.get("encoder", "torch"))
+    engine = create_engine(args.engine or data.get("engine"), device=args.device,
+                           encoder=_meta_str(data, "encoder") or "torch")
     session = replay(data, engine, rgb)
     print(f"replayed {len(session.turns)} turns of {data['target']!r}: every mask identical to the recording")
     return 0

@@ -113,9 +113,11 @@ class LearnedPolicy:
                              "--policy heuristic")
         try:
             self.card = json.loads(card_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"the policy card {card_path} is not valid JSON ({exc.msg}); re-run "
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError: not a JSON card
+            raise ValueError(f"the policy card {card_path} is not valid JSON ({type(exc).__name__}); re-run "
                              "train-policy") from None
+        if not isinstance(self.card, dict):
+            raise ValueError(f"the policy card {card_path} is not a JSON object; re-run train-policy")
         from ..engines.base import resolve_device
 
         device = resolve_device(device)

@@ -67,6 +67,19 @@ def _file_stamp(weights: str | Path | None) -> tuple | None:
     return tuple((str(q.resolve()), q.stat().st_mtime_ns if q.is_file() else None) for q in paths)
 
 
+def _read_card(path: Path) -> dict:
+    """A model card: a JSON object (nothing in it is executed); EngineError naming the file otherwise."""
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise EngineError(f"the model card {path} is not readable JSON ({type(exc).__name__}); give the card that "
+                          "`medagentseg train-engine` wrote beside the weights") from None
+    if not isinstance(card, dict):
+        raise EngineError(f"the model card {path} is not a JSON object; give the card that `medagentseg "
+                          "train-engine` wrote beside the weights")
+    return card
+
+
 def _build(name: str, checkpoint: str | Path | None, device: str, click_weights: str | Path | None,
            encoder: str = "torch") -> Engine:
     if click_weights is not None and name not in ("litemedsam-click", "litemedsam-click-global"):
@@ -87,9 +100,10 @@ def _build(name: str, checkpoint: str | Path | None, device: str, click_weights:
                    "give the .pt that `medagentseg train-engine --out` wrote (it writes the card beside it)")
             raise EngineError(f"the click-aware weights {weights} or their model card "
                               f"{weights.with_suffix('.json').name} are missing; {fix}")
-        from .litemedsam import LiteMedSAMEngine
+        from .litemedsam import LiteMedSAMEngine, verify_sha256
 
-        card = json.loads(weights.with_suffix(".json").read_text())
+        card = _read_card(weights.with_suffix(".json"))
+        verify_sha256(weights, card.get("sha256"))  # a tampered overlay is refused before any model is built
         return LiteMedSAMEngine(checkpoint=checkpoint, device=device, decoder_weights=weights,
                                 decoder_sha256=card.get("sha256"), name=name,
                                 base_first_turn=card.get("first_turn") == "base",

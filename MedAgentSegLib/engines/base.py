@@ -85,6 +85,10 @@ def resolve_device(device: str = "auto") -> str:
     import torch
 
     if device != "auto":
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            raise EngineError(f"--device {device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EngineError(f"--device {device}: no CUDA GPU is available here; use --device auto or cpu")
         if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

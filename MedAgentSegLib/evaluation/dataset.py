@@ -112,6 +112,10 @@ def read_dataset(root: str | Path) -> Dataset:
                            "(see ../shared/data/README.md for the format)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path} is not readable JSON ({exc}); fix or regenerate the file") from None
+    except RecursionError:
+        raise DatasetError(f"{path} is nested too deeply to be a dataset.json; fix or regenerate the file") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path} is a folder; a dataset folder needs a dataset.json file") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("cases"), list):
         raise DatasetError(f"{path} has no cases[] list; each case needs id, image, mask, patient")
     try:

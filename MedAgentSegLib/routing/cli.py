@@ -41,12 +41,12 @@ def run_route(args: argparse.Namespace) -> int:
 
         router = Router(args.library)
     except (LibraryError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"medagentseg: error: {e}", file=sys.stderr)
         return 2
     if args.queries:
         return _run_file(router, args)
     if not args.query:
-        print("error: give a QUERY or --queries FILE.jsonl", file=sys.stderr)
+        print("medagentseg: error: give a QUERY or --queries FILE.jsonl", file=sys.stderr)
         return 2
     res = router.route(args.query, args.modality)
     if args.json_out:
@@ -80,14 +80,20 @@ def _run_file(router, args) -> int:
         with open(args.queries, encoding="utf-8") as f:
             lines = [ln for ln in f if ln.strip()]
     except OSError as e:
-        print(f"error: {args.queries}: {e.strerror}", file=sys.stderr)
+        print(f"medagentseg: error: {args.queries}: {e.strerror}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError:
+        print(f"medagentseg: error: {args.queries} is not a text file; give JSON lines", file=sys.stderr)
         return 2
     for i, line in enumerate(lines, 1):
         try:
             rec = json.loads(line)
             query = rec["query"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            print(f"error: {args.queries} line {i}: needs a JSON object with a 'query' field", file=sys.stderr)
+            if not isinstance(query, str):
+                raise TypeError(query)
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
+            print(f"medagentseg: error: {args.queries} line {i}: needs a JSON object with a 'query' field (text)",
+                  file=sys.stderr)
             return 2
         res = router.route(query, rec.get("modality_metadata") or args.modality)
         out.append(res.to_json())

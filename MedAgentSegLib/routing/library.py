@@ -96,6 +96,12 @@ def load_entry(data: dict | str | os.PathLike, source: str | None = None) -> Ent
             raise LibraryError(f"{source}: file not found.") from None
         except json.JSONDecodeError as e:
             raise LibraryError(f"{source}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from None
+        except UnicodeDecodeError:  # a binary file (a pickle, an archive): read as data only, never loaded
+            raise LibraryError(f"{source}: not a text file; library entries are JSON.") from None
+        except RecursionError:
+            raise LibraryError(f"{source}: nested too deeply to be a library entry; entries are flat JSON.") from None
+        except IsADirectoryError:
+            raise LibraryError(f"{source}: is a folder; library entries are *.json files.") from None
     source = source or "<entry>"
     if not isinstance(data, dict):
         raise LibraryError(f"{source}: an entry must be a JSON object with name, input_modalities and labels.")
