@@ -1,16 +1,16 @@
 """`medagentseg` command line: segment, demo, replay (+ route, eval, train-engine, report when installed).
 
 Bad input ends with one line `medagentseg: error: <what was wrong and what to do>` and exit code 2,
-and leaves no partial output files.
+and leaves no partial output files; a crash inside the engine (a bug) keeps its traceback and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
-import shutil
 import sys
-import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
     """Do the work of `segment`; returns a summary dict. Raises on bad input before writing anything."""
     from . import images, rle
     from .engines import create_engine
+    from .fileio import staged_folder
     from .metrics import dice
     from .policies import GT_FREE_POLICIES, OraclePolicy
     from .render import filmstrip
@@ -200,24 +201,18 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
     else:
         mask3[:] = session.mask
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     color = tuple(c / 255.0 for c in info.get("color", (0, 200, 50)))
     seg = {"name": info["name"], "mask": mask3, "color": color}
     term = _slicer_terminology(info)
     if term:
         seg["terminology"] = term
-    # Write everything into a scratch folder first, then move: a failure leaves no partial output.
-    with tempfile.TemporaryDirectory(dir=out, prefix=".partial-") as tmp:
-        tmp = Path(tmp)
+    # Written into a scratch folder, then moved in: a failure or a kill leaves no partial output (fileio).
+    with staged_folder(out) as tmp:
         images.write_segmentation(tmp / "segmentation.seg.nrrd", img, [seg])
         session.save(tmp / "trajectory.json")
         filmstrip(session, tmp / "turns.png", gt=gt)
-        names = ["segmentation.seg.nrrd", "trajectory.json", "turns.png"]
         if prop is not None:
             (tmp / "propagation.json").write_text(json.dumps(prop.to_dict(), indent=1))
-            names.append("propagation.json")
-        for name in names:
-            shutil.move(str(tmp / name), str(out / name))
     summary = {"target": info["name"], "engine": engine.name, "device": engine.device, "slice": index,
                "reverted": [{"action": r["action"]["name"], "reason": r["action"].get("reason"),
                              **({"dice": round(dice(rle.decode(r["mask_rle"]), gt), 4)} if gt is not None else {})}
@@ -471,15 +466,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UsageError, ImageError, EngineError, SessionError, ToolCallError, ValueError, ImportError) as exc:
-        print(f"medagentseg: error: {exc}", file=sys.stderr)
-        return 2
+        _error(str(exc))
     except OSError as exc:  # permissions, a full disk, a path that is a file: what and where, not a traceback
-        print(f"medagentseg: error: {exc.strerror or exc} ({exc.filename or 'file'}); check the path and its "
-              "permissions", file=sys.stderr)
-        return 2
+        where = exc.filename or "file"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            _error(f"the disk is full ({exc.strerror}) while writing {where}; free some space or write elsewhere. "
+                   "Outputs are moved into place only when complete, so none were left half-written")
+        else:
+            _error(f"{exc.strerror or exc} ({where}); check the path and its permissions")
+    except MemoryError:
+        _error("out of memory; close other programs, crop the image to the region of interest, or use a machine "
+               "with more memory")
     except KeyboardInterrupt:
         print("medagentseg: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug, not the user's input: keep the traceback for the report
+        traceback.print_exc()
+        print("medagentseg: internal error (traceback above): please report it; outputs are moved into place only "
+              "when complete, so none were left half-written", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _error(message: str) -> None:
+    """One line on stderr: what was wrong and what to do (the exit code is 2)."""
+    print(f"medagentseg: error: {' '.join(message.split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -453,9 +453,8 @@ def plot_dice(results: dict[str, dict[str, Any]], path: str | Path, title: str =
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    from ..fileio import atomic_write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(result, indent=1))  # never a half-written result, no temp left
