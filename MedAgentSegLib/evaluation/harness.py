@@ -165,8 +165,9 @@ def run_propagate(engine: Any, inst: Any, clicks: int, jitter: float, seed: int,
 
     fix_slices: then K corrections, each on the slice that is worst now, re-propagated outwards from it
     (`repropagate`); dice_by_step = [after propagation, after each correction]. The oracle corrects the slice with
-    the most wrong pixels (a jittered box from the reference; a slice the structure does not reach is erased with
-    every slice beyond it); a GT-free policy refines the propagated slice with the lowest engine score.
+    the most wrong pixels (a jittered box from the reference and up to FIX_CLICKS clicks; a slice the structure does
+    not reach is erased with every slice beyond it); a GT-free policy refines the propagated slice with the lowest
+    engine score.
     """
     from ..images import extract_slice, to_engine_rgb
     from ..metrics import dice, iou
@@ -210,11 +211,14 @@ def run_propagate(engine: Any, inst: Any, clicks: int, jitter: float, seed: int,
             "noc85": None, "noc90": None, "reached90": None}
 
 
+FIX_CLICKS = 2  # oracle clicks after the box on a corrected slice (it stops at IoU 0.9), as a person would fix it
+
+
 def _fix_worst_slice(engine, img, gt, res, policy, policy_kwargs, jitter, rng, fixed, store):
     """One correction of the propagation `res` (see run_propagate); returns (new result, slice) or (res, None)."""
     from ..images import to_engine_rgb
     from ..oracle import box_from_mask
-    from ..policies import create_policy
+    from ..policies import OraclePolicy, create_policy
     from ..propagation import Propagation, repropagate
     from ..session import Session
 
@@ -231,8 +235,9 @@ def _fix_worst_slice(engine, img, gt, res, policy, policy_kwargs, jitter, rng, f
             records = [r for r in res.records if r.index not in beyond]
             return Propagation(res.axis, res.start, mask, records, res.stopped, res.config, res.restarted_at), k
         rgb = to_engine_rgb(img.array[k], img.modality)
-        session = Session(engine, rgb, "target", max_turns=1)
+        session = Session(engine, rgb, "target", max_turns=1 + FIX_CLICKS)
         session.add_box(*box_from_mask(gt[k], jitter, rng), source="agent")
+        session.run(OraclePolicy(gt[k], seed=int(rng.integers(1 << 30)), stop_iou=0.9))
     else:
         scored = [r for r in res.records if r.prior is not None and r.index not in fixed]
         if not scored:
