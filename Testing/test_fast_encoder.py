@@ -102,3 +102,21 @@ def test_the_torch_cache_is_bounded_by_memory_not_count(lite_engine):
         engine.set_image(_image(seed, 64))
     assert engine.cache_nbytes() == 2 * 256 * 64 * 64 * 4
     assert not engine.has_embedding(_image(0, 64)) and engine.has_embedding(_image(2, 64))
+
+
+def test_bench_and_check_encoder_refuse_what_they_cannot_do(tmp_path, capsys):
+    from MedAgentSegLib.cli import main
+
+    assert main(["bench", "--depth", "50"]) == 2
+    assert "--depth >= 120" in capsys.readouterr().err
+    assert main(["check-encoder", str(tmp_path), "--paths", "openvino-fp8"]) == 2
+    assert "openvino-fp8 cannot run here" in capsys.readouterr().err
+
+
+def test_the_bench_ct_holds_one_organ_of_the_asked_length_in_int16():
+    from MedAgentSegLib.evaluation.bench import synthetic_ct
+
+    vol, organ = synthetic_ct(depth=130, size=64, organ_slices=40)
+    assert vol.dtype == np.int16 and vol.shape == (130, 64, 64)
+    assert organ.any(axis=(1, 2)).sum() in (39, 40)
+    assert vol[organ].mean() > vol[~organ & (vol > -500)].mean() + 60  # the organ is brighter than the body
