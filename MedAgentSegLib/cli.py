@@ -434,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("agent.cli", "add_trajectories_command"), ("agent.cli", "add_train_policy_command"),
                        ("evaluation.agent_report", "add_agent_report_command"),
                        ("evaluation.encoder_check", "add_check_encoder_command"),
+                       ("web_cli", "add_web_command"),
                        ("evaluation.bench", "add_bench_command"),
                        ("agent.locator", "add_train_locator_command")):
         try:

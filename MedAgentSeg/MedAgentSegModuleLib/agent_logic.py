@@ -316,6 +316,10 @@ class AgentSegLogic:
         self._scene_tags.append(scene.AddObserver(scene.StartCloseEvent, self._on_scene_close))
 
     # -- messages --------------------------------------------------------------------------------------
+    def say(self, role: str, text: str) -> ChatMessage:
+        """A chat line from a front end (e.g. an error it caught), kept with the logic's own."""
+        return self._say(role, text)
+
     def _say(self, role: str, text: str, turn: int | None = None) -> ChatMessage:
         msg = ChatMessage(role, text, turn)
         self.messages.append(msg)
@@ -899,15 +903,29 @@ class AgentSegLogic:
                            f"(score {self._last_score(run)}){why}. Accept, Reject the last turn, add a click, "
                            "or press Run to let it continue.")
 
+    def arm_placement(self, role: str = "box") -> bool:
+        """The next click in a slice view places the active session's box ("box") or a "positive" / "negative"
+        click, through Slicer's markups widgets; the engine runs when it is placed. False if it cannot be armed."""
+        run = self._require_run()
+        if run.status == "accepted":
+            raise AgentError(f"'{run.target}' was accepted and is frozen; start a new request to segment again.")
+        nodes = {"box": run.prompts.roi, "positive": run.prompts.positive, "negative": run.prompts.negative}
+        if role not in nodes:
+            raise AgentError(f"Unknown prompt '{role}': place a box, a positive or a negative click.")
+        return self._arm(nodes[role])
+
     def _arm_box_placement(self, run: TargetRun) -> bool:
-        """Make the session's box the node the next placement in a slice view defines (Slicer's selection and
-        interaction singletons; a scene without them is left alone). True if armed."""
+        return self._arm(run.prompts.roi)
+
+    def _arm(self, node: Any) -> bool:
+        """Make `node` the one the next placement in a slice view defines (Slicer's selection and interaction
+        singletons; a scene without them is left alone). True if armed."""
         selection = self.scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
         interaction = self.scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
-        if selection is None or interaction is None or run.prompts.roi.GetLocked():
+        if selection is None or interaction is None or node.GetLocked():
             return False
-        selection.SetReferenceActivePlaceNodeClassName(run.prompts.roi.GetClassName())
-        selection.SetActivePlaceNodeID(run.prompts.roi.GetID())
+        selection.SetReferenceActivePlaceNodeClassName(node.GetClassName())
+        selection.SetActivePlaceNodeID(node.GetID())
         interaction.SetPlaceModePersistence(0)
         interaction.SetCurrentInteractionMode(interaction.Place)
         return True

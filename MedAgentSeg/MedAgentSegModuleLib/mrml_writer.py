@@ -433,6 +433,8 @@ class PromptNodes:
                 if node is not roi:
                     disp.SetTextScale(3.0)
                     disp.SetGlyphScale(2.5)
+                elif hasattr(disp, "SetFillVisibility"):
+                    disp.SetFillVisibility(False)  # the box as an outline: the mask inside it must stay visible
             if parent_transform_id:
                 node.SetAndObserveTransformNodeID(parent_transform_id)
         pos.SetMarkupLabelFormat("+%d")

@@ -1,0 +1,58 @@
+"""`medagentseg web [IMAGE] [--host 127.0.0.1] [--port P]`: the agent in the browser.
+
+The app (MedAgentSegWeb/, beside MedAgentSegLib in the source tree) runs on trame-slicer, an optional extra: it is
+imported only when the command runs, so the rest of the CLI works without it, and its absence is one sentence
+saying how to install it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+__all__ = ["add_web_command", "cmd_web", "load_web_app"]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def add_web_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("web", help="the agent in the browser: slice views, chat, box and clicks (the 'web' extra)")
+    p.add_argument("image", nargs="?", help="a volume to open at start (NRRD, NIfTI, MHA); or open one in the page")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--device", default="auto", help="engine device: auto (cuda, then mps, then cpu), cpu, cuda")
+    p.set_defaults(func=cmd_web)
+
+
+def load_web_app():
+    """The MedAgentSegWeb.app module; ImportError saying what to install when the web extra or the source is missing."""
+    if not (REPO / "MedAgentSegWeb" / "app.py").is_file() or not (REPO / "MedAgentSeg").is_dir():
+        raise ImportError("the browser app needs MedAgentSeg's source tree (MedAgentSegWeb/ and MedAgentSeg/ beside "
+                          "MedAgentSegLib): clone the repository and install it with pip install -e '.[web]'")
+    missing = [m for m in ("trame_slicer", "trame_vuetify", "slicer") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"the browser app needs the 'web' extra ({', '.join(missing)} not installed): run "
+                          "pip install -e '.[web]' (or bash scripts/setup.sh)")
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from MedAgentSegWeb import app
+
+    return app
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from .cli import UsageError
+
+    if args.image and not Path(args.image).is_file():
+        raise UsageError(f"there is no file {args.image}; give a volume file, or leave it out and open one in the page")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port} is not a port number (0..65535)")
+    app = load_web_app()
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"medagentseg: warning: listening on {args.host}: anyone who can reach this machine can open the app "
+              "and its files", file=sys.stderr)
+    app.main(image=args.image, host=args.host, port=args.port, device=args.device)
+    return 0

@@ -1,0 +1,387 @@
+"""The browser app: trame-slicer slice views and a chat panel over the Slicer module's `AgentSegLogic`.
+
+Everything the agent does goes through the same logic as in Slicer: sessions, turns, markups, segments, undo and
+trajectories are MRML in trame-slicer's scene, and the box and clicks are placed and dragged with Slicer's markups
+widgets in the slice view. Model work runs on the logic's worker thread; a task on the server's event loop hands
+finished turns to MRML (`AgentSegLogic.poll`) every 50 ms and pushes the chat and buttons to the page, so the page
+never waits for the engine. Only this module imports trame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+_REPO = Path(__file__).resolve().parent.parent
+for _path in (_REPO / "MedAgentSeg", _REPO):  # the Slicer module's logic is not an installed package
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from MedAgentSegModuleLib.agent_logic import (  # noqa: E402
+    POLICY_CHOICES,
+    AgentError,
+    AgentSegLogic,
+    default_engine,
+    default_policy,
+    engine_choices,
+)
+from MedAgentSegModuleLib.mrml_writer import MRMLInputError, check_volume, view_slice  # noqa: E402
+from trame.app import TrameApp  # noqa: E402
+from trame.widgets import client, html  # noqa: E402
+from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
+from trame_slicer.rca_view import register_rca_factories  # noqa: E402
+from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout  # noqa: E402
+from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
+
+from .files import SaveError, safe_upload_name, save_results  # noqa: E402
+from .review import show_turn  # noqa: E402
+
+__all__ = ["WebApp", "main", "SAMPLE"]
+
+SAMPLE = _REPO / "Resources" / "Samples" / "lits117_liver_ct.nrrd"
+VIEW = "Red"  # the one slice view; the session works on the slice it shows
+POLL_S = 0.05
+ROLE_COLORS = {"user": "#1f4e9e", "agent": "#1b7a2e", "info": "#555555", "warning": "#b36b00", "error": "#c00000"}
+CSS = """
+.mas-chat { height: 38vh; overflow-y: auto; border: 1px solid #ddd; padding: 4px; font-size: 13px;
+            display: flex; flex-direction: column-reverse; }  /* stays scrolled to the newest line */
+.mas-chat .m-user { color: #1f4e9e; } .mas-chat .m-agent { color: #1b7a2e; } .mas-chat .m-info { color: #555; }
+.mas-chat .m-warning { color: #b36b00; } .mas-chat .m-error { color: #c00000; font-weight: bold; }
+"""
+
+
+def preload_model_libraries() -> None:
+    """Import torch (and through torchvision, triton) before VTK makes its first OpenGL context. Mesa's software
+    EGL (llvmpipe) and triton each bring their own LLVM; triton loaded after the context crashes the process
+    (segmentation fault, seen with torch 2.14 and Mesa 22.3)."""
+    for name in ("torch", "torchvision.ops"):
+        try:
+            __import__(name)
+        except ImportError:  # the engine then says what is missing when it is built
+            return
+
+
+class WebApp(TrameApp):
+    """The app for one trame server. engine_factory / policy_factory / device: as AgentSegLogic's (tests give a
+    fake engine). image: a volume to open at start. out_dir: the default folder Save writes into."""
+
+    def __init__(self, server: Any = None, image: str | None = None, engine_factory: Any = None,
+                 policy_factory: Any = None, device: str = "auto", out_dir: str | None = None):
+        super().__init__(server)
+        if engine_factory is None:
+            preload_model_libraries()
+        self.slicer_app = SlicerApp()
+        self.scene = self.slicer_app.scene
+        register_rca_factories(self.slicer_app.view_manager, self.server)
+        self.layout_manager = LayoutManager(self.scene, self.slicer_app.view_manager, self.server)
+        self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
+        self.layout_manager.set_layout("Axial Only")
+        self.logic = AgentSegLogic(self.scene, engine_factory=engine_factory, policy_factory=policy_factory,
+                                   device=device)
+        self.volume_node: Any = None
+        self.segmentation_node: Any = None
+        self._shown_turns = 0
+        self._clients = 0
+        self._init_state(out_dir)
+        self._build_ui()
+        self.server.controller.on_server_ready.add(self._start_polling)
+        self.server.controller.on_client_connected.add(self._on_client_connected)
+        self.server.controller.on_client_exited.add(self._on_client_exited)
+        if image:
+            self._guarded(self._load, Path(image))
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def _init_state(self, out_dir: str | None) -> None:
+        s = self.state
+        s.trame__title = "MedAgentSeg"
+        s.messages = []
+        s.request = ""
+        s.busy, s.busy_text, s.status = False, "", "No volume yet: open one (path or upload) or load the sample."
+        s.engines, s.engine = engine_choices(), default_engine()
+        s.policies, s.policy = list(POLICY_CHOICES), default_policy()
+        s.checkpoint, s.max_turns = "", 5
+        s.path = ""
+        s.save_dir = str(Path(out_dir) if out_dir else Path.cwd() / "medagentseg-web")
+        s.turn, s.turn_count = 0, 0
+        s.has_volume = s.has_run = s.can_act = s.can_revert = False
+        s.volume_name = ""
+        self.state.change("turn")(self._on_turn_slider)
+
+    def _sync(self) -> None:
+        """Push what changed in the logic to the page (event-loop thread, after each poll)."""
+        logic, run = self.logic, self.logic.active
+        with self.state as s:
+            if len(s.messages) != len(logic.messages):
+                s.messages = [{"role": m.role, "text": m.text} for m in logic.messages]
+            busy = logic.busy
+            ready = run is not None and run.session is not None and run.status != "accepted"
+            values = {"busy": busy, "busy_text": self._busy_text(run) if busy else "",
+                      "has_volume": self.volume_node is not None, "has_run": run is not None,
+                      "can_act": ready and not busy, "can_revert": ready and not busy and bool(run.records),
+                      "status": self._status(run, busy)}
+            for key, value in values.items():
+                if s[key] != value:
+                    s[key] = value
+            count = len(run.records) if run is not None else 0
+            if count != self._shown_turns:  # a new or reverted turn: the slider follows, the views show it live
+                self._shown_turns = count
+                s.turn_count, s.turn = count, count
+                if run is not None:
+                    show_turn(run, None, self.logic.sequences_logic)
+
+    @staticmethod
+    def _busy_text(run: Any) -> str:
+        if run is not None and run.session is None:
+            return "Encoding the slice (the first time also loads the engine)..."
+        return "The agent is working on a turn..."
+
+    def _status(self, run: Any, busy: bool) -> str:
+        if self.volume_node is None:
+            return "No volume yet: open one (path or upload) or load the sample."
+        if run is None:
+            return f"'{self.volume_node.GetName()}': type a request such as 'segment the liver'."
+        return (f"'{run.target}' on slice {run.geom.axis}={run.geom.index}: {len(run.records)} turn(s), "
+                f"{run.status}{', working...' if busy else ''}")
+
+    # -- the poll loop -------------------------------------------------------------------------------------------
+    def _start_polling(self, **_: Any) -> None:
+        self._poll_task = asyncio.get_event_loop().create_task(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                self.logic.poll()
+            except Exception as exc:  # noqa: BLE001 - the loop must survive; the chat says what happened
+                traceback.print_exc()
+                self.logic.say("error", f"Unexpected error while writing a result: {exc}. Details are in the "
+                                        "server's console.")
+            self._sync()
+            await asyncio.sleep(POLL_S)
+
+    def _on_client_connected(self, *_: Any, **__: Any) -> None:
+        self._clients += 1
+        if self._clients > 1:
+            self.logic.say("warning", "Another browser tab is connected to this server: all tabs show and drive the "
+                                      "same session. Close the other tabs to avoid pressing buttons twice.")
+
+    def _on_client_exited(self, *_: Any, **__: Any) -> None:
+        self._clients = max(0, self._clients - 1)
+
+    # -- actions -------------------------------------------------------------------------------------------------
+    def _guarded(self, fn: Any, *args: Any) -> Any:
+        """Run an action; every failure becomes a chat line saying what to do (never a dead button)."""
+        try:
+            return fn(*args)
+        except (AgentError, MRMLInputError, SaveError) as exc:
+            self.logic.say("error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug: keep the details in the console, tell the person
+            traceback.print_exc()
+            self.logic.say("error", f"Unexpected error: {exc}. Details are in the server's console.")
+        finally:
+            self._sync()
+        return None
+
+    def load_sample(self) -> None:
+        self._guarded(self._load, SAMPLE)
+
+    def load_path(self) -> None:
+        path = str(self.state.path or "").strip()
+        if not path:
+            self.logic.say("error", "Type the path of a volume file on the server (NRRD, NIfTI, MHA) first.")
+            self._sync()
+            return
+        self._guarded(self._load, Path(path).expanduser())
+
+    def upload(self, files: list[dict[str, Any]] | None) -> None:
+        self._guarded(self._upload, files or [])
+
+    def _upload(self, files: list[dict[str, Any]]) -> None:
+        if not files:
+            return
+        with tempfile.TemporaryDirectory(prefix="medagentseg-upload-") as tmp:
+            target = Path(tmp) / safe_upload_name(files[0].get("name", ""))
+            content = files[0].get("content") or b""
+            target.write_bytes(content if isinstance(content, bytes) else bytes(content))
+            self._load(target, shown_name=target.name)
+
+    def _load(self, path: Path, shown_name: str | None = None) -> None:
+        name = shown_name or path.name
+        if not path.is_file():
+            raise MRMLInputError(f"There is no file {path} on the server; check the path.")
+        try:
+            nodes = self.slicer_app.io_manager.load_volumes([str(path)])
+        except Exception as exc:  # noqa: BLE001 - readers raise many kinds; all mean "not a volume we can read"
+            nodes, detail = [], f" ({exc})"
+        else:
+            detail = ""
+        if not nodes:
+            raise MRMLInputError(f"Could not read '{name}' as a volume{detail}. Give a 3D image file: NRRD, NIfTI "
+                                 "(.nii/.nii.gz) or MHA.")
+        node = nodes[0]
+        try:
+            check_volume(node)
+        except MRMLInputError:
+            for extra in nodes:
+                self.scene.RemoveNode(extra)
+            raise
+        self.volume_node, self.segmentation_node = node, None
+        self.slicer_app.display_manager.show_volume(node, do_reset_views=True)
+        dims = node.GetImageData().GetDimensions()
+        self.state.volume_name = node.GetName()
+        self.logic.say("info", f"Loaded '{name}' ({dims[0]} x {dims[1]} x {dims[2]}). Scroll to a slice, then type "
+                               "a request such as 'segment the liver'.")
+
+    def send(self) -> None:
+        text = str(self.state.request or "").strip()
+        self.state.request = ""
+        if text:
+            self._guarded(self._request, text)
+
+    def _request(self, text: str) -> None:
+        kwargs = self._start_kwargs() if self.volume_node is not None else {}
+        self.logic.request(text, self.volume_node, self.segmentation_node, view=VIEW, **kwargs)
+        if self.logic.active is not None:
+            self.segmentation_node = self.logic.active.segmentation_node
+
+    def _start_kwargs(self) -> dict[str, Any]:
+        s = self.state
+        slice_node = self.scene.GetNodeByID(f"vtkMRMLSliceNode{VIEW}")
+        axis, index = view_slice(slice_node, self.volume_node, VIEW) if slice_node is not None else ("K", None)
+        engine = str(s.engine)
+        checkpoint = str(s.checkpoint or "").strip()
+        return {"axis": axis, "slice_index": index, "engine": engine, "policy": str(s.policy),
+                "max_turns": int(s.max_turns or 5),
+                "engine_options": {"checkpoint": checkpoint} if engine.startswith("sam_") and checkpoint else None}
+
+    def run(self) -> None:
+        self._guarded(self.logic.run_agent, int(self.state.max_turns or 5))
+
+    def step(self) -> None:
+        self._guarded(self.logic.step)
+
+    def stop(self) -> None:
+        self._guarded(self.logic.stop)
+
+    def accept(self) -> None:
+        self._guarded(self.logic.accept)
+
+    def reject(self) -> None:
+        self._guarded(self.logic.reject)
+
+    def undo(self) -> None:
+        self._guarded(self.logic.undo)
+
+    def propagate(self) -> None:
+        self._guarded(self.logic.propagate)
+
+    def place(self, role: str) -> None:
+        self._guarded(self._place, role)
+
+    def _place(self, role: str) -> None:
+        if not self.logic.arm_placement(role):
+            raise AgentError("The slice view cannot place markups right now; reload the page and try again.")
+        what = {"box": "two opposite corners of the box", "positive": "a point inside the structure",
+                "negative": "a point outside the structure"}[role]
+        self.logic.say("info", f"Click {what} in the slice view.")
+
+    def save(self) -> None:
+        self._guarded(self._save)
+
+    def _save(self) -> None:
+        seg = self.segmentation_node
+        run = self.logic.active
+        if run is not None:
+            show_turn(run, None, self.logic.sequences_logic)  # save what the scene holds, not a reviewed turn
+        paths = save_results(self.state.save_dir, seg, self.logic)
+        self.logic.say("info", "Saved " + " and ".join(str(p) for p in paths) + ".")
+
+    def _on_turn_slider(self, turn: Any = None, **_: Any) -> None:
+        run = self.logic.active
+        if run is None or not run.records or turn is None:
+            return
+        shown = show_turn(run, int(turn), self.logic.sequences_logic)
+        if shown is not None:
+            self.logic.say("info", f"Showing turn {shown} of {len(run.records)} (mask and prompts as they were). "
+                                   "Move the slider to the end to edit again.")
+
+    # -- the page --------------------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        with SinglePageWithDrawerLayout(self.server, width=400) as self.ui:
+            client.Style(CSS)
+            self.ui.title.set_text("MedAgentSeg")
+            with self.ui.toolbar:
+                self._toolbar()
+            with self.ui.drawer:
+                self._panel()
+            with self.ui.content:
+                self.layout_manager.initialize_layout_grid(self.ui)
+
+    def _toolbar(self) -> None:
+        v3.VSpacer()
+        v3.VBtn("Load sample", id="load-sample", click=self.load_sample, variant="tonal", classes="mx-1")
+        v3.VTextField(v_model=("path",), label="Volume path on the server", id="path", density="compact",
+                      hide_details=True, style="max-width: 320px", classes="mx-1")
+        v3.VBtn("Open", id="open-path", click=self.load_path, variant="tonal", classes="mx-1")
+        v3.VFileInput(id="upload", label="Upload", density="compact", hide_details=True, style="max-width: 200px",
+                      change=f"trigger('{self.server.controller.trigger_name(self.upload)}', "
+                             "[$event.target.files])")
+
+    def _panel(self) -> None:
+        with html.Div(classes="pa-2"):
+            html.Div("{{ status }}", id="status", classes="text-caption mb-1")
+            with html.Div(classes="d-flex"):
+                v3.VSelect(v_model=("engine",), items=("engines",), label="Engine", id="engine", density="compact",
+                           hide_details=True, classes="mr-1")
+                v3.VSelect(v_model=("policy",), items=("policies",), label="Agent", id="policy", density="compact",
+                           hide_details=True)
+            v3.VTextField(v_model=("checkpoint",), label="SAM checkpoint (.pth on the server)", id="checkpoint",
+                          density="compact", hide_details=True, v_show="engine.startsWith('sam_')", classes="mt-1")
+            with html.Div(classes="mas-chat mt-2", id="chat"), html.Div():
+                html.Div("{{ m.text }}", v_for="(m, i) in messages", key="i", classes=("'m-' + m.role",))
+            v3.VProgressLinear(indeterminate=True, v_show="busy", id="progress", classes="mt-1")
+            html.Div("{{ busy_text }}", v_show="busy", classes="text-caption")
+            with html.Div(classes="d-flex mt-2"):
+                v3.VTextField(v_model=("request",), label="Request, e.g. segment the liver", id="request",
+                              density="compact", hide_details=True, v_on_keyup_enter=self.send)
+                v3.VBtn("Send", id="send", click=self.send, classes="ml-1")
+            self._buttons()
+            self._review_and_save()
+
+    def _buttons(self) -> None:
+        rows = ((("Run", "run", self.run, "!has_run || busy"), ("Step", "step", self.step, "!can_act"),
+                 ("Stop", "stop", self.stop, "!has_run")),
+                (("Accept", "accept", self.accept, "!can_revert"), ("Reject", "reject", self.reject, "!can_revert"),
+                 ("Undo", "undo", self.undo, "!can_revert")))
+        for row in rows:
+            with html.Div(classes="d-flex mt-2"):
+                for text, key, fn, disabled in row:
+                    v3.VBtn(text, id=key, click=fn, disabled=(disabled,), size="small", classes="mr-1")
+        with html.Div(classes="d-flex mt-2"):
+            for text, role in (("Box", "box"), ("+ click", "positive"), ("- click", "negative")):
+                v3.VBtn(text, id=f"place-{role}", click=(self.place, f"['{role}']"), disabled=("!can_act",),
+                        size="small", variant="outlined", classes="mr-1")
+            v3.VBtn("Propagate", id="propagate", click=self.propagate, disabled=("!can_revert",), size="small",
+                    variant="outlined")
+
+    def _review_and_save(self) -> None:
+        with html.Div(v_show="turn_count > 0", classes="mt-3"):
+            html.Div("Turn {{ turn }} / {{ turn_count }}", classes="text-caption", id="turn-label")
+            v3.VSlider(v_model_number=("turn",), min=1, max=("turn_count",), step=1, id="turn", hide_details=True,
+                       density="compact")
+        with html.Div(classes="d-flex mt-2"):
+            v3.VTextField(v_model=("save_dir",), label="Save into folder (on the server)", id="save-dir",
+                          density="compact", hide_details=True)
+            v3.VBtn("Save", id="save", click=self.save, disabled=("!has_run",), classes="ml-1")
+
+
+def main(image: str | None = None, host: str = "127.0.0.1", port: int = 8080, device: str = "auto") -> None:
+    """Start the app and serve it until interrupted (the CLI's `medagentseg web`)."""
+    import os
+
+    os.environ.setdefault("TRAME_ARGS", "")  # our CLI's options are the only ones; trame must not re-read argv
+    app = WebApp(image=image, device=device)
+    app.server.start(host=host, port=port, open_browser=False, timeout=0)
