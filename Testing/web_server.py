@@ -1,0 +1,186 @@
+"""The browser app as Testing/test_web.py runs it: `python Testing/web_server.py --port P [--engine fake|real]`.
+
+A separate process (a crash in VTK or the engine cannot take pytest down with it) serving the real app
+(MedAgentSegWeb.app.WebApp). With `--engine fake` the engine is a fake (the mask is the box plus a disk at each
+positive click, minus one at each negative click) and every policy name gives `ClickBesideBox`, so each Step is one
+known click; with `--engine real` both are the product's. One route is added for the test: GET /__scene__ answers a
+JSON report of the MRML scene, computed on the server's event loop (the thread that writes MRML), so the test
+asserts on the scene itself, not only on the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from MedAgentSegLib.agent.common import click_action  # noqa: E402
+from MedAgentSegLib.engines.base import Engine, Prediction, as_rgb_uint8  # noqa: E402
+from MedAgentSegLib.observation import Decision  # noqa: E402
+
+
+class FakeEngine(Engine):
+    name, device = "fake", "cpu"
+
+    def __init__(self):
+        self.image = None
+
+    def set_image(self, image):
+        self.image = as_rgb_uint8(image)
+
+    def predict(self, prompts, prev_logits=None):
+        h, w = self.image.shape[:2]
+        mask = np.zeros((h, w), bool)
+        if prompts.box is not None:
+            x1, y1, x2, y2 = (int(round(v)) for v in prompts.box)
+            mask[y1:y2 + 1, x1:x2 + 1] = True
+        yy, xx = np.mgrid[:h, :w]
+        for (x, y), label in zip(prompts.points, prompts.labels):
+            mask[(xx - x) ** 2 + (yy - y) ** 2 <= 16] = bool(label)
+        return Prediction(mask, np.zeros((1, 256, 256), np.float32), 0.9)
+
+
+class ClickBesideBox:
+    """No box: stop and ask for one. Otherwise a positive click 6 px right of the box's right edge, at the height of
+    its middle, lower by 8 px at each further turn: each Step adds a click outside the box, so the mask grows."""
+
+    def __init__(self):
+        self.last_decision = None
+
+    def next_action(self, obs: Any):
+        from MedAgentSegLib.actions import StopAction
+
+        if obs.prompts.box is None:
+            self.last_decision = Decision("no box yet: draw a box around the target, then let me refine")
+            return StopAction()
+        x1, y1, x2, y2 = obs.prompts.box
+        y = (y1 + y2) / 2 + 8 * len(obs.prompts.points)
+        self.last_decision = Decision("positive click beside the box (test policy)", 0.5)
+        return click_action(min(obs.width - 1, x2 + 6), min(obs.height - 1, y), True, obs.height, obs.width)
+
+
+def _sha(mask: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(mask, dtype=bool).tobytes()).hexdigest()[:16]
+
+
+def _matrix(m) -> np.ndarray:
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def scene_report(app) -> dict[str, Any]:
+    """What the test asserts on: the volume, the active run's segment, markups and trajectory, the view geometry."""
+    from MedAgentSegModuleLib.mrml_writer import markups_positions, volume_ijk_to_ras
+
+    out: dict[str, Any] = {"volume": None, "run": None, "view": None}
+    vol = app.volume_node
+    if vol is not None:
+        out["volume"] = {"name": vol.GetName(), "dims": list(vol.GetImageData().GetDimensions())}
+        red = app.scene.GetNodeByID("vtkMRMLSliceNodeRed")
+        dims = red.GetDimensions()
+        # pixel (x, y) of slice k -> view display (x, y), origin bottom-left: inverse(XYToRAS) . IJKToRAS
+        out["view"] = {"ijk_to_xy": (np.linalg.inv(_matrix(red.GetXYToRAS())) @ volume_ijk_to_ras(vol)).tolist(),
+                       "size": [dims[0], dims[1]]}
+    run = app.logic.active
+    if run is not None:
+        seg = run.segmentation_node
+        segmentation = seg.GetSegmentation()
+        masks = {sid: run.writer.read_slice(sid, run.geom) for sid in segmentation.GetSegmentIDs()}
+        segment = run.segment()
+        roi = run.prompts.roi
+        out["run"] = {
+            "target": run.target, "axis": run.geom.axis, "slice": run.geom.index, "status": run.status,
+            "turns": len(run.records), "sources": [r.record["source"] for r in run.records],
+            "actions": [r.record["action"]["name"] for r in run.records],
+            "segments": {segmentation.GetSegment(sid).GetName(): {"sha": _sha(m), "area": int(m.sum())}
+                         for sid, m in masks.items()},
+            "segment": None if segment is None else {
+                "name": segment.GetName(), "color": list(segment.GetColor()), "sha": _sha(masks[run.segment_id]),
+                "area": int(masks[run.segment_id].sum()), "terminology": segment.GetTerminology(),
+                "shape": list(masks[run.segment_id].shape),
+                "bits": np.packbits(masks[run.segment_id]).tobytes().hex()},
+            "box": None if run.session is None or run.session.prompts.box is None else list(run.session.prompts.box),
+            "points": [] if run.session is None else [list(p) for p in run.session.prompts.points],
+            "roi_points": roi.GetNumberOfControlPoints(), "positive": markups_positions(run.prompts.positive).tolist(),
+            "negative": markups_positions(run.prompts.negative).tolist(), "locked": bool(run.prompts.roi.GetLocked()),
+            "turn_shas": [_sha(m) for m in _turn_masks(run)],
+            "reviewed": seg.GetAttribute("MedAgentSeg.ReviewedTurn") or None,
+            "review_mask_sha": _review_sha(run),
+            "live_visible": bool(seg.GetDisplayNode().GetVisibility()),
+        }
+    out["messages"] = [{"role": m.role, "text": m.text} for m in app.logic.messages]
+    out["busy"] = app.logic.busy
+    return out
+
+
+def _turn_masks(run) -> list[np.ndarray]:
+    """The mask each recorded turn wrote (the trajectory sequence's items), on the session's slice."""
+    out = []
+    seq = run.recorder.sequences["mask"]
+    for i in range(seq.GetNumberOfDataNodes()):
+        out.append(_read_node_slice(seq.GetNthDataNode(i), run))
+    return out
+
+
+def _read_node_slice(node, run) -> np.ndarray:
+    import slicer
+    from vtk.util import numpy_support
+
+    img = slicer.vtkOrientedImageData()
+    node.GetBinaryLabelmapRepresentation(run.segment_id, img)
+    out = np.zeros((run.geom.height, run.geom.width), bool)
+    e = img.GetExtent()
+    if e[0] > e[1] or img.GetPointData().GetScalars() is None:
+        return out
+    full = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(
+        e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
+    k = run.geom.index
+    if not e[4] <= k <= e[5]:
+        return out
+    out[e[2]:e[3] + 1, e[0]:e[1] + 1] = full[k - e[4]] > 0
+    return out
+
+
+def _review_sha(run) -> str | None:
+    proxy = run.recorder.browser.GetProxyNode(run.recorder.sequences["mask"])
+    if proxy is None or proxy.GetDisplayNode() is None or not proxy.GetDisplayNode().GetVisibility():
+        return None
+    return _sha(_read_node_slice(proxy, run))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--engine", choices=["fake", "real"], default="fake")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    os.environ["TRAME_ARGS"] = ""  # only these options, not argv
+    from MedAgentSegWeb.app import WebApp
+
+    fake = args.engine == "fake"
+    app = WebApp(engine_factory=(lambda name, **kw: FakeEngine()) if fake else None,
+                 policy_factory=(lambda name, gt, **kw: ClickBesideBox()) if fake else None, device="cpu",
+                 out_dir=args.out)
+
+    def bind(wslink_server) -> None:
+        from aiohttp import web
+
+        async def report(request):
+            return web.json_response(json.loads(json.dumps(scene_report(app), default=float)))
+
+        wslink_server.app.router.add_get("/__scene__", report)
+
+    app.server.controller.on_server_bind.add(bind)
+    app.server.start(host="127.0.0.1", port=args.port, open_browser=False, timeout=0, show_connection_info=True)
+
+
+if __name__ == "__main__":
+    main()
