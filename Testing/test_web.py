@@ -336,6 +336,20 @@ def test_10_an_unreadable_upload_says_so_and_changes_nothing(fake, out):
     assert report["volume"]["name"] == "lits117_liver_ct.nrrd" and report["run"]["segment"]["sha"] == STATE["turn2"]
 
 
+def test_11_an_unknown_target_and_a_second_tab_are_chat_lines(fake, browser):
+    server, page = fake
+    send(page, "segment the flux capacitor")
+    report = server.wait_for(lambda r: chat(r, "user")[-1] == "segment the flux capacitor" and any(
+        "did not" in t for t in chat(r, "error")[-1:]), "the unknown target's answer")
+    assert report["run"]["segment"]["sha"] == STATE["turn2"]  # nothing written
+    second = _open(browser, server)
+    try:
+        server.wait_for(lambda r: any("Another browser tab" in t for t in chat(r, "warning")),
+                        "the second tab's warning")
+    finally:
+        second.close()
+
+
 # -- the real engine -------------------------------------------------------------------------------------------------
 def test_the_real_engine_segments_the_liver_from_a_box(browser, out):
     pytest.importorskip("torch", reason="the engine extra is not installed: pip install -e '.[engine]'")
