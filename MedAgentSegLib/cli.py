@@ -368,7 +368,8 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="structure to segment, e.g. liver, 'left kidney', polyp")
     p.add_argument("--box", help="X1,Y1,X2,Y2 in pixels (x = column, y = row of the 2D image or slice)")
     p.add_argument("--click", action="append", metavar="X,Y,+|-", help="a click in pixels; repeat for more")
-    p.add_argument("--slice", type=int, help="slice index of a 3D image (default: largest in --gt, else middle)")
+    p.add_argument("--slice", type=int, help="slice index of a 3D image (default: largest in --gt; with no prompt, "
+                                             "the locator's; else the middle one)")
     p.add_argument("--axis", default="axial", choices=["axial", "coronal", "sagittal"])
     p.add_argument("--gt", help="reference label map on the same grid (enables the oracle policy)")
     p.add_argument("--label", type=int, default=None, help="label value of the target in --gt (default: any > 0)")
@@ -376,8 +377,9 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", default=None, help="CT window name: abdomen, liver, lung, bone, brain, mediastinum")
     _add_engine_args(p)
     p.add_argument("--policy", choices=["oracle", "scripted", "heuristic", "learned", "mllm"],
-                   help="default: oracle with --gt, else scripted (your prompts only); heuristic, learned and mllm "
-                        "are GT-free agents that refine after your --box")
+                   help="default: oracle with --gt; scripted (your prompts only) with --box/--click; else learned "
+                        "from the locator's first box. heuristic, learned and mllm are GT-free agents that refine "
+                        "after your --box, or after the locator's (which asks for a box when unsure)")
     p.add_argument("--policy-weights", default=None, metavar="PT",
                    help="with --policy learned: a controller that train-policy wrote instead of the shipped one")
     p.add_argument("--mllm-path", default=None, help="with --policy mllm: a local Qwen2-VL / Qwen2.5-VL folder")
