@@ -357,9 +357,11 @@ def _blank_images(n: int, seed: int) -> list[np.ndarray]:
 # -- training ------------------------------------------------------------------------------------------------
 
 def train_locator(samples: dict[str, Any], cache: Any, epochs: int = 12, batch: int = 16, lr: float = 3e-3,
-                  width: int = 32, seed: int = 0, repeat: dict[str, int] | None = None, log: Any = print) -> Any:
+                  width: int = 32, seed: int = 0, repeat: dict[str, int] | None = None, shift: int = 0,
+                  log: Any = print) -> Any:
     """Train the head with BCE + soft Dice on the concepts known for each image; returns the head (eval mode).
-    repeat: {dataset: k} shows that dataset's images k times per epoch (few images, many concepts: BTCV)."""
+    repeat: {dataset: k} shows that dataset's images k times per epoch (few images, many concepts: BTCV).
+    shift: each batch moved by up to this many grid cells (embedding and targets together, zero-filled)."""
     import torch
 
     torch.manual_seed(seed)
@@ -384,6 +386,9 @@ def train_locator(samples: dict[str, Any], cache: Any, epochs: int = 12, batch: 
             x = torch.from_numpy(embs[idx].astype(np.float32))
             y = torch.from_numpy(tgt[idx].astype(np.float32))
             k = torch.from_numpy(known[idx]).float()[:, :, None, None]
+            if shift > 0:
+                dy, dx = (int(v) for v in rng.integers(-shift, shift + 1, 2))
+                x, y = _shifted(x, dy, dx), _shifted(y, dy, dx)
             logits = head(x)
             bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none",
                                                                        pos_weight=pos_weight)
@@ -401,6 +406,17 @@ def train_locator(samples: dict[str, Any], cache: Any, epochs: int = 12, batch: 
             total += float(loss.detach()) * len(idx)
         log(f"[locator] epoch {ep + 1}/{epochs} loss {total / len(order):.4f} {time.perf_counter() - t0:.0f}s")
     return head.eval()
+
+
+def _shifted(t: Any, dy: int, dx: int) -> Any:
+    """(B, C, H, W) tensor moved by (dy, dx) cells, the uncovered border zero."""
+    import torch
+
+    out = torch.zeros_like(t)
+    h, w = t.shape[-2:]
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        t[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
 
 
 def box_iou(a: Any, b: Any) -> float:
@@ -514,7 +530,8 @@ def add_train_locator_command(subparsers: Any) -> Any:
                    help="per dataset, the most training images (cached embeddings are used first)")
     p.add_argument("--new-budget", type=int, default=250, help="the most training images to encode anew in all")
     p.add_argument("--blank", type=int, default=24, help="images of nothing (flat, noise, ramps) as negatives")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--shift", type=int, default=0, help="augmentation: move each batch by up to this many cells")
     p.add_argument("--repeat", default="btcv-slices=3,blank=4",
                    help="per dataset, times its images are shown per epoch")
     p.add_argument("--width", type=int, default=32)
@@ -574,7 +591,8 @@ def run_train_locator(args: Any) -> int:
                             n_blank=args.blank)
     t_data = time.perf_counter() - t0
     repeat = {k: int(v) for k, v in (kv.split("=") for kv in args.repeat.split(",") if kv)}
-    head = train_locator(samples, cache, epochs=args.epochs, width=args.width, seed=args.seed, repeat=repeat)
+    head = train_locator(samples, cache, epochs=args.epochs, width=args.width, seed=args.seed, repeat=repeat,
+                         shift=args.shift)
     t_train = time.perf_counter() - t0 - t_data
     trained = sorted({c for row, kn in zip(samples["targets"], samples["known"])
                       for c, k, t in zip(samples["concepts"], kn, row) if k and t.any()})
@@ -592,7 +610,7 @@ def run_train_locator(args: Any) -> int:
                  "targets": "every label of the image; 3D: largest slice of each label + 1 random slice; "
                             "negatives: the other kind's concepts (endoscopy vs CT/MR) and images of nothing"},
         "command": "medagentseg train-locator " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-        "seed": args.seed, "epochs": args.epochs, "repeat": repeat, "threads": args.threads,
+        "seed": args.seed, "epochs": args.epochs, "repeat": repeat, "shift": args.shift, "threads": args.threads,
         "time_s": {"data": round(t_data), "train": round(t_train), "total": round(time.perf_counter() - t0)},
         "validation": {"min_area": 500, "per_dataset": val},
         "licence": "weights: trained on ../shared/data; follow each dataset's terms (research use)"})
