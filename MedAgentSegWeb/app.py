@@ -36,6 +36,7 @@ from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
 from trame_slicer.rca_view import register_rca_factories  # noqa: E402
 from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout  # noqa: E402
 from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
+from wslink.websocket import LinkProtocol  # noqa: E402
 
 from .files import SaveError, safe_upload_name, save_results  # noqa: E402
 from .review import show_turn  # noqa: E402
@@ -65,6 +66,21 @@ def preload_model_libraries() -> None:
             return
 
 
+class _Connections(LinkProtocol):
+    """Counts the pages by their WebSocket: its close is seen however the page went (closed tab, killed browser,
+    lost network), unlike trame's on_client_exited, which needs the page's beforeunload."""
+
+    def __init__(self, app: WebApp):
+        super().__init__()
+        self.app = app
+
+    def onConnect(self, request: Any, client_id: str) -> None:  # noqa: N802 - wslink's name
+        self.app._on_client_connected()
+
+    def onClose(self, client_id: str) -> None:  # noqa: N802 - wslink's name
+        self.app._on_client_exited()
+
+
 class WebApp(TrameApp):
     """The app for one trame server. engine_factory / policy_factory / device: as AgentSegLogic's (tests give a
     fake engine). image: a volume to open at start. out_dir: the default folder Save writes into."""
@@ -89,8 +105,7 @@ class WebApp(TrameApp):
         self._init_state(out_dir)
         self._build_ui()
         self.server.controller.on_server_ready.add(self._start_polling)
-        self.server.controller.on_client_connected.add(self._on_client_connected)
-        self.server.controller.on_client_exited.add(self._on_client_exited)
+        self.server.add_protocol_to_configure(lambda protocol: protocol.registerLinkProtocol(_Connections(self)))
         if image:
             self._guarded(self._load, Path(image))
 
@@ -162,14 +177,23 @@ class WebApp(TrameApp):
             self._sync()
             await asyncio.sleep(POLL_S)
 
-    def _on_client_connected(self, *_: Any, **__: Any) -> None:
+    def _on_client_connected(self) -> None:
         self._clients += 1
         if self._clients > 1:
             self.logic.say("warning", "Another browser tab is connected to this server: all tabs show and drive the "
                                       "same session. Close the other tabs to avoid pressing buttons twice.")
+        elif self.logic.active is not None:  # a page opened again on a session in progress: where it stands
+            run = self.logic.active
+            working = "; the agent is still working on a turn" if self.logic.busy else ""
+            self.logic.say("info", f"Page opened again: '{run.target}' has {len(run.records)} turn(s) in the scene"
+                                   f"{working}. Continue with Step, Run, Undo, Accept or Save.")
 
-    def _on_client_exited(self, *_: Any, **__: Any) -> None:
+    def _on_client_exited(self) -> None:
         self._clients = max(0, self._clients - 1)
+        if self._clients == 0 and self.logic.busy:
+            self.logic.say("info", "The page was closed while the agent worked on a turn. The server finishes it and "
+                                   "writes it whole into the scene (or, if it fails, writes nothing); open the page "
+                                   "again to see it and continue.")
 
     # -- actions -------------------------------------------------------------------------------------------------
     def _guarded(self, fn: Any, *args: Any) -> Any:

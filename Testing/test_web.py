@@ -8,8 +8,10 @@ the MRML scene (the server's /__scene__ report, read on the thread that writes M
 With the fake engine (mask = box plus a disk at each positive click) and a test policy (one click beside the box per
 Step) the flow is exact: load the sample; "segment the liver"; place a box; Step adds a click and the mask grows;
 dragging the click is one turn; Reject restores the previous mask exactly; Accept freezes; the turn slider shows turn
-1 again; Save writes segmentation.seg.nrrd and trajectory.json, read back here. Then the real engine segments the
-liver from a box (the README's screenshot comes from this test: MEDAGENTSEG_WEB_SCREENSHOT=docs/web-app.png).
+1 again; Save writes segmentation.seg.nrrd and trajectory.json, read back here. A second fake server (its engine made
+to fail or to wait by the test, no timing) checks the engine failing mid-turn and the page closed mid-turn. Then the
+real engine segments the liver from a box (the README's screenshot comes from this test:
+MEDAGENTSEG_WEB_SCREENSHOT=docs/web-app.png).
 
 Chromium (Debian's package) and the `web` extra are installed by scripts/setup.sh; without them these tests fail
 saying so, they do not skip.
@@ -97,6 +99,12 @@ class Server:
                 chat = [m["text"] for m in report["messages"]][-6:]
                 pytest.fail(f"timed out waiting for {what}; the chat's last lines: {chat}")
             time.sleep(0.1)
+
+    def engine(self, **ask: int) -> dict:
+        """Ask the fake engine's next predict to fail (fail=1) or to wait (block=1) until release=1."""
+        query = "&".join(f"{k}={v}" for k, v in ask.items())
+        with urllib.request.urlopen(self.url + "__engine__?" + query, timeout=10) as r:
+            return json.loads(r.read())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -348,6 +356,95 @@ def test_11_an_unknown_target_and_a_second_tab_are_chat_lines(fake, browser):
                         "the second tab's warning")
     finally:
         second.close()
+
+
+# -- the engine failing and the browser closed mid-turn ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def faulty(browser, out):
+    """A second fake-engine server whose engine the test makes fail or wait (GET /__engine__), with the sample
+    loaded, "segment the liver" asked, the box placed and one agent Step done."""
+    (out / "faulty").mkdir(exist_ok=True)
+    server = Server("fake", out / "faulty")
+    page = _open(browser, server)
+    page.locator("#load-sample").click()
+    server.wait_for(lambda r: r["volume"] is not None, "the sample to load")
+    send(page, "segment the liver")
+    report = server.wait_for(lambda r: r["run"] is not None and any("Draw the box" in t for t in chat(r)),
+                             "the agent to ask for a box")
+    a, b = page_xy(page, report, BOX[0], BOX[1]), page_xy(page, report, BOX[2], BOX[3])
+    page.mouse.click(*a)
+    page.mouse.move(*b, steps=5)
+    page.mouse.click(*b)
+    server.wait_for(turns_are(1), "the box's turn")
+    page.locator("#step").click()
+    server.wait_for(turns_are(2), "the first agent turn")
+    pages = {"page": page}
+    yield server, pages
+    pages["page"].close()
+    server.stop()
+
+
+def _whole(run: dict) -> None:
+    """The scene holds whole turns: the segment is the last recorded turn's mask and the markups are the session's."""
+    assert run["turn_shas"] and run["segment"]["sha"] == run["turn_shas"][-1]
+    assert len(run["turn_shas"]) == run["turns"] == len(run["actions"])
+    assert len(run["positive"]) + len(run["negative"]) == len(run["points"])
+
+
+def test_12_the_engine_failing_mid_turn_is_a_chat_line_and_changes_nothing(faulty):
+    server, pages = faulty
+    page = pages["page"]
+    before = server.wait_for(turns_are(2), "an idle session")["run"]
+    errors = len(chat(server.scene(), "error"))
+    server.engine(fail=1)
+    page.locator("#step").click()
+    report = server.wait_for(lambda r: len(chat(r, "error")) > errors and not r["busy"], "the failed turn's message")
+    line = chat(report, "error")[-1]
+    assert "The turn failed" in line and "fake engine failed on purpose" in line, line
+    assert "Nothing was changed" in line and "try again" in line, line  # what happened and what to do
+    run = report["run"]
+    for key in ("turns", "actions", "sources", "segment", "points", "positive", "negative", "turn_shas"):
+        assert run[key] == before[key], key  # exactly as before the failed Step
+    _whole(run)
+    page.wait_for_selector("#step:not([disabled])")
+    page.locator("#step").click()  # the next Step works
+    run = server.wait_for(turns_are(3), "the Step after the failure")["run"]
+    assert run["actions"][-1] == "add_point" and run["segment"]["sha"] != before["segment"]["sha"]
+    _whole(run)
+
+
+def test_13_the_browser_closed_mid_turn_keeps_one_whole_turn(faulty, browser):
+    server, pages = faulty
+    before = server.wait_for(turns_are(3), "an idle session")["run"]
+    server.engine(block=1)
+    pages["page"].locator("#step").click()
+    server.wait_for(lambda r: r["busy"], "the turn to start")
+    deadline = time.monotonic() + 30
+    while not server.engine()["waiting"]:  # the engine is inside predict, held there
+        assert time.monotonic() < deadline, "the engine never reached predict"
+        time.sleep(0.05)
+    pages["page"].close()  # the person closes the browser mid-turn (no beforeunload)
+    page = pages["page"] = _open(browser, server)  # and opens the app again
+    report = server.scene()  # the server is alive, the turn is still held: nothing written yet
+    assert report["busy"] and report["run"]["turns"] == before["turns"]
+    assert report["run"]["segment"]["sha"] == before["segment"]["sha"]
+    server.engine(release=1)
+    report = server.wait_for(turns_are(4), "the held turn to finish")
+    run = report["run"]
+    assert run["actions"] == before["actions"] + ["add_point"] and len(run["points"]) == len(before["points"]) + 1
+    _whole(run)  # one whole turn: segment, markups and trajectory item together
+    lines = chat(report)
+    assert any("Turn 4 (Agent)" in t for t in lines), lines[-6:]  # the chat says the turn completed
+    assert any("page was closed while the agent worked on a turn" in t for t in lines), lines[-6:]
+    assert not any("Another browser tab" in t for t in lines), "a closed page still counted as a tab"
+    page.wait_for_selector("#undo:not([disabled])")
+    page.locator("#undo").click()  # Undo and Step still work from the new page
+    run = server.wait_for(turns_are(3), "Undo")["run"]
+    assert run["segment"]["sha"] == before["segment"]["sha"] and run["points"] == before["points"]
+    page.wait_for_selector("#step:not([disabled])")
+    page.locator("#step").click()
+    run = server.wait_for(turns_are(4), "the Step after Undo")["run"]
+    _whole(run)
 
 
 # -- the real engine -------------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ A separate process (a crash in VTK or the engine cannot take pytest down with it
 positive click, minus one at each negative click) and every policy name gives `ClickBesideBox`, so each Step is one
 known click; with `--engine real` both are the product's. One route is added for the test: GET /__scene__ answers a
 JSON report of the MRML scene, computed on the server's event loop (the thread that writes MRML), so the test
-asserts on the scene itself, not only on the page.
+asserts on the scene itself, not only on the page. GET /__engine__?fail=1 makes the fake engine's next predict
+raise; ?block=1 makes the next predict wait until ?release=1 (the answer's "waiting" says whether a predict is held
+there now): the fault tests need no timing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,42 @@ from MedAgentSegLib.engines.base import Engine, Prediction, as_rgb_uint8  # noqa
 from MedAgentSegLib.observation import Decision  # noqa: E402
 
 
+class EngineControl:
+    """What the test asks of the fake engine's next predict: raise, or wait until released."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.fail_next = False
+        self.block_next = False
+        self.waiting = threading.Event()  # a predict is held
+        self.release = threading.Event()
+
+    def before_predict(self) -> None:  # worker thread
+        with self.lock:
+            fail, block = self.fail_next, self.block_next
+            self.fail_next = self.block_next = False
+        if fail:
+            raise RuntimeError("the fake engine failed on purpose (test)")
+        if block:
+            self.waiting.set()
+            self.release.wait()
+            self.waiting.clear()
+
+    def handle(self, query) -> dict[str, Any]:  # event loop
+        with self.lock:
+            if query.get("fail"):
+                self.fail_next = True
+            if query.get("block"):
+                self.release.clear()
+                self.block_next = True
+        if query.get("release"):
+            self.release.set()
+        return {"waiting": self.waiting.is_set()}
+
+
+CONTROL = EngineControl()
+
+
 class FakeEngine(Engine):
     name, device = "fake", "cpu"
 
@@ -38,6 +77,7 @@ class FakeEngine(Engine):
         self.image = as_rgb_uint8(image)
 
     def predict(self, prompts, prev_logits=None):
+        CONTROL.before_predict()
         h, w = self.image.shape[:2]
         mask = np.zeros((h, w), bool)
         if prompts.box is not None:
@@ -176,7 +216,11 @@ def main() -> None:
         async def report(request):
             return web.json_response(json.loads(json.dumps(scene_report(app), default=float)))
 
+        async def engine(request):
+            return web.json_response(CONTROL.handle(request.query))
+
         wslink_server.app.router.add_get("/__scene__", report)
+        wslink_server.app.router.add_get("/__engine__", engine)
 
     app.server.controller.on_server_bind.add(bind)
     app.server.start(host="127.0.0.1", port=args.port, open_browser=False, timeout=0, show_connection_info=True)
