@@ -290,7 +290,7 @@ def test_every_torch_load_in_the_code_asks_for_weights_only():
 
     bad = []
     for path in sorted((REPO / "MedAgentSegLib").rglob("*.py")) + sorted((REPO / "MedAgentSeg").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Call):
                 continue
             name = ast.unparse(node.func)

@@ -71,8 +71,9 @@ def load_controller(path: str | Path, sha256: str | None, device: str = "cpu") -
 
     try:
         state = load_verified_state(path, sha256)
-    except EngineError as exc:
-        raise ValueError(f"policy weights: {exc}") from None
+    except EngineError as exc:  # a wrong hash, or not a torch file: say which file to give instead
+        raise ValueError(f"policy weights: {exc}; the policy needs the .pt that `medagentseg train-policy` wrote"
+                         ) from None
     except Exception as exc:  # a file that is not a torch state dict at all
         raise ValueError(f"policy weights {path} could not be read as a state dict ({type(exc).__name__}); give the "
                          ".pt that `medagentseg train-policy` wrote") from None
