@@ -28,6 +28,11 @@ class UsageError(ValueError):
     """Bad command-line input."""
 
 
+class NeedsPrompt(UsageError):
+    """The agent asks for a first prompt instead of guessing (the locator does not know the target, or is unsure):
+    exit 2 for `segment`; `label` records the case as "needs prompt", not failed."""
+
+
 def _floats(text: str, n: int, what: str) -> list[float]:
     parts = [p for p in text.replace(" ", "").split(",") if p != ""]
     try:
@@ -233,7 +238,7 @@ def _load_locator(info: dict[str, Any]) -> Any:
 
     locator = load_locator()
     if not locator.knows(info["name"]):
-        raise UsageError(locator.unknown_message(info["name"]))
+        raise NeedsPrompt(locator.unknown_message(info["name"]))
     return locator
 
 
@@ -252,7 +257,7 @@ def _locate_first_box(args: argparse.Namespace, locator: Any, img: Any, engine: 
     else:
         loc = locator.locate(engine, rgb, concept)
     if locator.asks(loc):
-        raise UsageError(locator.low_confidence_message(loc))
+        raise NeedsPrompt(locator.low_confidence_message(loc))
     return loc, index, rgb
 
 
@@ -438,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("evaluation.encoder_check", "add_check_encoder_command"),
                        ("web_cli", "add_web_command"),
                        ("evaluation.bench", "add_bench_command"),
-                       ("agent.locator", "add_train_locator_command")):
+                       ("agent.locator", "add_train_locator_command"),
+                       ("labeling.cli", "add_label_command"), ("labeling.cli", "add_export_command")):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=[fn])
         except ImportError:

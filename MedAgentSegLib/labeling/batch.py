@@ -1,0 +1,334 @@
+"""Batch pre-labeling: list the cases, pre-label each with `segment`'s own code path, record it in the manifest.
+
+Each case runs `cli.run_segment` (the same as `medagentseg segment IMAGE --target NAME [--box ...] [--mode 3d]`)
+into a hidden work folder `DIR/cases/.<id>.work-*`; its files (`original.seg.nrrd`, `trajectory.json`, `turns.png`,
+`propagation.json` in 3D, `record.json`) are then moved into `DIR/cases/<id>` in one rename, and only then is the
+manifest rewritten (atomically) by the parent process. A run killed between the two finds `record.json` in the
+case folder on the next run and takes it over without doing the case again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from ..fileio import atomic_write_text
+from .manifest import DONE, new_record, read_manifest, write_manifest
+
+__all__ = ["LabelError", "list_cases", "read_prompts", "label_case", "run_batch"]
+
+RASTER = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+class LabelError(ValueError):
+    """The batch as a whole cannot start (input, prompts file or output folder); the message says what to do."""
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _stem(path: Path) -> str:
+    suf = _suffix(path)
+    return path.name[:-len(suf)] if suf and path.name.lower().endswith(suf) else path.name
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    files = [p for p in path.iterdir() if p.is_file()]
+    return any(p.suffix.lower() == ".dcm" for p in files) or any(
+        p.suffix == "" and _dicm(p) for p in files[:3])
+
+
+def _dicm(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def list_cases(source: str | Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(case_id, image path)], warnings). source: a folder of images / DICOM series folders, a dataset.json, or a
+    folder that holds a dataset.json. Duplicate ids are named in the warnings and the later case is left out."""
+    src = Path(source)
+    warnings: list[str] = []
+    if src.is_dir() and (src / "dataset.json").is_file():
+        src = src / "dataset.json"
+    if not src.exists():
+        raise LabelError(f"{source} does not exist; give a folder of images or a dataset.json")
+    found: list[tuple[str, str]] = []
+    if src.is_file():
+        if src.suffix.lower() != ".json":
+            raise LabelError(f"{src} is a file; give a folder of cases or a dataset.json")
+        try:
+            meta = json.loads(src.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise LabelError(f"{src} is not readable JSON ({exc}); fix or regenerate it") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("cases"), list):
+            raise LabelError(f"{src} has no cases[] list; each case needs an image (and an id)")
+        for i, c in enumerate(meta["cases"]):
+            if not isinstance(c, dict) or not isinstance(c.get("image"), str) or not c["image"]:
+                warnings.append(f"case #{i} of {src} has no image; left out")
+                continue
+            found.append((str(c.get("id") or _stem(Path(c["image"]))), str((src.parent / c["image"]).resolve())))
+    else:
+        for p in sorted(src.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.is_dir() and _is_dicom_folder(p):
+                found.append((p.name, str(p.resolve())))
+            elif p.is_file() and _suffix(p) in RASTER + VOLUME:
+                found.append((_stem(p), str(p.resolve())))
+        stems = [cid for cid, _ in found]  # a.png and a.nii.gz: each keeps its file name as its id
+        found = [(Path(path).name if stems.count(cid) > 1 else cid, path) for cid, path in found]
+    cases: dict[str, str] = {}
+    for cid, path in found:
+        if cid in cases:
+            warnings.append(f"duplicate case id {cid!r}: {path} left out (it is also {cases[cid]})")
+        else:
+            cases[cid] = path
+    if not cases:
+        raise LabelError(f"no cases in {source}: expected NIfTI/NRRD/MHA/PNG/JPEG files, DICOM series folders or a "
+                         "dataset.json")
+    return list(cases.items()), warnings
+
+
+def read_prompts(path: str | Path) -> dict[str, dict[str, Any]]:
+    """JSON lines {"case": id, "box": [x1, y1, x2, y2], "clicks": [[x, y, 1|0], ...], "slice": k} -> {id: prompt}."""
+    prompts: dict[str, dict[str, Any]] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelError(f"cannot read --prompts {path} ({exc}); give a JSON-lines file") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            rec = None
+        ok = isinstance(rec, dict) and isinstance(rec.get("case"), (str, int))
+        box, clicks, k = (rec.get("box"), rec.get("clicks"), rec.get("slice")) if ok else (None, None, None)
+        ok = ok and (box is not None or clicks) and (
+            box is None or isinstance(box, list) and len(box) == 4 and all(_num(v) for v in box)) and (
+            not clicks or isinstance(clicks, list) and all(
+                isinstance(c, list) and len(c) == 3 and _num(c[0]) and _num(c[1]) and c[2] in (0, 1, True, False,
+                                                                                              "+", "-")
+                for c in clicks)) and (k is None or isinstance(k, int) and not isinstance(k, bool))
+        if not ok:
+            raise LabelError(f"--prompts {path} line {n} is not a prompt: expected {{\"case\": ID, \"box\": "
+                             "[x1, y1, x2, y2]} and/or \"clicks\": [[x, y, 1 or 0], ...], optional \"slice\": k")
+        prompts[str(rec["case"])] = rec
+    return prompts
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_volume(image: str) -> bool:
+    p = Path(image)
+    if p.is_dir():
+        return True
+    if _suffix(p) in RASTER:
+        return False
+    try:
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(p))
+        reader.ReadImageInformation()
+        return reader.GetDimension() >= 3 and reader.GetSize()[2] > 1
+    except Exception:  # unreadable: segment says why
+        return False
+
+
+def _card_sha(name: str) -> str | None:
+    try:
+        return json.loads((WEIGHTS / name).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _segment_argv(task: dict[str, Any], work: Path, volume: bool) -> list[str]:
+    o = task["options"]
+    argv = ["segment", task["image"], "--target", task["target"], "--out", str(work), "--max-turns",
+            str(o.get("max_turns", 5)), "--device", o.get("device", "auto"), "--encoder", o.get("encoder", "auto")]
+    for key in ("engine", "policy", "window", "modality"):
+        if o.get(key):
+            argv += [f"--{key}", str(o[key])]
+    prompt = task.get("prompt")
+    if prompt:
+        if prompt.get("box") is not None:
+            argv.append("--box=" + ",".join(str(float(v)) for v in prompt["box"]))
+        for x, y, positive in prompt.get("clicks") or []:
+            argv.append(f"--click={float(x)},{float(y)},{'+' if positive in (1, True, '+') else '-'}")
+        if prompt.get("slice") is not None:
+            argv += ["--slice", str(int(prompt["slice"]))]
+    if volume:
+        argv += ["--mode", "3d"]
+    return argv
+
+
+def label_case(task: dict[str, Any]) -> dict[str, Any]:
+    """Pre-label one case (in this process) and return its manifest record; never raises for the case's own
+    problems (they become status "failed" with the reason, or "needs prompt"). KeyboardInterrupt passes."""
+    from ..cli import NeedsPrompt, build_parser, run_segment
+
+    cid = task["case_id"]
+    cases = Path(task["out"]) / "cases"
+    cases.mkdir(parents=True, exist_ok=True)
+    work = cases / f".{cid}.work-{uuid.uuid4().hex[:8]}"
+    rec = new_record(cid, task["image"])
+    rec["prompt"] = "prompts file" if task.get("prompt") else "agent"
+    t0 = time.perf_counter()
+    try:
+        volume = _is_volume(task["image"])
+        args = build_parser().parse_args(_segment_argv(task, work, volume))
+        summary = run_segment(args)
+        rec.update(status="pre-labelled", turns=len(summary["turns"]), engine=summary["engine"],
+                   policy=args.policy, mode="3d" if volume else "2d", slice=summary["slice"])
+        traj = json.loads((work / "trajectory.json").read_text())
+        rec["encoder"] = traj.get("encoder")
+        rec["versions"] = {"engine_weights": _card_sha("litemedsam_click.json")
+                           if str(summary["engine"]).startswith("litemedsam-click") else None,
+                           "policy": _card_sha("policy_controller.json") if args.policy == "learned" else None,
+                           "locator": _card_sha("locator.json") if rec["prompt"] == "agent" else None}
+        os.replace(work / "segmentation.seg.nrrd", work / "original.seg.nrrd")
+        rel = f"cases/{cid}/"
+        rec["outputs"] = {"original": rel + "original.seg.nrrd", "final": None, "trajectory": rel + "trajectory.json",
+                          "propagation": rel + "propagation.json" if (work / "propagation.json").exists() else None}
+    except NeedsPrompt as exc:
+        rec.update(status="needs prompt", reason=" ".join(str(exc).split()))
+    except Exception as exc:  # the case's problem (or an engine bug on it): recorded, the batch goes on
+        rec.update(status="failed", reason=" ".join(str(exc).split()) or type(exc).__name__)
+        if not isinstance(exc, (ValueError, OSError, ImportError, MemoryError)):
+            rec["reason"] = f"internal error {type(exc).__name__}: {rec['reason']}"
+            traceback.print_exc()
+    finally:
+        rec["seconds"] = round(time.perf_counter() - t0, 2)
+        rec["labelled_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        if rec["status"] == "pre-labelled":
+            atomic_write_text(work / "record.json", json.dumps(rec, indent=1))
+            final = cases / cid
+            if final.exists():  # from an earlier, unrecorded try: replaced whole
+                shutil.rmtree(final)
+            os.replace(work, final)
+    except OSError as exc:
+        rec.update(status="failed", reason=f"writing the outputs: {exc}", outputs=new_record(cid, "")["outputs"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rec
+
+
+def _init_worker(threads: int) -> None:
+    """One engine per worker process (create_engine caches it); its threads share the machine's cores."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _adopt(out: Path, rec: dict[str, Any]) -> dict[str, Any] | None:
+    """A case folder whose record.json says pre-labelled (moved in, killed before the manifest said so)."""
+    path = out / "cases" / rec["case_id"] / "record.json"
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return done if isinstance(done, dict) and done.get("status") == "pre-labelled" else None
+
+
+def run_batch(source: str | Path, target: str, out: str | Path, prompts: dict[str, dict[str, Any]] | None = None,
+              workers: int = 1, options: dict[str, Any] | None = None, retry_failed: bool = False,
+              log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Pre-label every case of `source` not yet done in `out`; returns the manifest's records."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    out = Path(out)
+    cases, warnings = list_cases(source)
+    for w in warnings:
+        log(f"medagentseg label: warning: {w}")
+    out.mkdir(parents=True, exist_ok=True)
+    records = read_manifest(out)
+    for cid, image in cases:
+        records.setdefault(cid, new_record(cid, image))
+    for stale in (out / "cases").glob(".*.work-*") if (out / "cases").is_dir() else []:
+        shutil.rmtree(stale, ignore_errors=True)  # a killed run's half-done case: never part of the outputs
+    prompts = prompts or {}
+    todo = []
+    for cid, image in cases:
+        rec = records[cid]
+        if rec["status"] == "pending" and (done := _adopt(out, rec)) is not None:
+            records[cid] = rec = done
+        if rec["status"] in DONE and not (retry_failed and rec["status"] == "failed"):
+            continue
+        if rec["status"] == "needs prompt" and cid not in prompts:
+            continue
+        todo.append({"case_id": cid, "image": image, "target": target, "out": str(out), "prompt": prompts.get(cid),
+                     "options": dict(options or {})})
+    write_manifest(out, records)
+    skipped = len(cases) - len(todo)
+    log(f"medagentseg label: {len(cases)} cases, {skipped} already done, {len(todo)} to pre-label with "
+        f"{workers} worker(s); manifest {out / 'manifest.jsonl'}")
+    t0 = time.perf_counter()
+    counts: dict[str, int] = {}
+
+    def record(rec: dict[str, Any]) -> None:
+        records[rec["case_id"]] = rec
+        write_manifest(out, records)
+        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+        n = sum(counts.values())
+        rate = n / max(time.perf_counter() - t0, 1e-6) * 60
+        eta = (len(todo) - n) / rate * 60 if rate else 0
+        why = f" ({rec['reason'][:80]})" if rec.get("reason") else ""
+        log(f"[{n}/{len(todo)}] {rec['case_id']}: {rec['status']}{why}; {rate:.1f} cases/min, ETA "
+            f"{int(eta // 60)}:{int(eta % 60):02d}")
+
+    if workers <= 1:
+        for task in todo:
+            record(label_case(task))
+    else:
+        threads = max(1, _cores() // workers)
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(threads,))
+        try:
+            pending = {pool.submit(label_case, task): task for task in todo}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    task = pending.pop(fut)
+                    try:
+                        rec = fut.result()
+                    except Exception as exc:  # the worker died (killed, out of memory): the case is recorded
+                        rec = new_record(task["case_id"], task["image"])
+                        rec.update(status="failed", reason=f"worker process failed: {exc or type(exc).__name__}")
+                    record(rec)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if todo:
+        dt = time.perf_counter() - t0
+        log(f"medagentseg label: {len(todo)} cases in {dt:.1f} s ({len(todo) / dt * 60:.1f} cases/min): "
+            + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return records
