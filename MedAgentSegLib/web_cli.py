@@ -24,6 +24,9 @@ def add_web_command(sub: argparse._SubParsersAction) -> None:
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument("--device", default="auto", help="engine device: auto (cuda, then mps, then cpu), cpu, cuda")
+    p.add_argument("--data-dir", action="append", default=None, metavar="FOLDER",
+                   help="a folder the page may open volumes from and save into (repeatable; default: the current "
+                        "folder). No path the page sends leaves these, the bundled sample and IMAGE's folder")
     p.set_defaults(func=cmd_web)
 
 
@@ -54,5 +57,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"medagentseg: warning: listening on {args.host}: anyone who can reach this machine can open the app "
               "and its files", file=sys.stderr)
-    app.main(image=args.image, host=args.host, port=args.port, device=args.device)
+    for folder in args.data_dir or []:
+        if not Path(folder).is_dir():
+            raise UsageError(f"--data-dir {folder} is not a folder; give an existing folder")
+    app.main(image=args.image, host=args.host, port=args.port, device=args.device, data_dirs=args.data_dir)
     return 0

@@ -38,7 +38,7 @@ from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout  # noqa: E402
 from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
 from wslink.websocket import LinkProtocol  # noqa: E402
 
-from .files import SaveError, safe_upload_name, save_results  # noqa: E402
+from .files import OutsideError, SaveError, safe_upload_name, save_results, within  # noqa: E402
 from .review import show_turn  # noqa: E402
 
 __all__ = ["WebApp", "main", "SAMPLE"]
@@ -83,11 +83,18 @@ class _Connections(LinkProtocol):
 
 class WebApp(TrameApp):
     """The app for one trame server. engine_factory / policy_factory / device: as AgentSegLogic's (tests give a
-    fake engine). image: a volume to open at start. out_dir: the default folder Save writes into."""
+    fake engine). image: a volume to open at start. out_dir: the default folder Save writes into.
+    data_dirs: the folders the page may open volumes from and save into (default: the current folder); the bundled
+    sample and the start image's folder can always be opened."""
 
     def __init__(self, server: Any = None, image: str | None = None, engine_factory: Any = None,
-                 policy_factory: Any = None, device: str = "auto", out_dir: str | None = None):
+                 policy_factory: Any = None, device: str = "auto", out_dir: str | None = None,
+                 data_dirs: list[str] | None = None):
         super().__init__(server)
+        self.write_roots = [Path(d).expanduser().resolve() for d in (data_dirs or [Path.cwd()])]
+        if out_dir:
+            self.write_roots.append(Path(out_dir).expanduser().resolve())
+        self.read_roots = self.write_roots + [SAMPLE.parent] + ([Path(image).resolve().parent] if image else [])
         if engine_factory is None:
             preload_model_libraries()
         self.slicer_app = SlicerApp()
@@ -200,7 +207,7 @@ class WebApp(TrameApp):
         """Run an action; every failure becomes a chat line saying what to do (never a dead button)."""
         try:
             return fn(*args)
-        except (AgentError, MRMLInputError, SaveError) as exc:
+        except (AgentError, MRMLInputError, SaveError, OutsideError) as exc:
             self.logic.say("error", str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug: keep the details in the console, tell the person
             traceback.print_exc()
@@ -218,7 +225,7 @@ class WebApp(TrameApp):
             self.logic.say("error", "Type the path of a volume file on the server (NRRD, NIfTI, MHA) first.")
             self._sync()
             return
-        self._guarded(self._load, Path(path).expanduser())
+        self._guarded(lambda: self._load(within(path, self.read_roots, "The volume path")))
 
     def upload(self, files: list[dict[str, Any]] | None) -> None:
         self._guarded(self._upload, files or [])
@@ -320,7 +327,8 @@ class WebApp(TrameApp):
         run = self.logic.active
         if run is not None:
             show_turn(run, None, self.logic.sequences_logic)  # save what the scene holds, not a reviewed turn
-        paths = save_results(self.state.save_dir, seg, self.logic)
+        folder = within(self.state.save_dir, self.write_roots, "The save folder")
+        paths = save_results(folder, seg, self.logic)
         self.logic.say("info", "Saved " + " and ".join(str(p) for p in paths) + ".")
 
     def _on_turn_slider(self, turn: Any = None, **_: Any) -> None:
@@ -402,10 +410,11 @@ class WebApp(TrameApp):
             v3.VBtn("Save", id="save", click=self.save, disabled=("!has_run",), classes="ml-1")
 
 
-def main(image: str | None = None, host: str = "127.0.0.1", port: int = 8080, device: str = "auto") -> None:
+def main(image: str | None = None, host: str = "127.0.0.1", port: int = 8080, device: str = "auto",
+         data_dirs: list[str] | None = None) -> None:
     """Start the app and serve it until interrupted (the CLI's `medagentseg web`)."""
     import os
 
     os.environ.setdefault("TRAME_ARGS", "")  # our CLI's options are the only ones; trame must not re-read argv
-    app = WebApp(image=image, device=device)
+    app = WebApp(image=image, device=device, data_dirs=data_dirs)
     app.server.start(host=host, port=port, open_browser=False, timeout=0)

@@ -12,13 +12,29 @@ from typing import Any
 
 import slicer
 
-__all__ = ["SEGMENTATION_FILE", "save_results", "safe_upload_name", "SaveError"]
+__all__ = ["SEGMENTATION_FILE", "save_results", "safe_upload_name", "SaveError", "OutsideError", "within"]
 
 SEGMENTATION_FILE = "segmentation.seg.nrrd"
 
 
 class SaveError(RuntimeError):
     """The results cannot be written; the message says where and what to do."""
+
+
+class OutsideError(ValueError):
+    """A path the page sent lies outside the folders this server serves."""
+
+
+def within(path: str | os.PathLike, roots: list[Path], what: str) -> Path:
+    """`path` (from the page) resolved, symlinks and '..' included, if it lies inside one of `roots`; else
+    OutsideError. The page is a client: it reads and writes only where the person who started the server said."""
+    resolved = Path(path).expanduser().resolve()
+    for root in roots:
+        if resolved == root.resolve() or root.resolve() in resolved.parents:
+            return resolved
+    shown = ", ".join(str(r) for r in roots)
+    raise OutsideError(f"{what} {path} is outside the folders this server serves ({shown}); choose a path inside "
+                       "them, or restart it with --data-dir FOLDER")
 
 
 def safe_upload_name(name: str) -> str:

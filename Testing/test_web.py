@@ -334,6 +334,22 @@ def test_09_save_and_read_the_files_back(fake, out):
     assert not list(folder.glob("partial-*")) and not list(folder.glob("*.tmp"))
 
 
+def test_09b_no_path_the_page_sends_leaves_the_served_folders(fake, out):
+    server, page = fake
+    outside = out.parent / f"{out.name}-escape"
+    page.fill("#save-dir", str(out / ".." / outside.name))  # '..' resolved: outside the served folders
+    page.locator("#save").click()
+    server.wait_for(lambda r: any("save folder" in t and "outside the folders" in t for t in chat(r, "error")),
+                    "the refused save folder")
+    assert not outside.exists()
+    before = server.scene()["volume"]["name"]
+    page.fill("#path", "/etc/hostname")
+    page.locator("#open-path").click()
+    report = server.wait_for(lambda r: any("volume path" in t and "outside the folders" in t
+                                           for t in chat(r, "error")), "the refused volume path")
+    assert report["volume"]["name"] == before
+
+
 def test_10_an_unreadable_upload_says_so_and_changes_nothing(fake, out):
     server, page = fake
     bad = out / "notes.nrrd"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from MedAgentSegLib import cli, web_cli
 
 
@@ -30,3 +32,17 @@ def test_a_missing_image_or_a_bad_port_is_one_line(capsys, tmp_path):
     assert "there is no file" in capsys.readouterr().err
     assert cli.main(["web", "--port", "70000"]) == 2
     assert "not a port number" in capsys.readouterr().err
+
+
+def test_a_path_from_the_page_must_resolve_inside_a_served_folder(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(web_cli.REPO))  # MedAgentSegWeb lives in the source tree, not the package
+    from MedAgentSegWeb.files import OutsideError, within
+
+    served = tmp_path / "served"
+    (served / "sub").mkdir(parents=True)
+    (tmp_path / "secret").write_text("x")
+    (served / "link").symlink_to(tmp_path / "secret")
+    assert within(served / "sub" / "a.nrrd", [served], "The path") == (served / "sub" / "a.nrrd").resolve()
+    for bad in (served / ".." / "secret", served / "link", "/etc/hostname", tmp_path):
+        with pytest.raises(OutsideError, match="outside the folders this server serves.*--data-dir"):
+            within(bad, [served], "The path")

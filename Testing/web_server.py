@@ -208,7 +208,7 @@ def main() -> None:
     fake = args.engine == "fake"
     app = WebApp(engine_factory=(lambda name, **kw: FakeEngine()) if fake else None,
                  policy_factory=(lambda name, gt, **kw: ClickBesideBox()) if fake else None, device="cpu",
-                 out_dir=args.out)
+                 out_dir=args.out, data_dirs=[str(Path(args.out).parent)] if args.out else None)
 
     def bind(wslink_server) -> None:
         from aiohttp import web
