@@ -242,3 +242,17 @@ def test_export_nifti_keeps_the_image_geometry_and_csv_has_the_columns(engine, c
         rows = list(csv.DictReader(fh))
     assert {"case_id", "status", "turns", "seconds"} <= set(rows[0])
     assert [(r["case_id"], r["status"]) for r in rows] == [(c, "pre-labelled") for c in (*BOXES, "vol")]
+
+
+def test_a_second_label_on_the_same_folder_is_refused(engine, cases, tmp_path, capsys):
+    src, prompts = cases
+    out = tmp_path / "out"
+    out.mkdir()
+    held = batch._lock(out)  # another `label` running on this folder
+    try:
+        assert _label(src, prompts, out) == 2
+        assert "another `medagentseg label` is writing" in capsys.readouterr().err
+        assert not (out / "manifest.jsonl").exists() and engine.predicts == 0
+    finally:
+        held.close()
+    assert _label(src, prompts, out) == 0

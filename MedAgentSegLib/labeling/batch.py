@@ -262,6 +262,22 @@ def _adopt(out: Path, rec: dict[str, Any]) -> dict[str, Any] | None:
     return done if isinstance(done, dict) and done.get("status") == "pre-labelled" else None
 
 
+def _lock(out: Path) -> Any:
+    """One `label` at a time per folder: a second one would pre-label the same pending cases again."""
+    fh = open(out / ".label.lock", "a")  # noqa: SIM115 - kept open while the batch runs
+    try:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # not POSIX: no lock
+        pass
+    except OSError:
+        fh.close()
+        raise LabelError(f"another `medagentseg label` is writing {out} now; wait for it to end (or stop it), then "
+                         "run this again") from None
+    return fh
+
+
 def run_batch(source: str | Path, target: str, out: str | Path, prompts: dict[str, dict[str, Any]] | None = None,
               workers: int = 1, options: dict[str, Any] | None = None, retry_failed: bool = False,
               log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
@@ -272,6 +288,16 @@ def run_batch(source: str | Path, target: str, out: str | Path, prompts: dict[st
     for w in warnings:
         log(f"medagentseg label: warning: {w}")
     out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out)  # held until the batch ends; a kill -9 releases it too
+    try:
+        return _run(cases, target, out, prompts, workers, options, retry_failed, log)
+    finally:
+        lock.close()
+
+
+def _run(cases: list[tuple[str, str]], target: str, out: Path, prompts: dict[str, dict[str, Any]] | None,
+         workers: int, options: dict[str, Any] | None, retry_failed: bool,
+         log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     records = read_manifest(out)
     for cid, image in cases:
         records.setdefault(cid, new_record(cid, image))
