@@ -256,3 +256,32 @@ def test_a_second_label_on_the_same_folder_is_refused(engine, cases, tmp_path, c
     finally:
         held.close()
     assert _label(src, prompts, out) == 0
+
+
+def test_dicom_series_folder_is_one_volume_case(engine, tmp_path):
+    rng = np.random.default_rng(1)
+    vol = sitk.GetImageFromArray(rng.integers(-1000, 1000, (5, 32, 40)).astype(np.int16))
+    vol.SetSpacing((0.9, 0.9, 3.0))
+    src = tmp_path / "in"
+    folder = src / "patient1"
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(vol.GetDepth()):
+        sl = vol[:, :, k]
+        sl.SetMetaData("0008|0060", "CT")
+        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.7")
+        sl.SetMetaData("0020|0032", "\\".join(map(str, vol.TransformIndexToPhysicalPoint((0, 0, k)))))
+        sl.SetMetaData("0020|0013", str(k))
+        writer.SetFileName(str(folder / f"{k}.dcm"))
+        writer.Execute(sl)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"case": "patient1", "box": [5, 5, 20, 15], "slice": 2}) + "\n")
+    out = tmp_path / "out"
+    assert _label(src, prompts, out) == 0
+    rec = read_manifest(out)["patient1"]
+    assert rec["status"] == "pre-labelled" and rec["mode"] == "3d" and rec["image"] == str(folder.resolve())
+    assert main(["export", str(out), "--format", "nifti"]) == 0
+    lab = sitk.ReadImage(str(out / "export" / "nifti" / "patient1.nii.gz"))
+    assert lab.GetSize() == vol.GetSize() and np.allclose(lab.GetSpacing(), vol.GetSpacing())
+    assert sitk.GetArrayFromImage(lab)[2, 5:16, 5:21].all()
