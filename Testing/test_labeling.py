@@ -237,6 +237,9 @@ def test_export_nifti_keeps_the_image_geometry_and_csv_has_the_columns(engine, c
     assert (out / "export" / "seg.nrrd" / "c1.seg.nrrd").read_bytes() == \
         (out / "cases" / "c1" / "original.seg.nrrd").read_bytes()
 
+    assert main(["export", str(out), "--format", "dicom-seg"]) == 0  # no DICOM source here: each case left out
+    assert not list((out / "export" / "dicom-seg").iterdir())
+
     assert main(["export", str(out), "--format", "csv"]) == 0
     with (out / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -258,7 +261,7 @@ def test_a_second_label_on_the_same_folder_is_refused(engine, cases, tmp_path, c
     assert _label(src, prompts, out) == 0
 
 
-def test_dicom_series_folder_is_one_volume_case(engine, tmp_path):
+def test_dicom_series_folder_is_one_volume_case_and_exports_dicom_seg(engine, tmp_path):
     rng = np.random.default_rng(1)
     vol = sitk.GetImageFromArray(rng.integers(-1000, 1000, (5, 32, 40)).astype(np.int16))
     vol.SetSpacing((0.9, 0.9, 3.0))
@@ -273,15 +276,35 @@ def test_dicom_series_folder_is_one_volume_case(engine, tmp_path):
         sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.7")
         sl.SetMetaData("0020|0032", "\\".join(map(str, vol.TransformIndexToPhysicalPoint((0, 0, k)))))
         sl.SetMetaData("0020|0013", str(k))
+        sl.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.8")  # one study and frame of reference, as
+        sl.SetMetaData("0020|0052", "1.2.826.0.1.3680043.2.1125.9")  # a scanner writes them (DICOM SEG needs it)
+        sl.SetMetaData("0018|0050", "3.0")
+        sl.SetMetaData("0010|0020", "P1")
         writer.SetFileName(str(folder / f"{k}.dcm"))
         writer.Execute(sl)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"case": "patient1", "box": [5, 5, 20, 15], "slice": 2}) + "\n")
     out = tmp_path / "out"
-    assert _label(src, prompts, out) == 0
+    assert main(["label", str(src), "--target", "liver", "--prompts", str(prompts), "--out", str(out)]) == 0
     rec = read_manifest(out)["patient1"]
     assert rec["status"] == "pre-labelled" and rec["mode"] == "3d" and rec["image"] == str(folder.resolve())
     assert main(["export", str(out), "--format", "nifti"]) == 0
     lab = sitk.ReadImage(str(out / "export" / "nifti" / "patient1.nii.gz"))
     assert lab.GetSize() == vol.GetSize() and np.allclose(lab.GetSpacing(), vol.GetSpacing())
     assert sitk.GetArrayFromImage(lab)[2, 5:16, 5:21].all()
+
+    hd = pytest.importorskip("highdicom", reason="DICOM SEG export needs highdicom: pip install -e '.[label]'")
+    import pydicom
+
+    assert main(["export", str(out), "--format", "dicom-seg"]) == 0
+    seg = hd.seg.segread(str(out / "export" / "dicom-seg" / "patient1.dcm"))
+    desc = seg.get_segment_description(1)
+    assert (desc.segmented_property_category.value, desc.segmented_property_category.scheme_designator) == \
+        ("123037004", "SCT")  # Anatomical Structure
+    assert (desc.segmented_property_type.value, desc.segmented_property_type.meaning) == ("10200004", "Liver")
+    assert desc.algorithm_identification[0].AlgorithmName == "MedAgentSeg agent"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.826.0.1.3680043.2.1125.7"
+    sources = [pydicom.dcmread(folder / f"{k}.dcm") for k in range(vol.GetDepth())]
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    pixels = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in sources], segment_numbers=[1])
+    assert np.array_equal(pixels[..., 0] > 0, sitk.GetArrayFromImage(lab) > 0)  # each slice on its source image

@@ -75,7 +75,8 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a labeling folder's masks (final, else the agent's): seg.nrrd, NIfTI, "
                                       "or a CSV summary")
     p.add_argument("folder", help="the --out folder of `medagentseg label`")
-    p.add_argument("--format", required=True, choices=["seg.nrrd", "nifti", "csv"],
-                   help="seg.nrrd / nifti: OUT/<case>.seg.nrrd / .nii.gz; csv: FOLDER/summary.csv")
+    p.add_argument("--format", required=True, choices=["seg.nrrd", "nifti", "dicom-seg", "csv"],
+                   help="seg.nrrd / nifti / dicom-seg (DICOM series cases only): OUT/<case>.seg.nrrd / .nii.gz / .dcm; "
+                        "csv: FOLDER/summary.csv")
     p.add_argument("--out", default=None, help="folder for seg.nrrd / nifti (default FOLDER/export/FORMAT)")
     p.set_defaults(func=cmd_export)
