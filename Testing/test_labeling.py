@@ -308,3 +308,87 @@ def test_dicom_series_folder_is_one_volume_case_and_exports_dicom_seg(engine, tm
     assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
     pixels = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in sources], segment_numbers=[1])
     assert np.array_equal(pixels[..., 0] > 0, sitk.GetArrayFromImage(lab) > 0)  # each slice on its source image
+
+
+def test_another_target_in_the_same_folder_is_refused(engine, cases, tmp_path, capsys):
+    src, prompts = cases
+    out = tmp_path / "out"
+    assert _label(src, prompts, out) == 0
+    manifest = (out / "manifest.jsonl").read_text()
+    assert main(["label", str(src), "--target", "liver", "--prompts", str(prompts), "--out", str(out)]) == 2
+    assert "holds pre-labels of polyp, not liver" in capsys.readouterr().err
+    assert (out / "manifest.jsonl").read_text() == manifest
+
+
+KILLABLE = """
+import sys, time
+sys.path.insert(0, {testing!r})
+from fakes import BoxEngine
+import MedAgentSegLib.engines as engines
+from MedAgentSegLib.labeling import batch
+
+class Slow(BoxEngine):
+    def predict(self, *a, **k):
+        time.sleep(0.3)
+        return super().predict(*a, **k)
+
+engines.create_engine = lambda *a, **k: Slow()
+real = batch.label_case
+
+def logged(task):
+    rec = real(task)
+    with open({log!r}, "a") as fh:
+        fh.write(task["case_id"] + "\\n")
+    return rec
+
+batch.label_case = logged
+from MedAgentSegLib.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_killed_at_random_points_then_resumed_matches_an_uninterrupted_run(engine, tmp_path):
+    """kill -9 five times at random points, then the same command: every case once, the same masks, none redone."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "in"
+    src.mkdir()
+    boxes = {f"k{i}": [i, 2, 20 + 3 * i, 30] for i in range(8)}
+    for i, cid in enumerate(boxes):
+        Image.fromarray(gray_image(seed=10 + i)).save(src / f"{cid}.png")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"case": c, "box": b}) + "\n" for c, b in boxes.items()))
+    ref = tmp_path / "ref"
+    assert _label(src, prompts, ref) == 0
+    script = tmp_path / "killable.py"
+    log = tmp_path / "done.log"
+    script.write_text(KILLABLE.format(testing=str(Path(__file__).resolve().parent), log=str(log)))
+    out = tmp_path / "out"
+    argv = [sys.executable, str(script), "label", str(src), "--target", "polyp", "--prompts", str(prompts),
+            "--out", str(out)]
+    rng = random.Random(0)
+    kills = []
+    for _ in range(5):  # each run is killed after 0 or 1 more cases finished, at a random moment of the next one
+        done = len(log.read_text().split()) if log.exists() else 0
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wanted, waited = done + rng.randint(0, 1), 0.0
+        while (len(log.read_text().split()) if log.exists() else 0) < wanted and waited < 60:
+            time.sleep(0.02)
+            waited += 0.02
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.kill()
+        proc.wait()
+        kills.append(len(log.read_text().split()) if log.exists() else 0)
+    assert kills[-1] < len(boxes)  # the killed runs left work for the last one
+    assert subprocess.run(argv, capture_output=True).returncode == 0
+    records = read_manifest(out)
+    assert list(records) == list(boxes) and set(_statuses(out).values()) == {"pre-labelled"}
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == len(boxes)
+    for cid in boxes:
+        assert np.array_equal(_mask(out, cid), _mask(ref, cid))
+    finished = log.read_text().split()
+    assert sorted(finished) == sorted(boxes)  # each case finished once: none was done again after it was done
+    assert not [p for p in (out / "cases").iterdir() if p.name.startswith(".")]

@@ -191,7 +191,7 @@ def label_case(task: dict[str, Any]) -> dict[str, Any]:
     cases = Path(task["out"]) / "cases"
     cases.mkdir(parents=True, exist_ok=True)
     work = cases / f".{cid}.work-{uuid.uuid4().hex[:8]}"
-    rec = new_record(cid, task["image"])
+    rec = new_record(cid, task["image"], task["target"])
     rec["prompt"] = "prompts file" if task.get("prompt") else "agent"
     t0 = time.perf_counter()
     try:
@@ -299,8 +299,12 @@ def _run(cases: list[tuple[str, str]], target: str, out: Path, prompts: dict[str
          workers: int, options: dict[str, Any] | None, retry_failed: bool,
          log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     records = read_manifest(out)
+    other = {r["target"] for r in records.values() if r.get("target") not in (None, target)}
+    if other:
+        raise LabelError(f"{out} holds pre-labels of {', '.join(sorted(other))}, not {target}; give another --out "
+                         "for another target")
     for cid, image in cases:
-        records.setdefault(cid, new_record(cid, image))
+        records.setdefault(cid, new_record(cid, image, target))
     for stale in (out / "cases").glob(".*.work-*") if (out / "cases").is_dir() else []:
         shutil.rmtree(stale, ignore_errors=True)  # a killed run's half-done case: never part of the outputs
     prompts = prompts or {}
@@ -348,7 +352,7 @@ def _run(cases: list[tuple[str, str]], target: str, out: Path, prompts: dict[str
                     try:
                         rec = fut.result()
                     except Exception as exc:  # the worker died (killed, out of memory): the case is recorded
-                        rec = new_record(task["case_id"], task["image"])
+                        rec = new_record(task["case_id"], task["image"], target)
                         rec.update(status="failed", reason=f"worker process failed: {exc or type(exc).__name__}")
                     record(rec)
         finally:

@@ -1,8 +1,8 @@
 """The labeling manifest: `DIR/manifest.jsonl`, one JSON record per case, rewritten whole (atomically) on each change.
 
 A record (all keys always present; null until known):
-case_id, image, status, reason, prompt ("prompts file" | "agent"), turns, seconds, engine, encoder, policy, mode,
-slice, versions {engine_weights, policy, locator: SHA-256 from the cards}, outputs {original, final, trajectory,
+case_id, image, target, status, reason, prompt ("prompts file" | "agent"), turns, seconds, engine, encoder, policy,
+mode, slice, versions {engine_weights, policy, locator: SHA-256 from the cards}, outputs {original, final, trajectory,
 propagation: paths relative to DIR}, labelled_at, reviewer, reviewed_at, review_note.
 """
 
@@ -25,10 +25,11 @@ class ManifestError(ValueError):
     """The manifest cannot be read as records; the message names the line and what to do."""
 
 
-def new_record(case_id: str, image: str) -> dict[str, Any]:
-    return {"case_id": case_id, "image": image, "status": "pending", "reason": None, "prompt": None, "turns": None,
-            "seconds": None, "engine": None, "encoder": None, "policy": None, "mode": None, "slice": None,
-            "versions": {}, "outputs": {"original": None, "final": None, "trajectory": None, "propagation": None},
+def new_record(case_id: str, image: str, target: str | None = None) -> dict[str, Any]:
+    return {"case_id": case_id, "image": image, "target": target, "status": "pending", "reason": None, "prompt": None,
+            "turns": None, "seconds": None, "engine": None, "encoder": None, "policy": None, "mode": None,
+            "slice": None, "versions": {},
+            "outputs": {"original": None, "final": None, "trajectory": None, "propagation": None},
             "labelled_at": None, "reviewer": None, "reviewed_at": None, "review_note": None}
 
 
