@@ -192,7 +192,8 @@ def test_dataset_json_input_and_duplicate_ids(engine, cases, tmp_path, capsys):
     out = tmp_path / "out"
     assert _label(src / "dataset.json", prompts, out) == 0
     assert _statuses(out) == {"c0": "pre-labelled", "c1": "pre-labelled"}
-    assert "duplicate case id 'c1'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "duplicate case id 'c1'" in err and "--prompts names 1 case(s) not in the input: c2" in err
 
 
 def test_manifest_edited_into_nonsense_is_refused_untouched(engine, cases, tmp_path, capsys):

@@ -308,6 +308,10 @@ def _run(cases: list[tuple[str, str]], target: str, out: Path, prompts: dict[str
     for stale in (out / "cases").glob(".*.work-*") if (out / "cases").is_dir() else []:
         shutil.rmtree(stale, ignore_errors=True)  # a killed run's half-done case: never part of the outputs
     prompts = prompts or {}
+    unknown = sorted(set(prompts) - {cid for cid, _ in cases})
+    if unknown:  # a typo in a case id would otherwise leave that case to the autonomous agent unnoticed
+        log(f"medagentseg label: warning: --prompts names {len(unknown)} case(s) not in the input: "
+            + ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else ""))
     todo = []
     for cid, image in cases:
         rec = records[cid]
