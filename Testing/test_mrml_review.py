@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import BoxEngine
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed: pip install -e '.[test]'")
 vtk = pytest.importorskip("vtk")
@@ -49,33 +50,13 @@ from MedAgentSegModuleLib.mrml_writer import (  # noqa: E402
 from MedAgentSegModuleLib.worker import JobResult  # noqa: E402
 
 from MedAgentSegLib.engines import DEFAULT_ENGINE, engine_names  # noqa: E402
-from MedAgentSegLib.engines.base import Engine, Prediction, Prompts, as_rgb_uint8  # noqa: E402
+from MedAgentSegLib.engines.base import Prompts  # noqa: E402
 
 SAMPLE = REPO / "Resources" / "Samples"
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-class FakeEngine(Engine):
-    """The box, plus a disk of radius 3 at each positive click, minus one at each negative click."""
-
-    name, device = "fake", "cpu"
-
-    def __init__(self):
-        self.image = None
-
-    def set_image(self, image):
-        self.image = as_rgb_uint8(image)
-
-    def predict(self, prompts, prev_logits=None):
-        h, w = self.image.shape[:2]
-        mask = np.zeros((h, w), bool)
-        if prompts.box is not None:
-            x1, y1, x2, y2 = (int(round(v)) for v in prompts.box)
-            mask[y1:y2 + 1, x1:x2 + 1] = True
-        yy, xx = np.mgrid[:h, :w]
-        for (x, y), label in zip(prompts.points, prompts.labels):
-            mask[(xx - x) ** 2 + (yy - y) ** 2 <= 9] = bool(label)
-        return Prediction(mask, np.zeros((1, 256, 256), np.float32), 0.9)
+FakeEngine = BoxEngine  # the box, plus a disk of radius 3 at each click (Testing/fakes.py)
 
 
 class ManualExecutor:
