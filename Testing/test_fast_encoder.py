@@ -72,6 +72,9 @@ def test_openvino_encoder_is_built_once_checked_and_close_to_torch(tmp_path, mon
     rebuilt = OpenVINOEncoder(fast.net.image_encoder, "openvino-f32", tmp_path, log=said.append)
     assert rebuilt.model_dir == folder and any("SHA-256" in s for s in said)
     assert (folder / "model.bin").stat().st_size > 1000
+    (folder / "sha256.json").write_text("{not json")  # a damaged record is rebuilt too, not a crash
+    OpenVINOEncoder(fast.net.image_encoder, "openvino-f32", tmp_path, log=said.append)
+    assert json.loads((folder / "sha256.json").read_text())["model.bin"]
 
 
 def test_fast_path_keeps_fp16_embeddings_and_a_cached_image_predicts_bit_for_bit(tmp_path, monkeypatch):

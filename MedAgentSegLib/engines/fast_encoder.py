@@ -118,8 +118,12 @@ def _load_or_build(ov: Any, module: Any, name: str, example: tuple, shapes: list
                    log: Any) -> Path:
     xml, record = folder / "model.xml", folder / "sha256.json"
     if record.is_file() and xml.is_file():
-        want = json.loads(record.read_text())
-        if all((folder / n).is_file() and _sha256(folder / n) == h for n, h in want.items()):
+        try:
+            want = json.loads(record.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError):  # a damaged record: rebuild, as for a hash that does not match
+            want = {"model.xml": ""}
+        if isinstance(want, dict) and want and all(
+                (folder / str(n)).is_file() and _sha256(folder / str(n)) == h for n, h in want.items()):
             return xml
         if log:
             log(f"the cached OpenVINO {name} in {folder} does not match its recorded SHA-256; rebuilding it")
