@@ -189,6 +189,10 @@ class _Run:
     store: Any
     done: int = 1
 
+    def rgb(self, k: int) -> np.ndarray:
+        """Slice k as the engine sees it."""
+        return to_engine_rgb(extract_slice(self.volume, k, self.axis), self.modality, self.window)
+
     def direction(self, result: Propagation, step: int, first: int, first_mask: np.ndarray,
                   first_logits: np.ndarray | None) -> bool:
         """Propagate from slice `first` in direction `step` until the structure ends; False if cancelled."""
@@ -198,18 +202,17 @@ class _Run:
     def _direction(self, result, step, first, first_mask, first_logits, ahead) -> bool:
         cfg, n = self.cfg, self.volume.shape[AXES[self.axis]]
         prev_mask, prev_logits, prev_index, misses = first_mask, first_logits, first, []
-        prev_bright = _brightness(to_engine_rgb(extract_slice(self.volume, first, self.axis), self.modality,
-                                                self.window), first_mask)
+        prev_bright = None if cfg.max_shift is None else _brightness(self.rgb(first), first_mask)
         k = first + step
         ahead.start(k)
         while 0 <= k < n:
             if self.should_stop is not None and self.should_stop():
                 result.stopped = "cancelled"
                 break
-            ahead.wait(k)
+            rgb = ahead.wait(k)
             ahead.start(k + step)  # encoded on another thread while this slice is decoded
-            rec, logits = _one_slice(self.engine, self.volume, k, self.axis, self.modality, self.window, prev_mask,
-                                     prev_logits, prev_index, cfg, self.policy_factory, self.store)
+            rec, logits = _one_slice(self.engine, k, rgb if rgb is not None else self.rgb(k), prev_mask, prev_logits,
+                                     prev_index, cfg, self.policy_factory, self.store)
             good = rec.area >= cfg.min_area and rec.score >= cfg.min_score and (
                 cfg.max_shift is None or abs(rec.brightness - prev_bright) <= cfg.max_shift)
             misses = [] if good else misses + [rec]
@@ -223,7 +226,7 @@ class _Run:
                 self.on_slice(rec, self.done)
             if rec.area >= cfg.min_area:
                 prev_mask, prev_logits, prev_index = mask, logits, k
-                if good:
+                if good and cfg.max_shift is not None:
                     prev_bright = rec.brightness
             k += step
         for rec in misses:  # trailing weak slices past the structure's end are not kept
@@ -252,13 +255,17 @@ class _Prefetch:
     def start(self, k: int) -> None:
         r = self.run
         if self.pool is not None and 0 <= k < r.volume.shape[AXES[r.axis]] and k not in self.pending:
-            self.pending[k] = self.pool.submit(
-                lambda: r.engine.encode(to_engine_rgb(extract_slice(r.volume, k, r.axis), r.modality, r.window)))
+            def job() -> np.ndarray:
+                rgb = r.rgb(k)
+                r.engine.encode(rgb)
+                return rgb
 
-    def wait(self, k: int) -> None:
+            self.pending[k] = self.pool.submit(job)
+
+    def wait(self, k: int) -> np.ndarray | None:
+        """Slice k's engine image once its encoding is done (None if it was not prefetched)."""
         fut = self.pending.pop(k, None)
-        if fut is not None:
-            fut.result()  # an encoder error surfaces here, on the propagation's thread
+        return None if fut is None else fut.result()  # an encoder error surfaces here, on this thread
 
     def __exit__(self, *exc: Any) -> None:
         if self.pool is not None:
@@ -269,10 +276,9 @@ def _brightness(rgb: np.ndarray, mask: np.ndarray) -> float:
     return round(float(rgb[..., 0][mask].mean()), 3) if mask.any() else 0.0
 
 
-def _one_slice(engine, volume, k, axis, modality, window, prev_mask, prev_logits, prev_index, cfg,
-               policy_factory, store) -> tuple[SliceRecord, np.ndarray]:
+def _one_slice(engine, k, rgb, prev_mask, prev_logits, prev_index, cfg, policy_factory,
+               store) -> tuple[SliceRecord, np.ndarray]:
     t0 = time.perf_counter()
-    rgb = to_engine_rgb(extract_slice(volume, k, axis), modality, window)
     h, w = rgb.shape[:2]
     box = _grow(mask_box(prev_mask, 0.0), cfg.margin, cfg.min_grow, h, w)
     if store is not None:
