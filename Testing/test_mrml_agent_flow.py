@@ -16,12 +16,12 @@ What is checked:
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mrml_scene import oblique
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed: pip install -e '.[test]'")
 vtk = pytest.importorskip("vtk")
@@ -47,13 +47,7 @@ MAX_TURNS = 3
 # -- helpers -------------------------------------------------------------------------------------------------
 def oblique_ijk_to_ras() -> np.ndarray:
     """Rotation about two axes, anisotropic spacing (0.8, 0.7, 2.5) mm, an offset origin."""
-    a, b = math.radians(25.0), math.radians(-12.0)
-    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
-    m = np.eye(4)
-    m[:3, :3] = rz @ rx @ np.diag([0.8, 0.7, 2.5])
-    m[:3, 3] = [-41.5, 23.25, 110.0]
-    return m
+    return oblique(25.0, -12.0, (0.8, 0.7, 2.5), (-41.5, 23.25, 110.0))
 
 
 def add_volume(scene, array_kji: np.ndarray, name: str, ijk_to_ras: np.ndarray, components: int = 1):

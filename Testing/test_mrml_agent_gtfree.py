@@ -13,12 +13,12 @@ anisotropic IJKToRAS. What is checked:
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mrml_scene import oblique
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed: pip install -e '.[test]'")
 vtk = pytest.importorskip("vtk")
@@ -43,13 +43,7 @@ SAMPLE = REPO / "Resources" / "Samples"
 
 # -- helpers ---------------------------------------------------------------------------------------------------
 def oblique_ijk_to_ras() -> np.ndarray:
-    a, b = math.radians(20.0), math.radians(-10.0)
-    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
-    m = np.eye(4)
-    m[:3, :3] = rz @ rx @ np.diag([0.9, 0.8, 2.0])
-    m[:3, 3] = [-30.0, 12.5, 80.0]
-    return m
+    return oblique(20.0, -10.0, (0.9, 0.8, 2.0), (-30.0, 12.5, 80.0))
 
 
 def scene_state(ctx, run) -> dict:

@@ -20,13 +20,13 @@ person draws the box on slice K=10 (scripted policy), then asks for the whole vo
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mrml_scene import oblique
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed: pip install -e '.[test]'")
 vtk = pytest.importorskip("vtk")
@@ -86,13 +86,7 @@ def ball_volume() -> tuple[np.ndarray, np.ndarray]:
 
 
 def oblique_ijk_to_ras() -> np.ndarray:
-    a, b = math.radians(30.0), math.radians(15.0)
-    rz = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
-    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
-    m = np.eye(4)
-    m[:3, :3] = rz @ rx @ np.diag([0.7, 0.9, 3.0])
-    m[:3, 3] = [12.0, -40.5, 7.25]
-    return m
+    return oblique(30.0, 15.0, (0.7, 0.9, 3.0), (12.0, -40.5, 7.25))
 
 
 def texts(ctx, role: str | None = None) -> list[str]:
