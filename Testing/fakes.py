@@ -19,7 +19,8 @@ class BoxEngine(Engine):
     device = "cpu"
 
     def __init__(self, fail_at: int | None = None, error: BaseException | None = None,
-                 encode_fails_at: int | None = None):
+                 encode_fails_at: int | None = None, radius: int = RADIUS):
+        self.radius = radius
         self.fail_at = fail_at
         self.encode_fails_at = encode_fails_at
         self.error = error or RuntimeError("the engine crashed (injected)")
@@ -41,7 +42,7 @@ class BoxEngine(Engine):
             mask[y1:y2 + 1, x1:x2 + 1] = True
         yy, xx = np.mgrid[:h, :w]
         for (x, y), label in zip(prompts.points, prompts.labels):
-            mask[(xx - x) ** 2 + (yy - y) ** 2 <= RADIUS ** 2] = bool(label)
+            mask[(xx - x) ** 2 + (yy - y) ** 2 <= self.radius ** 2] = bool(label)
         return Prediction(mask, np.zeros((1, 256, 256), np.float32), 0.9)
 
 

@@ -26,8 +26,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from fakes import BoxEngine  # noqa: E402  (this script's own folder)
+
 from MedAgentSegLib.agent.common import click_action  # noqa: E402
-from MedAgentSegLib.engines.base import Engine, Prediction, as_rgb_uint8  # noqa: E402
 from MedAgentSegLib.observation import Decision  # noqa: E402
 
 
@@ -67,26 +68,17 @@ class EngineControl:
 CONTROL = EngineControl()
 
 
-class FakeEngine(Engine):
-    name, device = "fake", "cpu"
+class FakeEngine(BoxEngine):
+    """Testing/fakes.py's BoxEngine with 4 px click disks, held or failed on request through CONTROL."""
+
+    name = "fake"
 
     def __init__(self):
-        self.image = None
-
-    def set_image(self, image):
-        self.image = as_rgb_uint8(image)
+        super().__init__(radius=4)
 
     def predict(self, prompts, prev_logits=None):
         CONTROL.before_predict()
-        h, w = self.image.shape[:2]
-        mask = np.zeros((h, w), bool)
-        if prompts.box is not None:
-            x1, y1, x2, y2 = (int(round(v)) for v in prompts.box)
-            mask[y1:y2 + 1, x1:x2 + 1] = True
-        yy, xx = np.mgrid[:h, :w]
-        for (x, y), label in zip(prompts.points, prompts.labels):
-            mask[(xx - x) ** 2 + (yy - y) ** 2 <= 16] = bool(label)
-        return Prediction(mask, np.zeros((1, 256, 256), np.float32), 0.9)
+        return super().predict(prompts, prev_logits)
 
 
 class ClickBesideBox:
