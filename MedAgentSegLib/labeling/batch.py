@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write_text
-from .manifest import DONE, new_record, read_manifest, write_manifest
+from .manifest import DONE, json_lines, new_record, read_manifest, write_manifest
 
 __all__ = ["LabelError", "list_cases", "read_prompts", "label_case", "run_batch"]
 
@@ -112,13 +112,7 @@ def read_prompts(path: str | Path) -> dict[str, dict[str, Any]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelError(f"cannot read --prompts {path} ({exc}); give a JSON-lines file") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            rec = None
+    for n, rec in json_lines(lines):
         ok = isinstance(rec, dict) and isinstance(rec.get("case"), (str, int))
         box, clicks, k = (rec.get("box"), rec.get("clicks"), rec.get("slice")) if ok else (None, None, None)
         ok = ok and (box is not None or clicks) and (

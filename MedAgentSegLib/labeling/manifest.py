@@ -33,6 +33,17 @@ def new_record(case_id: str, image: str, target: str | None = None) -> dict[str,
             "labelled_at": None, "reviewer": None, "reviewed_at": None, "review_note": None}
 
 
+def json_lines(lines: list[str]):
+    """(line number, parsed JSON or None when it is not JSON) for each non-blank line."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            yield n, None
+
+
 def read_manifest(folder: str | Path) -> dict[str, dict[str, Any]]:
     """{case_id: record} in file order; {} when there is none. ManifestError on a line that is not a record."""
     path = Path(folder) / NAME
@@ -43,13 +54,7 @@ def read_manifest(folder: str | Path) -> dict[str, dict[str, Any]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise ManifestError(f"{path} is not UTF-8 text; restore it or move it away to start the batch again") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            rec = None
+    for n, rec in json_lines(lines):
         if not isinstance(rec, dict) or not isinstance(rec.get("case_id"), str) or rec.get("status") not in STATUSES:
             raise ManifestError(f"{path} line {n} is not a manifest record (a JSON object with case_id and a status "
                                 f"among {', '.join(STATUSES)}); fix or delete that line (the case is then done "
