@@ -21,7 +21,7 @@ from PIL import Image
 import MedAgentSegLib.engines as engines
 from MedAgentSegLib import cli
 from MedAgentSegLib.cli import main
-from MedAgentSegLib.labeling import batch
+from MedAgentSegLib.labeling import batch, manifest
 from MedAgentSegLib.labeling.manifest import read_manifest
 
 BOXES = {"c0": [5, 6, 30, 40], "c1": [10, 4, 50, 20], "c2": [0, 0, 20, 20]}
@@ -149,7 +149,7 @@ def test_killed_between_outputs_and_manifest_the_case_is_taken_over(engine, case
     """A kill after a case's folder was moved in but before the manifest said so: the re-run adopts the case."""
     src, prompts = cases
     out = tmp_path / "out"
-    real = batch.write_manifest
+    real = manifest.write_manifest
     writes = []
 
     def killed_on_first_record(folder, records):
@@ -158,10 +158,10 @@ def test_killed_between_outputs_and_manifest_the_case_is_taken_over(engine, case
             raise KeyboardInterrupt
         return real(folder, records)
 
-    monkeypatch.setattr(batch, "write_manifest", killed_on_first_record)
+    monkeypatch.setattr(manifest, "write_manifest", killed_on_first_record)
     assert _label(src, prompts, out) == 130
     assert _statuses(out)["c0"] == "pending" and (out / "cases" / "c0" / "record.json").is_file()
-    monkeypatch.setattr(batch, "write_manifest", real)
+    monkeypatch.setattr(manifest, "write_manifest", real)
     calls = engine.predicts
     c0 = (out / "cases" / "c0" / "original.seg.nrrd").stat().st_mtime_ns
     assert _label(src, prompts, out) == 0

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write_text
-from .manifest import DONE, json_lines, new_record, read_manifest, write_manifest
+from .manifest import DONE, json_lines, new_record, read_manifest, update_manifest
 
 __all__ = ["LabelError", "list_cases", "read_prompts", "label_case", "run_batch"]
 
@@ -202,8 +202,8 @@ def label_case(task: dict[str, Any]) -> dict[str, Any]:
                            "locator": _card_sha("locator.json") if rec["prompt"] == "agent" else None}
         os.replace(work / "segmentation.seg.nrrd", work / "original.seg.nrrd")
         rel = f"cases/{cid}/"
-        rec["outputs"] = {"original": rel + "original.seg.nrrd", "final": None, "trajectory": rel + "trajectory.json",
-                          "propagation": rel + "propagation.json" if (work / "propagation.json").exists() else None}
+        rec["outputs"].update(original=rel + "original.seg.nrrd", trajectory=rel + "trajectory.json",
+                              propagation=rel + "propagation.json" if (work / "propagation.json").exists() else None)
     except NeedsPrompt as exc:
         rec.update(status="needs prompt", reason=" ".join(str(exc).split()))
     except Exception as exc:  # the case's problem (or an engine bug on it): recorded, the batch goes on
@@ -317,7 +317,13 @@ def _run(cases: list[tuple[str, str]], target: str, out: Path, prompts: dict[str
             continue
         todo.append({"case_id": cid, "image": image, "target": target, "out": str(out), "prompt": prompts.get(cid),
                      "options": dict(options or {})})
-    write_manifest(out, records)
+
+    def merge(current: dict[str, dict[str, Any]]) -> None:  # a reviewer may have decided since the read above
+        for cid, rec in records.items():
+            if cid not in current or current[cid]["status"] == "pending":
+                current[cid] = rec
+
+    records = update_manifest(out, merge)
     skipped = len(cases) - len(todo)
     log(f"medagentseg label: {len(cases)} cases, {skipped} already done, {len(todo)} to pre-label with "
         f"{workers} worker(s); manifest {out / 'manifest.jsonl'}")
@@ -326,7 +332,7 @@ def _run(cases: list[tuple[str, str]], target: str, out: Path, prompts: dict[str
 
     def record(rec: dict[str, Any]) -> None:
         records[rec["case_id"]] = rec
-        write_manifest(out, records)
+        update_manifest(out, lambda current: current.update({rec["case_id"]: rec}))  # only this case: keeps reviews
         counts[rec["status"]] = counts.get(rec["status"], 0) + 1
         n = sum(counts.values())
         rate = n / max(time.perf_counter() - t0, 1e-6) * 60
