@@ -3,7 +3,8 @@
 The state is the whole prompt set (box + every click) plus the previous turn's low-res logits, all of it
 re-sent to the engine each turn (MedSAM-Agent's environment forgets earlier clicks; this one does not).
 Each turn is a JSON-serialisable `Turn`; a trajectory can be saved, loaded and replayed, and replaying
-it on the same engine and image gives the same masks bit for bit.
+it on the same engine and image gives the same masks bit for bit. A `specialist` turn (`add_mask`) holds a
+mask a specialist model made; replay takes it from the recorded RLE, so no specialist is needed to replay.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import numpy as np
 
 from . import rle
 from .actions import Action, AddBBox, AddPoint, StopAction, action_from_dict, grid_to_pixel, pixel_to_grid
-from .engines.base import Engine, Prompts, as_rgb_uint8, image_digest
+from .engines.base import Engine, Prompts, as_rgb_uint8, image_digest, mask_logits
 from .observation import Observation, UndoTurn
 
 __all__ = ["Turn", "Session", "SessionError", "replay", "load_trajectory", "check_trajectory", "TRAJECTORY_FORMAT",
-           "TRAJECTORY_SCHEMA"]
+           "TRAJECTORY_SCHEMA", "SPECIALIST"]
 
 TRAJECTORY_FORMAT = "medagentseg-trajectory/1"
+SPECIALIST = "specialist"  # a turn whose mask a specialist model made (Session.add_mask); replayed from its RLE
 
 
 class SessionError(RuntimeError):
@@ -222,6 +224,34 @@ class Session:
                   "pixels": [float(x), float(y)]}
         return self._click(x, y, positive, action, source)
 
+    def add_mask(self, mask: np.ndarray, model: dict[str, Any], source: str = "agent") -> Turn:
+        """A whole first mask made outside the engine (a specialist model's, issue #16) as one turn.
+
+        model: what made it, kept as the action's arguments: {"model": name, "licence", "runner", "path", ...}
+        (JSON values). The engine does not run: the turn's mask is `mask` itself (the trajectory's RLE replays it
+        bit for bit), its prompt state is a box around it (as the agent's own re-box draws one) and its logits are
+        the mask in the engine's frame, so the next click refines this mask instead of starting over."""
+        from .agent.common import mask_box
+
+        self._require_open()
+        mask = np.asarray(mask)
+        if mask.shape != (self.height, self.width):
+            raise SessionError(f"the mask is {mask.shape[::-1]} pixels but the image is {self.width}x{self.height}; "
+                               "give the mask of this image (or slice)")
+        mask = mask.astype(bool)
+        if not mask.any():
+            raise SessionError("the specialist's mask is empty on this image: there is nothing to refine from")
+        if not isinstance(model.get("model"), str) or not model["model"]:
+            raise SessionError("a specialist turn must name its model: give {'model': NAME, ...}")
+        arguments = json.loads(json.dumps(model))  # a copy, and proof it is JSON
+        prompts = Prompts(mask_box(mask))
+        turn = Turn(index=len(self.turns), action={"name": SPECIALIST, "arguments": arguments}, source=source,
+                    prompts=prompts, prompts_grid=_grid_prompts(prompts, self.height, self.width), mask=mask,
+                    score=None, timings={}, logits=mask_logits(mask), update=SPECIALIST,
+                    created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        self.turns.append(turn)
+        return turn
+
     def set_prompts(self, prompts: Prompts, source: str = "user") -> Turn:
         """Re-run the engine from an edited prompt state (a moved or deleted click, a resized box).
 
@@ -354,7 +384,7 @@ _PROMPTS_SCHEMA = {"type": "object", "properties": {
     "labels": {"type": "array", "items": {"enum": [0, 1]}}}}
 _ACTION_SCHEMA = {
     "type": "object", "required": ["name"],
-    "properties": {"name": {"enum": ["add_bbox", "add_point", "stop_action", "edit_prompts"]},
+    "properties": {"name": {"enum": ["add_bbox", "add_point", "stop_action", "edit_prompts", SPECIALIST]},
                    "arguments": {"type": ["object", "string"]}},
     "allOf": [
         {"if": {"properties": {"name": {"const": "add_bbox"}}}, "then": {"properties": {"pixels": _numbers(4)}}},
@@ -362,7 +392,10 @@ _ACTION_SCHEMA = {
          "then": {"required": ["arguments"], "properties": {"pixels": _numbers(2), "arguments": {
              "type": "object", "required": ["point_type"]}}}},
         {"if": {"properties": {"name": {"const": "edit_prompts"}}},
-         "then": {"required": ["arguments"], "properties": {"arguments": _PROMPTS_SCHEMA}}}]}
+         "then": {"required": ["arguments"], "properties": {"arguments": _PROMPTS_SCHEMA}}},
+        {"if": {"properties": {"name": {"const": SPECIALIST}}},
+         "then": {"required": ["arguments"], "properties": {"arguments": {
+             "type": "object", "required": ["model"], "properties": {"model": {"type": "string", "minLength": 1}}}}}}]}
 # What replay relies on; the RLE masks are then checked against the image's size without decoding them.
 TRAJECTORY_SCHEMA = {
     "type": "object", "required": ["format", "target", "turns", "image"],
@@ -449,6 +482,8 @@ def replay(trajectory: dict[str, Any] | str | Path, engine: Engine, image: np.nd
         name = act["name"]
         if name == "edit_prompts":
             turn = session.set_prompts(Prompts.from_dict(act["arguments"]), source=src)
+        elif name == SPECIALIST:  # no model runs: the recorded mask is the turn (its logits follow from it)
+            turn = session.add_mask(rle.decode(rec["mask_rle"]), act["arguments"], source=src)
         elif name == "add_bbox" and "pixels" in act:
             turn = session.add_box(*act["pixels"], source=src)
         elif name == "add_point" and "pixels" in act:

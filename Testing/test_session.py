@@ -137,3 +137,61 @@ def test_box_after_clicks_rereads_the_object_without_old_logits(session, kvasir_
     assert not t2.used_prev_logits, "a box must not be treated as a refinement around the last click"
     assert t2.prompts.points and t2.prompts.box == pytest.approx(box)
     assert dice(t2.mask, gt) > 0.85
+
+
+# -- a specialist's mask as the first turn (issue #16) ----------------------------------------------------------
+SPECIALIST = {"model": "TinySpecialist", "licence": "CC0-1.0", "runner": "nnunetv2", "path": "/models/tiny"}
+
+
+def test_a_specialist_mask_is_a_turn_that_the_engine_refines_and_replays_bit_exactly(session, kvasir_case,
+                                                                                       tmp_path, lite_engine):
+    from scipy import ndimage
+
+    _, gt = kvasir_case
+    made = ndimage.binary_erosion(gt, iterations=6)  # what a specialist might give: the polyp, a little short
+    t1 = session.add_mask(made, SPECIALIST)
+    assert t1.action == {"name": "specialist", "arguments": SPECIALIST} and t1.source == "agent"
+    assert np.array_equal(t1.mask, made) and t1.score is None and t1.update == "specialist"
+    ys, xs = np.nonzero(made)
+    x1, y1, x2, y2 = t1.prompts.box  # the box the agent refines from: around the mask
+    assert x1 <= xs.min() and y1 <= ys.min() and x2 >= xs.max() and y2 >= ys.max() and not t1.prompts.points
+    # the next click refines this mask (it is fed back as the previous logits), not a fresh answer to the box
+    r, c = np.argwhere(made)[len(ys) // 2]
+    t2 = session.add_click(float(c), float(r), positive=True)
+    assert t2.used_prev_logits and t2.prompts.box == t1.prompts.box
+    assert dice(t2.mask, made) > 0.8, dice(t2.mask, made)
+    saved = session.save(tmp_path / "trajectory.json")
+    data = load_trajectory(saved)
+    assert data["turns"][0]["action"]["arguments"]["licence"] == "CC0-1.0"
+    again = replay(data, lite_engine, session.image)  # raises if any mask differs
+    assert [t.action["name"] for t in again.turns] == ["specialist", "add_point"]
+    assert np.array_equal(again.turns[1].mask, t2.mask)
+    assert session.undo() is t2 and session.undo() is t1 and not session.mask.any()
+
+
+def test_a_specialist_turn_is_refused_without_a_usable_mask_or_a_model_name(session, kvasir_case):
+    _, gt = kvasir_case
+    with pytest.raises(SessionError, match="empty"):
+        session.add_mask(np.zeros_like(gt), SPECIALIST)
+    with pytest.raises(SessionError, match="pixels but the image is"):
+        session.add_mask(gt[:-1], SPECIALIST)
+    with pytest.raises(SessionError, match="name its model"):
+        session.add_mask(gt, {"licence": "CC0-1.0"})
+    assert session.turns == []
+
+
+def test_mask_logits_are_the_mask_in_the_engines_frame():
+    import torch
+    import torch.nn.functional as F
+
+    from MedAgentSegLib.engines.base import mask_logits
+
+    mask = np.zeros((90, 140), bool)
+    mask[20:70, 30:100] = True
+    logits = mask_logits(mask)
+    assert logits.shape == (1, 256, 256) and logits.dtype == np.float32
+    new_h = int(90 * 256 / 140 + 0.5)
+    assert (logits[0, new_h:] < 0).all()  # the padding is background
+    back = F.interpolate(torch.from_numpy(logits)[None, :, :new_h], size=(90, 140), mode="bilinear",
+                         align_corners=False)[0, 0].numpy() > 0  # as LiteMedSAM upsamples its logits
+    assert dice(back, mask) > 0.97

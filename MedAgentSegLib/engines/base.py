@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Prompts", "Prediction", "Engine", "EngineError", "resolve_device", "as_rgb_uint8", "image_digest"]
+__all__ = ["Prompts", "Prediction", "Engine", "EngineError", "resolve_device", "as_rgb_uint8", "image_digest",
+           "mask_logits", "LOGIT_FRAME"]
 
 
 class EngineError(RuntimeError):
@@ -142,3 +143,23 @@ def image_digest(image: np.ndarray) -> str:
     """SHA-1 of an image's pixels and shape: the key engines cache embeddings under and trajectories record."""
     image = np.ascontiguousarray(image)
     return hashlib.sha1(image.tobytes() + str(image.shape).encode()).hexdigest()
+
+
+LOGIT_FRAME = 256  # side of the low-res logits every engine returns and takes back (SAM's mask input)
+
+
+def mask_logits(mask: np.ndarray, value: float = 8.0) -> np.ndarray:
+    """A (H, W) bool mask as (1, 256, 256) float32 low-res logits in the engines' frame (the image resized so its
+    longer side is 256, padded at the bottom and right): +value inside, -value outside and in the padding.
+
+    For a mask that no engine made (a specialist model's): the next click turn feeds it back as the previous
+    logits, so the engine refines that mask instead of starting over. Nearest-pixel sampling, deterministic."""
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    scale = LOGIT_FRAME / max(h, w)
+    new_h, new_w = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    rows = np.minimum(h - 1, ((np.arange(new_h) + 0.5) / scale).astype(int))
+    cols = np.minimum(w - 1, ((np.arange(new_w) + 0.5) / scale).astype(int))
+    out = np.full((1, LOGIT_FRAME, LOGIT_FRAME), -value, dtype=np.float32)
+    out[0, :new_h, :new_w] = np.where(mask[np.ix_(rows, cols)], value, -value)
+    return out
