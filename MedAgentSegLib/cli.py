@@ -170,15 +170,29 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
         from .policies import create_policy
 
         agent = create_policy(policy_name, **options)  # before any model work: bad weights fail fast
-    locator = _load_locator(info) if agent is not None and box is None and not clicks else None  # issue #16
+    # issue #16, no prompt: an installed specialist's mask is the first turn, else the locator's box, else it asks
+    on_its_own = agent is not None and box is None and not clicks
+    first = _specialist_first(args, info, img, index, gt3 is not None) if on_its_own else None
+    locator = _asking_with_note(args, info, _load_locator, info) if on_its_own and first is None else None
 
     engine = create_engine(args.engine, checkpoint=args.checkpoint, device=args.device, encoder=args.encoder)
+    if first is not None and first[1] != index:  # the specialist's mask chose the start slice
+        index = first[1]
+        plane = images.extract_slice(img.array, index, args.axis)
+        rgb = images.to_engine_rgb(plane, img.modality, args.window)
+        gt = images.extract_slice(gt3, index, args.axis) if gt3 is not None else None
     if locator is not None:  # issue #16: the agent's own first box (and start slice), or it asks
-        located, index, rgb = _locate_first_box(args, locator, img, engine, index, rgb, gt3 is not None,
-                                                 info["name"])
+        located, index, rgb = _asking_with_note(args, info, _locate_first_box, args, locator, img, engine, index, rgb,
+                                                gt3 is not None, info["name"])
     meta = {"image": str(Path(args.image).resolve()), "slice": index, "axis": args.axis if img.is_3d else None,
             "modality": img.modality, "window": args.window, "segment": info}
+    if first is not None:
+        meta["specialist"] = first[0].record
     session = Session(engine, rgb, info["name"], max_turns=args.max_turns, metadata=meta)
+    if first is not None:  # the specialist's mask on the start slice is the agent's first turn; the agent refines it
+        turn = session.add_mask(images.extract_slice(first[0].mask, index, args.axis), first[0].record)
+        turn.action = {**turn.action, "reason": f"specialist {first[0].record['model']} (licence: "
+                       f"{first[0].record['licence']}) segmented the {info['name']} in the whole image"}
     if located is not None:  # issue #16: the locator's box is the agent's first turn
         turn = session.add_box(*located.box, source="agent")
         turn.action = {**turn.action, "reason": f"locator: the {located.concept} is most likely here"
@@ -198,7 +212,10 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
 
     mask3 = np.zeros(img.grid_shape, dtype=bool)
     prop = None
-    if img.is_3d and args.mode == "3d":
+    if img.is_3d and args.mode == "3d" and first is not None:  # the specialist's volume, the refined slice in it
+        mask3 = first[0].mask.copy()
+        images.insert_slice(mask3, index, args.axis, session.mask)
+    elif img.is_3d and args.mode == "3d":
         prop = _propagate(args, engine, img, index, session, agent is not None and policy_name)
         mask3 = prop.mask
     elif img.is_3d:
@@ -219,6 +236,8 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
         if prop is not None:
             (tmp / "propagation.json").write_text(json.dumps(prop.to_dict(), indent=1))
     summary = {"target": info["name"], "engine": engine.name, "device": engine.device, "slice": index,
+               "first": "specialist" if first is not None else "locator" if located is not None else "prompt",
+               "specialist": None if first is None else first[0].record,
                "reverted": [{"action": r["action"]["name"], "reason": r["action"].get("reason"),
                              **({"dice": round(dice(rle.decode(r["mask_rle"]), gt), 4)} if gt is not None else {})}
                             for r in session.reverted],
@@ -230,6 +249,70 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
                           **({"dice": round(dice(t.mask, gt), 4)} if gt is not None else {})}
                          for t in session.turns], "out": str(out)}
     return summary
+
+
+def _specialist_first(args: argparse.Namespace, info: dict[str, Any], img: Any, index: int | None, has_gt: bool
+                      ) -> tuple[Any, int] | None:
+    """(FirstMask, start slice) when an installed specialist segments the target (--first auto|specialist), else None.
+
+    auto: a 2D image, no installed specialist or a failing one (said in one line) leave it to the locator;
+    --first specialist makes each of those an error. The start slice: --slice, else the reference's with --gt, else
+    the one where the specialist's mask is largest."""
+    from . import images
+    from .engines.base import resolve_device
+    from .routing.first_mask import SpecialistFailed, installed_specialists, run_first_mask, sitk_volume
+
+    choice, name = getattr(args, "first", "auto"), info["name"]
+    if choice == "locator":
+        return None
+    if not img.is_3d:
+        if choice == "specialist":
+            raise UsageError(f"--first specialist needs a 3D image (specialists are volume models) and {args.image} "
+                             "is 2D: use --first locator, or give --box/--click")
+        return None
+    installed = installed_specialists(name, img.modality, getattr(args, "library", None))
+    if not installed.matches:
+        if choice == "specialist":
+            why = "; ".join(f"{k}: {v}" for k, v in installed.not_ready.items())
+            raise NeedsPrompt(f"no installed specialist segments the {name} in {img.modality}"
+                              + (f" ({why})" if why else "") + ": point --library DIR at entries whose runner.path "
+                              "is a model folder, use --first locator, or give --box/--click")
+        return None
+    print(f"medagentseg: the specialist {' + '.join(installed.names)} segments the {name} in the whole image "
+          "(its mask is the first turn)", file=sys.stderr)
+    try:
+        found = run_first_mask(sitk_volume(img.array, img.spacing, img.origin, img.direction), installed,
+                               resolve_device(args.device))
+        if found.mask.shape != img.array.shape:
+            raise SpecialistFailed(f"{found.record['model']} gave a {found.mask.shape} mask for a {img.array.shape} "
+                                   "image")
+        if args.slice is None and not has_gt:
+            index = images.largest_slice(found.mask, args.axis)
+        if not images.extract_slice(found.mask, index, args.axis).any():
+            raise SpecialistFailed(f"{found.record['model']} found no {name} on slice {index}")
+    except SpecialistFailed as exc:
+        if choice == "specialist":
+            raise UsageError(f"the specialist {exc}: use --first locator, or give --box/--click") from None
+        print(f"medagentseg: warning: the specialist {exc}; the locator places the first box instead",
+              file=sys.stderr)
+        return None
+    return found, index
+
+
+def _asking_with_note(args: argparse.Namespace, info: dict[str, Any], fn: Any, *fn_args: Any) -> Any:
+    """fn(*fn_args), with the installed specialists named when it asks for a prompt (NeedsPrompt)."""
+    try:
+        return fn(*fn_args)
+    except NeedsPrompt as exc:
+        from .routing.first_mask import ready_entries, specialists_note
+
+        if getattr(args, "first", "auto") == "locator":
+            raise
+        try:
+            note = specialists_note(ready_entries(getattr(args, "library", None)))
+        except ValueError as lib_exc:  # a broken library: the question still stands, said with why
+            note = f"The specialist library could not be read ({lib_exc})"
+        raise NeedsPrompt(f"{str(exc).rstrip('.')}. {note}") from None
 
 
 def _load_locator(info: dict[str, Any]) -> Any:
@@ -394,9 +477,21 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-iou", type=float, default=None, help="oracle stops once IoU reaches this")
     p.add_argument("--max-turns", type=int, default=5)
     p.add_argument("--mode", choices=["2d", "3d"], default="2d",
-                   help="3d: after the start slice, propagate the structure through the volume (3D images)")
+                   help="3d: after the start slice, propagate the structure through the volume (3D images; with a "
+                        "specialist first: its volume, see --first)")
     p.add_argument("--refine-below", type=float, default=None,
                    help="--mode 3d with a GT-free --policy: slices scoring below this get agent refinement turns")
+    p.add_argument("--first", choices=["auto", "specialist", "locator"], default="auto",
+                   help="with no --box/--click, who makes the first turn before the GT-free agent refines: "
+                        "specialist = an installed specialist model of the library (nnU-Net v2 folder, MONAI bundle, "
+                        "TotalSegmentator; 3D images) segments the whole volume, its mask on the start slice is turn "
+                        "1 (start slice: --slice, else where its mask is largest); locator = the locator's box; "
+                        "auto (default) = the specialist when one is installed for the target, else the locator "
+                        "(also when the specialist fails: said in one line). With --mode 3d and a specialist, the "
+                        "output is the specialist's volume with the refined start slice in it (no propagation)")
+    p.add_argument("--library", default=None, metavar="DIR",
+                   help="folder of model-library JSON entries (default $MEDAGENTSEG_LIBRARY, else Resources/Models); "
+                        "an entry's runner.path names your nnU-Net v2 model folder or MONAI bundle")
     p.add_argument("--out", required=True, help="output folder")
 
 

@@ -57,7 +57,8 @@ def filmstrip(session, path: str | Path, gt: np.ndarray | None = None, panel_siz
         name = t.action["name"].replace("add_", "")
         if name == "point":
             name = "click " + ("+" if t.action["arguments"]["point_type"] == "positive" else "-")
-        cap = f"{t.index + 1}: {name}  score {t.score:.2f}"
+        score = "" if t.score is None else f"  score {t.score:.2f}"  # a specialist's mask has no engine score
+        cap = f"{t.index + 1}: {name}{score}"
         if gt is not None:
             cap += f"  Dice {dice(t.mask, gt):.3f}"
         panels.append(_panel(session.image, t, gt, panel_size, cap))

@@ -25,7 +25,7 @@ from .library import Entry
 from .matching import Match
 
 __all__ = ["SpecialistResult", "ensemble_masks", "run_monai_bundle", "run_nnunetv2", "run_specialists",
-           "run_totalsegmentator"]
+           "run_totalsegmentator", "runner_ready"]
 
 
 @dataclass
@@ -189,6 +189,39 @@ _RUNNERS: dict[str, Callable] = {
 }
 
 
+_PACKAGES = {"nnunetv2": ("nnunetv2", "pip install nnunetv2"), "monai_bundle": ("monai", "pip install monai"),
+             "totalsegmentator": ("totalsegmentator", "pip install TotalSegmentator")}
+
+
+def runner_ready(entry: Entry | None) -> str | None:
+    """None when the entry's specialist can run here with nothing downloaded; else why not, in words.
+
+    Installed means: a runner the library knows, its package importable, and its model on disk (the folder in
+    ``runner.path``; TotalSegmentator's weights under ``$TOTALSEG_HOME_DIR`` or ``~/.totalsegmentator``, because it
+    would otherwise download them at run time)."""
+    import importlib.util
+
+    r = (entry.runner if entry else None) or {}
+    kind = r.get("type")
+    if kind not in _RUNNERS:
+        return "no runner in the library entry"
+    if kind != "totalsegmentator":
+        if not r.get("path"):
+            return "runner.path is not set (a placeholder entry: point it at a model folder)"
+        if not Path(r["path"]).exists():
+            return f"runner.path '{r['path']}' does not exist"
+    module, how = _PACKAGES[kind]
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed ({how})"
+    if kind == "totalsegmentator":
+        home = Path(os.environ.get("TOTALSEG_HOME_DIR") or Path.home() / ".totalsegmentator")
+        results = home / "nnunet" / "results"
+        if not results.is_dir() or not any(results.iterdir()):
+            return (f"TotalSegmentator's weights are not in {results}; run TotalSegmentator once where it may "
+                    "download them (MedAgentSeg downloads nothing)")
+    return None
+
+
 def run_specialists(image, matches: list[Match], entries: list[Entry], device: str = "cpu",
                     max_parallel: int | None = None, memory_gb: float | None = None) -> SpecialistResult:
     """Run matched specialists and ensemble their masks for the routed label ids.
@@ -203,15 +236,11 @@ def run_specialists(image, matches: list[Match], entries: list[Entry], device: s
     res = SpecialistResult(mask=None)
     for m in matches:
         e = by_name.get(m.entry)
-        r = (e.runner if e else None) or {}
-        kind = r.get("type")
-        if kind not in _RUNNERS:
-            res.skipped[m.entry] = "no runner in the library entry"
+        why = runner_ready(e)
+        if why is not None:
+            res.skipped[m.entry] = why
             continue
-        if kind != "totalsegmentator" and not (r.get("path") and Path(r["path"]).exists()):
-            res.skipped[m.entry] = f"runner.path '{r.get('path', '')}' does not exist"
-            continue
-        jobs.append((m, r))
+        jobs.append((m, e.runner))
     budget = memory_gb if memory_gb is not None else float(os.environ.get("MEDAGENTSEG_SPECIALIST_MEM_GB", 8))
     need = max((float(r.get("memory_gb", 4)) for _, r in jobs), default=1.0)
     workers = max(1, min(len(jobs) or 1, int(budget // max(need, 1e-6)) or 1, max_parallel or len(jobs) or 1))

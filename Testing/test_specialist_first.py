@@ -1,0 +1,179 @@
+"""`medagentseg segment` with no prompt: an installed specialist's mask is the first turn, then the GT-free agent
+refines (issue #16). The specialist is a tiny real nnU-Net v2 model folder (Testing/tiny_nnunet.py) registered in a
+library folder the test writes; the engine and the learned agent are the shipped ones, on CPU.
+
+What is checked: turn 1 is the specialist's mask on the slice where it is largest (the trajectory names the model,
+its licence and folder) and replays bit-exactly; --mode 3d writes the specialist's volume with the refined slice in
+it; a failing specialist falls back to the locator and says so; --first specialist fails instead, writing nothing;
+a target no locator or specialist knows asks for a prompt and names what it can do.
+"""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import slicerio
+from tiny_nnunet import LABELS, make_model, tiny_image
+
+from MedAgentSegLib import images
+from MedAgentSegLib.cli import main
+from MedAgentSegLib.routing.first_mask import installed_specialists
+from MedAgentSegLib.routing.specialists import run_nnunetv2
+
+needs_nnunet = pytest.mark.skipif(
+    importlib.util.find_spec("nnunetv2") is None or importlib.util.find_spec("torch") is None,
+    reason="nnunetv2 is not installed (pip install nnunetv2==2.8.1): the specialist-first path is untested here")
+
+
+def _library(folder, model, fold=0, name="TinyNnunet"):
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = {"name": name, "description": "a tiny nnU-Net v2 model written by the test", "labels": LABELS,
+             "input_modalities": {"0": "CT"}, "license": "CC0-1.0 (test weights)",
+             "runner": {"type": "nnunetv2", "path": str(model), "fold": fold}}
+    (folder / f"{name}.json").write_text(json.dumps(entry))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(image path, library folder, the model's own liver mask (KJI bool)) for the tiny model and image."""
+    import SimpleITK as sitk
+
+    root = tmp_path_factory.mktemp("tiny")
+    model = make_model(root / "results", "SimpleITKIO")
+    img = tiny_image()
+    path = root / "ct.nrrd"
+    sitk.WriteImage(img, str(path))
+    expected = sitk.GetArrayFromImage(run_nnunetv2(model, img)) == LABELS["liver"]
+    assert expected.any() and not expected.all(), "the tiny model must find some liver for this test to mean much"
+    return path, _library(root / "library", model), expected, model
+
+
+def _segment(image, out, *extra):
+    return main(["segment", str(image), "--target", "liver", "--modality", "CT", "--device", "cpu",
+                 "--out", str(out), *extra])
+
+
+def _written(out, shape):
+    seg = slicerio.read_segmentation(str(out / "segmentation.seg.nrrd"))
+    ijk = slicerio.segment_mask(seg, slicerio.segment_from_name(seg, "liver")).astype(bool)
+    assert ijk.shape == shape[::-1]
+    return ijk.transpose(2, 1, 0)
+
+
+@needs_nnunet
+def test_the_specialist_mask_is_turn_one_then_the_agent_refines_and_it_replays(tiny, tmp_path, capsys):
+    image, library, expected, model = tiny
+    out = tmp_path / "out"
+    assert _segment(image, out, "--library", str(library)) == 0
+    printed = capsys.readouterr()
+    assert "the specialist TinyNnunet segments the liver" in printed.err
+    traj = json.loads((out / "trajectory.json").read_text())
+    k = traj["metadata"]["slice"]
+    assert k == images.largest_slice(expected, "axial")  # the start slice: where the specialist's mask is largest
+    first = traj["turns"][0]
+    assert first["action"]["name"] == "specialist" and first["source"] == "agent"
+    args = first["action"]["arguments"]
+    assert args["model"] == "TinyNnunet" and args["licence"] == "CC0-1.0 (test weights)"
+    assert args["models"][0]["path"] == str(model) and args["models"][0]["runner"] == "nnunetv2"
+    assert args["models"][0]["labels"] == [LABELS["liver"]] and args["models"][0]["package"].startswith("nnunetv2")
+    from MedAgentSegLib import rle
+
+    assert np.array_equal(rle.decode(first["mask_rle"]), expected[k])
+    assert "specialist" in printed.out and "TinyNnunet" in printed.out  # the summary names the first turn
+    # the agent went on from the specialist's mask (it may stop at once: then its stop is the second turn)
+    assert len(traj["turns"]) >= 2 and all(t["source"] == "agent" for t in traj["turns"])
+    written = _written(out, expected.shape)
+    assert np.array_equal(written[k], rle.decode(traj["turns"][-1]["mask_rle"]))
+    assert written.sum() == written[k].sum()  # --mode 2d: the start slice only
+    assert main(["replay", str(out / "trajectory.json"), "--device", "cpu"]) == 0  # no specialist needed to replay
+    assert "identical" in capsys.readouterr().out
+
+
+@needs_nnunet
+def test_mode_3d_writes_the_specialists_volume_with_the_refined_slice(tiny, tmp_path):
+    image, library, expected, _ = tiny
+    out = tmp_path / "out"
+    assert _segment(image, out, "--library", str(library), "--mode", "3d", "--slice", "5") == 0
+    traj = json.loads((out / "trajectory.json").read_text())
+    assert traj["metadata"]["slice"] == 5 and traj["turns"][0]["action"]["name"] == "specialist"
+    from MedAgentSegLib import rle
+
+    written = _written(out, expected.shape)
+    refined = rle.decode(traj["turns"][-1]["mask_rle"])
+    assert np.array_equal(written[5], refined)
+    others = [i for i in range(expected.shape[0]) if i != 5]
+    assert np.array_equal(written[others], expected[others])
+    assert not (out / "propagation.json").exists()
+
+
+@needs_nnunet
+def test_a_failing_specialist_falls_back_to_the_locator_and_says_so(tiny, tmp_path, capsys):
+    image, _, _, model = tiny
+    broken = _library(tmp_path / "lib", model, fold=3, name="TinyBroken")  # fold_3 has no checkpoint
+    out = tmp_path / "out"
+    rc = _segment(image, out, "--library", str(broken))
+    err = capsys.readouterr().err
+    assert "warning: the specialist TinyBroken failed" in err and "fold_3/checkpoint_final.pth" in err
+    assert "the locator places the first box instead" in err
+    # the locator then answers: a box (exit 0) or, on this noise image, most likely a question (exit 2)
+    if rc == 0:
+        traj = json.loads((out / "trajectory.json").read_text())
+        assert traj["turns"][0]["action"]["name"] == "add_bbox"
+    else:
+        assert rc == 2 and "Installed specialist models: TinyBroken (liver, liver tumor)" in err
+        assert not out.exists()
+    # asked for by name, the failing specialist is an error: one line, nothing written
+    out2 = tmp_path / "out2"
+    assert _segment(image, out2, "--library", str(broken), "--first", "specialist") == 2
+    err = capsys.readouterr().err
+    assert "error: the specialist TinyBroken failed" in err and "use --first locator" in err
+    assert len(err.strip().splitlines()) == 2 and not out2.exists()  # the "running" line, then the error
+
+
+def test_first_specialist_without_one_installed_or_on_a_2d_image_is_an_error(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    image = tmp_path / "ct.nrrd"
+    sitk.WriteImage(tiny_image(), str(image))
+    placeholder = _library(tmp_path / "lib", tmp_path / "no-such-model")
+    assert _segment(image, tmp_path / "o1", "--library", str(placeholder), "--first", "specialist") == 2
+    err = capsys.readouterr().err
+    assert "no installed specialist segments the liver" in err and "does not exist" in err
+    png = tmp_path / "slice.png"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)).save(png)
+    assert _segment(png, tmp_path / "o2", "--first", "specialist") == 2
+    assert "needs a 3D image" in capsys.readouterr().err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_a_target_no_locator_or_specialist_knows_asks_and_names_what_it_can_do(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    image = tmp_path / "ct.nrrd"
+    sitk.WriteImage(tiny_image(), str(image))
+    out = tmp_path / "out"
+    rc = main(["segment", str(image), "--target", "brain", "--modality", "CT", "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("medagentseg: error: I cannot find brain on my own")
+    assert "Targets I can find on my own: polyp" in line and "No specialist model is installed" in line
+
+
+def test_installed_specialists_route_by_target_and_modality(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    lib = _library(tmp_path / "lib", model)
+    found = installed_specialists("liver", "CT", lib)
+    if importlib.util.find_spec("nnunetv2") is None:
+        assert found.matches == [] and "nnunetv2 is not installed" in found.not_ready["TinyNnunet"]
+        return
+    assert found.names == ["TinyNnunet"] and found.matches[0].ids == [LABELS["liver"]]
+    assert installed_specialists("liver", "MR", lib).names == []  # a CT model is not offered for an MR image
+    assert installed_specialists("spleen", "CT", lib).names == []  # nor for a target it does not segment
+    shipped = installed_specialists("liver", "CT")  # the shipped library: placeholders, nothing installed
+    assert "runner.path is not set" in shipped.not_ready["MedAgentSeg_abdomen_demo_nnunet"]
