@@ -744,6 +744,14 @@ class AgentSegLogic:
         if self.active is run:
             self.active = None
 
+    def discard_runs(self, segmentation_node: Any) -> None:
+        """Drop the sessions writing into `segmentation_node`, and their nodes: a front end is removing it (the
+        review queue moving to another case)."""
+        self._require_idle("close the case")
+        for run in [r for r in self.runs.values() if r.segmentation_node is segmentation_node]:
+            self._discard_run(run)
+        self._changed()
+
     def _remove_observers(self, run: TargetRun) -> None:
         for node, tag in run.observer_tags:
             node.RemoveObserver(tag)

@@ -85,6 +85,17 @@ class ReviewCase:
         return self.final or self.original
 
 
+def _extent(ijk: np.ndarray) -> list[int]:
+    """[i0, i1, j0, j1, k0, k1] of the voxels set ([0, -1, ...] when none), as Slicer writes a segment's extent."""
+    if not ijk.any():
+        return [0, -1, 0, -1, 0, -1]
+    out = []
+    for axis in range(3):
+        hit = np.flatnonzero(ijk.any(axis=tuple(a for a in range(3) if a != axis)))
+        out += [int(hit[0]), int(hit[-1])]
+    return out
+
+
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -244,6 +255,7 @@ class ReviewQueue:
             ijk = self._mask_ijk(mask, grid, seg, segment["name"])
             seg["voxels"] = ijk.astype(np.uint8) * np.uint8(segment.get("labelValue", 1))
             segment["layer"] = 0
+            segment["extent"] = _extent(ijk)  # Slicer crops the segment to it when reading the file
             seg["segments"] = [segment]
             final = self.folder / "cases" / case_id / "final.seg.nrrd"
             tmp = final.with_name(f".final.{uuid.uuid4().hex[:8]}.tmp.seg.nrrd")

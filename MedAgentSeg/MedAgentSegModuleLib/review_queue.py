@@ -1,0 +1,380 @@
+"""Reviewing a labeling folder in the scene (issue #19): the Slicer side of MedAgentSegLib.labeling.review.
+
+No Qt, no trame: the module's widget only wires buttons to `LabelingReviewLogic`, which raises `ReviewError` (a
+sentence) for anything it cannot do. Leases, statuses and files are the library's `ReviewQueue`; this puts the open
+case into MRML and reads the reviewed mask back:
+- the image as a scalar volume on the grid its seg.nrrd was written on (as `segment` read it; RGB shown as grey),
+- the mask (final if one was saved, else the agent's) as a segmentation node, the one edits go into,
+- the pre-label's turns as a sequence (`TrajectoryRecorder`: mask and prompts per turn, scrubbed in Sequences).
+Moving to another case removes these nodes and gives the lease back. The agent (`AgentSegLogic`, optional) edits
+the case like any segmentation; its turns since the last save are recorded as the agent's (or the person's, for the
+prompts they placed), and a change to the mask that no agent turn made as a human edit.
+Threading: everything here is MRML work on the main thread; the agent's model work stays on its worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from MedAgentSegLib import images, rle
+from MedAgentSegLib.engines.base import Prompts
+from MedAgentSegLib.labeling.review import LeaseTaken, ReviewCase, ReviewError, ReviewQueue
+
+from .mrml_writer import (
+    BINARY,
+    PromptNodes,
+    TrajectoryRecorder,
+    check_same_transform,
+    check_volume,
+    ensure_scene_logics,
+    slice_geometry,
+    slice_image,
+    vtk_matrix,
+)
+
+__all__ = ["LabelingReviewLogic", "ReviewError", "image_volume", "load_segmentation", "segment_kji",
+           "trajectory_sequence"]
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+AXIS_IJK = {"axial": "K", "coronal": "J", "sagittal": "I", None: "K"}  # MedAgentSegLib.images.AXES
+
+
+def image_volume(scene: Any, path: str, name: str) -> Any:
+    """A scalar volume node of the image as MedAgentSegLib.images reads it (the grid of the case's seg.nrrd); a 2D
+    image is one slice, an RGB one its luminance (the slice views and the agent's checks want one component)."""
+    img = images.load_image(path)
+    arr = img.array
+    if not img.is_3d:
+        if arr.ndim == 3:
+            arr = np.tensordot(arr[..., :3].astype(np.float32), np.float32([0.299, 0.587, 0.114]), axes=1)
+        arr = arr[None]
+    data = vtk.vtkImageData()
+    data.SetDimensions(arr.shape[2], arr.shape[1], arr.shape[0])
+    data.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(arr).reshape(-1), deep=True))
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
+    node.SetAndObserveImageData(data)
+    node.SetIJKToRASMatrix(vtk_matrix(LPS_TO_RAS @ images.ijk_to_lps(img)))
+    node.CreateDefaultDisplayNodes()
+    check_volume(node)
+    return node
+
+
+def load_segmentation(scene: Any, path: Any, volume: Any, name: str) -> Any:
+    """A segmentation node read from a .seg.nrrd (Slicer's own reader), its reference geometry the volume's."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    ok = storage.ReadData(node)
+    scene.RemoveNode(storage)  # the case's file is never written through the scene
+    if not ok or node.GetSegmentation().GetNumberOfSegments() == 0:
+        scene.RemoveNode(node)
+        raise ReviewError(f"cannot read {path} as a segmentation; restore it, or delete the case's manifest line and "
+                          "run `medagentseg label` again for it")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    return node
+
+
+def segment_kji(segmentation: Any, segment_id: str, volume: Any) -> np.ndarray:
+    """The segment as a (K, J, I) bool array on the volume's voxel grid (resampled if the editor changed its
+    geometry). Both nodes must be under the same transform."""
+    check_same_transform(segmentation, volume)
+    ni, nj, nk = volume.GetImageData().GetDimensions()
+    labelmap = slicer.vtkOrientedImageData()
+    segmentation.GetBinaryLabelmapRepresentation(segment_id, labelmap)
+    e = labelmap.GetExtent()
+    if e[0] > e[1] or e[2] > e[3] or e[4] > e[5] or labelmap.GetPointData().GetScalars() is None:
+        return np.zeros((nk, nj, ni), bool)
+    ref = slicer.vtkOrientedImageData()
+    ref.SetExtent(0, ni - 1, 0, nj - 1, 0, nk - 1)
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    ref.SetImageToWorldMatrix(m)
+    out = slicer.vtkOrientedImageData()
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, ref, out, False, True)
+    arr = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars())
+    return arr.reshape(nk, nj, ni) > 0
+
+
+def trajectory_sequence(scene: Any, volume: Any, segmentation: Any, segment_id: str, trajectory: dict[str, Any],
+                        sequences_logic: Any, base_name: str) -> TrajectoryRecorder:
+    """The pre-label's turns (a MedAgentSegLib trajectory) as one sequence item each: its mask on its slice and its
+    prompts, as the module records a live session's turns."""
+    meta = trajectory.get("metadata") or {}
+    geom = slice_geometry(volume, AXIS_IJK.get(meta.get("axis"), "K"), int(meta.get("slice") or 0))
+    recorder = TrajectoryRecorder(scene, base_name, sequences_logic)
+    prompts = PromptNodes.create(scene, f"{base_name} turn")
+    source = segmentation.GetSegmentation().GetSegment(segment_id)
+    scratch = slicer.vtkMRMLSegmentationNode()  # not in the scene: only copied into the sequence
+    scratch.GetSegmentation().SetSourceRepresentationName(BINARY)
+    try:
+        for n, turn in enumerate(trajectory.get("turns") or [], 1):
+            segment = slicer.vtkSegment()
+            segment.SetName(source.GetName())
+            segment.SetColor(source.GetColor())
+            segment.AddRepresentation(BINARY, slice_image(rle.decode(turn["mask_rle"]).astype(bool), geom))
+            scratch.GetSegmentation().RemoveAllSegments()
+            scratch.GetSegmentation().AddSegment(segment, segment_id)
+            prompts.write(Prompts.from_dict(turn.get("prompts") or {}), geom)
+            recorder.record(n, scratch, segment_id, prompts, {"turn": n, "source": turn.get("source"),
+                                                               "action": turn.get("action")})
+    finally:
+        prompts.remove_from_scene(scene)
+    return recorder
+
+
+class LabelingReviewLogic:
+    """One reviewer going through a labeling folder in `scene`.
+
+    agent: the module's AgentSegLogic, if the reviewer may run the agent on a case; its on_change is chained so each
+    agent change is seen. on_change(): called when the case or its status changed. clock: for the leases (tests).
+    """
+
+    def __init__(self, scene: Any, reviewer: str, agent: Any = None, lease_seconds: float = 1800.0,
+                 clock: Callable[[], float] = time.time, sequences_logic: Any = None,
+                 on_change: Callable[[], None] | None = None):
+        self.scene = scene
+        self.reviewer = reviewer
+        self.agent = agent
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self.on_change = on_change
+        self.sequences_logic = sequences_logic or (agent.sequences_logic if agent is not None
+                                                   else ensure_scene_logics(scene))
+        self.queue: ReviewQueue | None = None
+        self.case: ReviewCase | None = None
+        self.volume = self.segmentation = self.trajectory = None
+        self.segment_id: str | None = None
+        self._nodes: list[Any] = []
+        self._pending: list[dict[str, Any]] = []  # provenance since the last save
+        self._explained: np.ndarray | None = None  # the mask as the last save or agent change left it
+        self._seen: dict[Any, tuple[int, int]] = {}  # agent run key -> (turns, propagations) accounted for
+        self._renewed = 0.0
+        if agent is not None:
+            chained = agent.on_change
+
+            def changed() -> None:
+                self.agent_changed()
+                if chained is not None:
+                    chained()
+
+            agent.on_change = changed
+
+    # -- folder and cases -----------------------------------------------------------------------------------------
+    def open_folder(self, folder: str) -> list[dict[str, Any]]:
+        """Open the --out folder of `medagentseg label`; returns its rows (see `rows`)."""
+        queue = ReviewQueue(folder, self.reviewer, lease_seconds=self.lease_seconds, clock=self.clock)
+        self.close()
+        self.queue = queue
+        return self.rows()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per case: id, status, who (holds it now, or decided it), note."""
+        if self.queue is None:
+            return []
+        leases = self.queue.leases()
+        rows = []
+        for rec in self.queue.cases():
+            lease = leases.get(rec["case_id"])
+            held = lease is not None and lease.reviewer != self.reviewer
+            rows.append({"id": rec["case_id"], "status": rec["status"], "note": rec.get("review_note") or "",
+                         "who": f"{lease.reviewer} (reviewing)" if held else (rec.get("reviewer") or "")})
+        return rows
+
+    def next(self, unreviewed_only: bool = False) -> ReviewCase | None:
+        """Open the next case (another reviewer's skipped); None, with nothing changed, when there is none."""
+        queue = self._queue()
+        self._before_leaving()
+        here = cid = self.case.case_id if self.case else None
+        while (cid := queue.next_case(cid, unreviewed_only)) not in (None, here):
+            try:
+                return self.open_case(cid)
+            except LeaseTaken:  # taken between the two calls: the one after it
+                continue
+        return None
+
+    def previous(self) -> ReviewCase | None:
+        queue = self._queue()
+        self._before_leaving()
+        cid = queue.previous_case(self.case.case_id if self.case else None)
+        return None if cid is None else self.open_case(cid)
+
+    def open_case(self, case_id: str, drop_edits: bool = False) -> ReviewCase:
+        """Take the case's lease (LeaseTaken if another reviewer holds it: nothing changes) and show it; the case
+        before is given back and its nodes removed. Refused while the open case has unsaved edits, unless
+        `drop_edits` (e.g. the open case again, as last saved)."""
+        queue = self._queue()
+        if drop_edits:
+            if self.agent is not None and self.agent.busy:
+                raise ReviewError("the agent is still working on a turn: wait for it or press Stop first")
+        else:
+            self._before_leaving()
+        case = queue.open(case_id)  # releases the case before
+        self._clear()
+        try:
+            self._load(case)
+        except Exception:
+            self._clear()
+            queue.release(case_id)
+            raise
+        self.case = case
+        self._renewed = self.clock()
+        self._changed()
+        return case
+
+    def _load(self, case: ReviewCase) -> None:
+        try:
+            self.volume = image_volume(self.scene, case.image, case.case_id)
+        except (images.ImageError, ValueError) as exc:
+            raise ReviewError(f"case {case.case_id}: cannot show its image ({exc})") from None
+        self._nodes.append(self.volume)
+        name = f"{case.case_id} {'final' if case.final else 'pre-label'}"
+        self.segmentation = load_segmentation(self.scene, case.mask, self.volume, name)
+        self._nodes.append(self.segmentation)
+        self.segment_id = self.segmentation.GetSegmentation().GetNthSegmentID(0)
+        self._explained = segment_kji(self.segmentation, self.segment_id, self.volume)
+        self._pending, self._seen = [], self._agent_counts()
+        if case.trajectory is not None:
+            from MedAgentSegLib.session import load_trajectory
+
+            try:
+                trajectory = load_trajectory(case.trajectory)
+            except ValueError as exc:
+                raise ReviewError(f"case {case.case_id}: {exc}") from None
+            self.trajectory = trajectory_sequence(self.scene, self.volume, self.segmentation, self.segment_id,
+                                                  trajectory, self.sequences_logic, f"{case.case_id} pre-label")
+            browser = self.trajectory.browser
+            proxies = [browser.GetProxyNode(seq) for seq in self.trajectory.sequences.values()]
+            self._nodes += [*self.trajectory.nodes(), *(p for p in proxies if p is not None)]
+
+    def _clear(self) -> None:
+        """Remove the open case's nodes (the agent's runs on them go with them)."""
+        segmentation, self.segmentation, self.case = self.segmentation, None, None  # no agent change counted now
+        if self.agent is not None and segmentation is not None:
+            self.agent.discard_runs(segmentation)
+        for node in self._nodes:
+            if node.GetScene() is not None:
+                self.scene.RemoveNode(node)
+        self._nodes, self.volume, self.trajectory = [], None, None
+        self.segment_id, self._pending, self._explained = None, [], None
+
+    def close(self) -> None:
+        """Give the open case back and remove its nodes (the folder stays open)."""
+        if self.queue is not None:
+            self.queue.close()
+        self._clear()
+        self._changed()
+
+    # -- deciding ---------------------------------------------------------------------------------------------------
+    def accept(self, note: str | None = None) -> dict[str, Any]:
+        self._require_saved("accept it")
+        return self._done(self._queue().accept(self._case_id(), note=(note or "").strip() or None))
+
+    def reject(self, note: str) -> dict[str, Any]:
+        return self._done(self._queue().reject(self._case_id(), (note or "").strip()))
+
+    def save_edit(self, note: str | None = None) -> dict[str, Any]:
+        """Write the segment as it is now as the case's final mask, with the turns that made it."""
+        cid = self._case_id()
+        if self.agent is not None and self.agent.busy:
+            raise ReviewError("the agent is still working on a turn: wait for it or press Stop, then save")
+        self.agent_changed()
+        mask = segment_kji(self.segmentation, self.segment_id, self.volume)
+        provenance = self._provenance(mask)
+        if not provenance:
+            raise ReviewError(f"case {cid} has not been edited since it was opened or saved: edit the mask first, "
+                              "or accept it as it is")
+        rec = self._queue().save_edit(cid, mask, provenance, note=(note or "").strip() or None)
+        self._pending, self._explained = [], mask
+        return self._done(rec)
+
+    def dirty(self) -> bool:
+        """The mask changed since the case was opened or saved."""
+        if self.case is None:
+            return False
+        self.agent_changed()
+        return bool(self._provenance(segment_kji(self.segmentation, self.segment_id, self.volume)))
+
+    def _provenance(self, mask: np.ndarray) -> list[dict[str, Any]]:
+        extra = [{"by": "human", "action": "segment editor"}] if not np.array_equal(mask, self._explained) else []
+        return self._pending + extra
+
+    def agent_changed(self) -> None:
+        """Account for the agent's turns on the open case since last seen (called through the agent's on_change):
+        a change to the mask made before them and not by them is a human edit, the turns are the agent's (or the
+        person's, for prompts they placed), an undo is the person's."""
+        if self.case is None or self.agent is None or self.segmentation is None:
+            return
+        counts = self._agent_counts()
+        mask = segment_kji(self.segmentation, self.segment_id, self.volume)
+        entries: list[dict[str, Any]] = []
+        for key, (turns, props) in counts.items():
+            run = self.agent.runs[key]
+            seen_turns, seen_props = self._seen.get(key, (0, 0))
+            if turns < seen_turns or props < seen_props:
+                entries.append({"by": "human", "action": "undo"})
+            for i, rec in enumerate(run.records[seen_turns:turns]):
+                if i == 0 and self._painted_before(run, rec):  # one turn per change: later ones follow it
+                    entries.append({"by": "human", "action": "segment editor"})
+                entries.append({"by": "agent" if rec.record.get("source") == "agent" else "human",
+                                "action": rec.record["action"]["name"]})
+            entries += [{"by": "agent", "action": step.kind} for step in run.propagations[seen_props:props]]
+        if not entries and not np.array_equal(mask, self._explained):  # no turn made this change
+            entries.append({"by": "human", "action": "segment editor"})
+        self._pending += entries
+        self._seen = counts
+        self._explained = mask
+
+    def _painted_before(self, run: Any, rec: Any) -> bool:
+        """The turn's slice before it differs from the mask last accounted for: someone painted it meanwhile."""
+        before = rec.segments_before.get(self.segment_id)
+        return before is not None and not np.array_equal(before, run.geom.extract(self._explained))
+
+    def _agent_counts(self) -> dict[Any, tuple[int, int]]:
+        if self.agent is None or self.segmentation is None:
+            return {}
+        return {key: (len(run.records), len(run.propagations)) for key, run in self.agent.runs.items()
+                if run.segmentation_node is self.segmentation and run.segment_id == self.segment_id}
+
+    # -- the lease ---------------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """From the widget's timer: renew the open case's lease a third of the way through it."""
+        if self.case is not None and self.clock() - self._renewed >= self.lease_seconds / 3:
+            self._renewed = self.clock()
+            self._queue().renew(self.case.case_id)
+
+    # -- helpers -----------------------------------------------------------------------------------------------------
+    def _queue(self) -> ReviewQueue:
+        if self.queue is None:
+            raise ReviewError("open a labeling folder first (the --out folder of `medagentseg label`)")
+        return self.queue
+
+    def _case_id(self) -> str:
+        if self.case is None:
+            raise ReviewError("no case is open: press Next unreviewed, or pick one in the list")
+        return self.case.case_id
+
+    def _require_saved(self, what: str) -> None:
+        if self.dirty():
+            raise ReviewError(f"case {self.case.case_id} was edited and not saved: Save edit first, or open it again "
+                              f"to drop the edit, then {what}")
+
+    def _before_leaving(self) -> None:
+        if self.agent is not None and self.agent.busy:
+            raise ReviewError("the agent is still working on a turn: wait for it or press Stop first")
+        self._require_saved("move on")
+
+    def _done(self, rec: dict[str, Any]) -> dict[str, Any]:
+        self._changed()
+        return rec
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()

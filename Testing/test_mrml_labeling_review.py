@@ -1,0 +1,240 @@
+"""Reviewing a labeling folder in a real MRML scene (PyPI slicer-core): MedAgentSegModuleLib.review_queue (issue #19).
+
+The folder is made once by `medagentseg label` with the model-free `fakes.BoxEngine`: three 2D PNG cases and a small
+volume with a permuted direction and an offset origin (propagated in 3D), then copied for each test. What is checked:
+- a case loads on its own grid: the volume and the segment give back the seg.nrrd's voxels, 2D and 3D;
+- its turns are a sequence (one item per turn, its mask and prompts);
+- next / previous / next unreviewed give the lease back and remove the case's nodes;
+- accept / reject / save edit are in the manifest at once; unsaved edits block moving on;
+- provenance: the agent's turns are the agent's, prompts the person placed and Segment-Editor paint are human.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicerio
+from fakes import BoxEngine, gray_image
+from PIL import Image
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is not installed: pip install -e '.[test]'")
+vtk = pytest.importorskip("vtk")
+sitk = pytest.importorskip("SimpleITK")
+from vtk.util import numpy_support  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "MedAgentSeg"))
+sys.path.insert(0, str(REPO))
+
+from MedAgentSegModuleLib.agent_logic import AgentSegLogic  # noqa: E402
+from MedAgentSegModuleLib.mrml_writer import ensure_scene_logics  # noqa: E402
+from MedAgentSegModuleLib.review_queue import LabelingReviewLogic, ReviewError, segment_kji  # noqa: E402
+
+import MedAgentSegLib.engines as engines  # noqa: E402
+from MedAgentSegLib.actions import AddPoint, StopAction  # noqa: E402
+from MedAgentSegLib.cli import main  # noqa: E402
+from MedAgentSegLib.engines.base import Prompts  # noqa: E402
+from MedAgentSegLib.labeling.manifest import read_manifest  # noqa: E402
+from MedAgentSegLib.labeling.review import LeaseTaken, ReviewQueue  # noqa: E402
+
+BOXES = {"c0": [5, 6, 30, 40], "c1": [10, 4, 50, 20], "c2": [0, 0, 20, 20], "vol": [10, 10, 30, 25]}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mrml_review")
+    src = root / "in"
+    src.mkdir()
+    for i, cid in enumerate(("c0", "c1", "c2")):
+        Image.fromarray(gray_image(seed=i)).save(src / f"{cid}.png")
+    vol = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 1000, (6, 40, 50)).astype(np.int16))
+    vol.SetSpacing((0.8, 0.7, 2.5))
+    vol.SetOrigin((-10.0, 20.0, 5.0))
+    vol.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(vol, str(src / "vol.nrrd"))
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"case": c, "box": b, **({"slice": 3} if c == "vol" else {})}) + "\n"
+                               for c, b in BOXES.items()))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engines, "create_engine", lambda *a, **k: BoxEngine())
+        argv = ["label", str(src), "--target", "polyp", "--prompts", str(prompts), "--out", str(root / "out")]
+        assert main(argv) == 0
+    return root / "out"
+
+
+@pytest.fixture
+def out(labelled, tmp_path) -> Path:
+    shutil.copytree(labelled, tmp_path / "out")
+    return tmp_path / "out"
+
+
+@pytest.fixture
+def scene():
+    scene = slicer.vtkMRMLScene()
+    ensure_scene_logics(scene)
+    return scene
+
+
+def seg_kji(path: Path) -> np.ndarray:
+    seg = slicerio.read_segmentation(str(path))
+    return slicerio.segment_mask(seg, seg["segments"][0]).transpose(2, 1, 0)
+
+
+def status(out: Path) -> dict[str, str]:
+    return {cid: r["status"] for cid, r in read_manifest(out).items()}
+
+
+def paint(segmentation, segment_id, volume, kji: np.ndarray) -> None:
+    """What a Segment Editor stroke does: voxels added to the segment (max with what it holds)."""
+    img = slicer.vtkOrientedImageData()
+    img.SetDimensions(kji.shape[2], kji.shape[1], kji.shape[0])
+    img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    img.GetPointData().GetScalars().DeepCopy(numpy_support.numpy_to_vtk(kji.astype(np.uint8).ravel(), deep=True))
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    img.SetImageToWorldMatrix(m)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        img, segmentation, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_MERGE_MAX)
+
+
+def test_a_case_loads_on_its_own_grid_with_its_turns_as_a_sequence(out, scene):
+    logic = LabelingReviewLogic(scene, "alice")
+    rows = logic.open_folder(str(out))
+    assert [r["id"] for r in rows] == ["c0", "c1", "c2", "vol"] and {r["status"] for r in rows} == {"pre-labelled"}
+    case = logic.next(unreviewed_only=True)
+    assert case.case_id == "c0" and status(out)["c0"] == "in review"
+    assert logic.volume.GetImageData().GetDimensions() == (64, 48, 1)
+    expected = seg_kji(out / "cases" / "c0" / "original.seg.nrrd")
+    assert expected.sum() > 0 and np.array_equal(segment_kji(logic.segmentation, logic.segment_id, logic.volume),
+                                                 expected)
+    recorder = logic.trajectory
+    assert recorder.index_values() == ["1", "2"]  # the box, then the stop
+    first = recorder.sequences["mask"].GetNthDataNode(0)
+    assert json.loads(first.GetAttribute("MedAgentSeg.Turn"))["action"]["name"] == "add_bbox"
+    assert np.array_equal(segment_kji(first, logic.segment_id, logic.volume), expected)
+    box = recorder.sequences["box"].GetNthDataNode(0)
+    assert box.GetNumberOfControlPoints() == 1  # the turn's box is in the sequence
+
+    logic.open_case("vol")  # 3D: a permuted direction and an offset origin
+    img = sitk.ReadImage(read_manifest(out)["vol"]["image"])
+    m = vtk.vtkMatrix4x4()
+    logic.volume.GetIJKToRASMatrix(m)
+    ras = np.array(m.MultiplyPoint((4, 7, 2, 1)))[:3]
+    lps = np.array(img.TransformIndexToPhysicalPoint((4, 7, 2)))
+    assert np.allclose(ras, lps * [-1, -1, 1], atol=1e-4)
+    got = segment_kji(logic.segmentation, logic.segment_id, logic.volume)
+    assert np.array_equal(got, seg_kji(out / "cases" / "vol" / "original.seg.nrrd")) and got[3].any()
+
+
+def test_moving_on_gives_the_lease_back_and_removes_the_case_nodes(out, scene):
+    clock = Clock()
+    logic = LabelingReviewLogic(scene, "alice", clock=clock)
+    logic.open_folder(str(out))
+    logic.next()
+    c0_volume = logic.volume
+    assert logic.next().case_id == "c1"
+    assert c0_volume.GetScene() is None and status(out)["c0"] == "pre-labelled"
+    assert not (out / "leases" / "c0.json").exists() and (out / "leases" / "c1.json").is_file()
+    assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 1
+    assert scene.GetNodesByClass("vtkMRMLSequenceBrowserNode").GetNumberOfItems() == 1
+
+    bob = ReviewQueue(out, "bob", clock=clock)
+    bob.open("c2")
+    assert logic.next().case_id == "vol"  # bob's case is skipped
+    assert [r["who"] for r in logic.rows()][2] == "bob (reviewing)"
+    with pytest.raises(LeaseTaken):
+        logic.open_case("c2")
+    assert logic.case.case_id == "vol" and logic.volume.GetScene() is scene  # nothing changed
+    assert logic.previous().case_id == "c1"
+    logic.close()
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    assert status(out) == {"c0": "pre-labelled", "c1": "pre-labelled", "c2": "in review", "vol": "pre-labelled"}
+
+
+def test_decisions_and_an_edit_are_in_the_manifest_at_once(out, scene):
+    logic = LabelingReviewLogic(scene, "alice")
+    logic.open_folder(str(out))
+    logic.open_case("c0")
+    logic.accept("looks right")
+    assert read_manifest(out)["c0"]["status"] == "accepted"
+    logic.open_case("c1")
+    with pytest.raises(ReviewError, match="needs a note"):
+        logic.reject("  ")
+    logic.reject("two polyps, only one outlined")
+    assert read_manifest(out)["c1"]["review_note"] == "two polyps, only one outlined"
+
+    logic.open_case("c2")
+    with pytest.raises(ReviewError, match="has not been edited"):
+        logic.save_edit()
+    stroke = np.zeros((1, 48, 64), bool)
+    stroke[0, 30:40, 40:60] = True
+    paint(logic.segmentation, logic.segment_id, logic.volume, stroke)
+    assert logic.dirty()
+    for move in (logic.next, lambda: logic.open_case("c0"), logic.accept):
+        with pytest.raises(ReviewError, match="edited and not saved"):
+            move()
+    rec = logic.save_edit("added the second lobe")
+    expected = seg_kji(out / "cases" / "c2" / "original.seg.nrrd") | stroke
+    assert np.array_equal(seg_kji(out / "cases" / "c2" / "final.seg.nrrd"), expected)
+    assert read_manifest(out)["c2"]["status"] == "edited" == rec["status"] and not logic.dirty()
+    review = json.loads((out / "cases" / "c2" / "review.json").read_text())
+    assert [(t["by"], t["action"], t["mask"]) for t in review["turns"][-1:]] == [("human", "segment editor", "final")]
+
+    logic.open_case("c1")
+    reopened = logic.open_case("c2")  # the edited case shows its final mask
+    assert reopened.final is not None
+    assert np.array_equal(segment_kji(logic.segmentation, logic.segment_id, logic.volume), expected)
+
+
+class ClickThenStop:
+    """An agent: one positive click at the middle of the image, then stop."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def next_action(self, obs):
+        self.calls += 1
+        return AddPoint((500, 500)) if self.calls == 1 else StopAction()
+
+
+def test_the_agents_turns_are_the_agents_and_paint_and_placed_prompts_are_human(out, scene):
+    agent = AgentSegLogic(scene, engine_factory=lambda name, **kw: BoxEngine())
+    logic = LabelingReviewLogic(scene, "alice", agent=agent)
+    logic.open_folder(str(out))
+    logic.open_case("c0")
+    stroke = np.zeros((1, 48, 64), bool)
+    stroke[0, 44:47, 0:5] = True
+    paint(logic.segmentation, logic.segment_id, logic.volume, stroke)  # before the agent's session
+    run = agent.start(logic.volume, logic.segmentation, "polyp", segment_name="polyp", axis="K", slice_index=0,
+                      engine="fake", policy=ClickThenStop())
+    agent.wait()
+    run.prompts.write(Prompts(box=(20.0, 10.0, 40.0, 30.0)), run.geom)  # the person places a box
+    agent.sync_prompts_from_markups()
+    agent.wait()
+    agent.run_agent(2)
+    agent.wait()
+    assert [r.record["source"] for r in run.records] == ["user", "agent"]
+    rec = logic.save_edit()
+    review = json.loads((out / "cases" / "c0" / "review.json").read_text())
+    assert [(t["by"], t["action"], t["reviewer"]) for t in review["turns"] if t["mask"] == "final"] == [
+        ("human", "segment editor", "alice"), ("human", "add_bbox", "alice"), ("agent", "add_point", "alice")]
+    assert rec["provenance"] == {"agent": 1, "human": 4}  # + the batch's box and stop, from the prompts file
+    assert np.array_equal(seg_kji(out / "cases" / "c0" / "final.seg.nrrd"),
+                          segment_kji(logic.segmentation, logic.segment_id, logic.volume))
+
+    logic.next()  # the agent's session on the case goes with it
+    assert run.key not in agent.runs and run.prompts.roi.GetScene() is None
+    agent.cleanup()
