@@ -7,11 +7,13 @@ which has no Qt and is what the pytest suite drives with slicer-core) and the se
 
 from __future__ import annotations
 
+import getpass
 import html
 import os
 import sys
 from typing import Annotated
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -43,6 +45,7 @@ from MedAgentSegModuleLib.agent_logic import (  # noqa: E402
     learned_weights_available,
 )
 from MedAgentSegModuleLib.mrml_writer import MRMLInputError, view_slice  # noqa: E402
+from MedAgentSegModuleLib.review_queue import LabelingReviewLogic, ReviewError  # noqa: E402
 
 # Every engine the library builds; the default is the click-aware LiteMedSAM when shipped (plain LiteMedSAM gets
 # worse with clicks). The SAM engines need Meta's checkpoint file, given in 'SAM checkpoint'.
@@ -146,11 +149,13 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.checkDependencies()
         self.initializeParameterNode()
+        self.reviewPanel = LabelingReviewPanel(self)
         self.updateButtons()
 
     def cleanup(self) -> None:
         self.pollTimer.stop()
         self.removeObservers()
+        self.reviewPanel.close()
         if self.logic is not None:
             self.logic.cleanup()
 
@@ -207,6 +212,7 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPoll(self) -> None:
         self.logic.poll()
+        self.reviewPanel.tick()
         job = self._installJob
         done = job.poll() if job is not None else None
         if done is None:
@@ -355,6 +361,158 @@ class MedAgentSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = (f"'{run.target}' on slice {run.geom.axis}={run.geom.index}: "
                                         f"{len(run.records)} turn(s){prop}, {run.status}"
                                         f"{', working...' if busy else ''}")
+
+
+class LabelingReviewPanel:
+    """'Review a labeling folder': wires a few controls to `LabelingReviewLogic` (MedAgentSegModuleLib.review_queue),
+    which does everything; the chat and the agent then work on the open case like on any segmentation."""
+
+    def __init__(self, widget: MedAgentSegWidget) -> None:
+        self.widget = widget
+        self.review: LabelingReviewLogic | None = None
+        box = ctk.ctkCollapsibleButton()
+        box.text = "Review a labeling folder"
+        box.collapsed = True
+        widget.layout.addWidget(box)
+        form = qt.QFormLayout(box)
+        self.folder = ctk.ctkPathLineEdit()
+        self.folder.filters = ctk.ctkPathLineEdit.Dirs
+        self.folder.toolTip = "The --out folder of `medagentseg label` (it holds manifest.jsonl)"
+        self.reviewer = qt.QLineEdit(getpass.getuser())
+        self.reviewer.toolTip = "Written into the manifest with each decision; holds the case you open"
+        form.addRow("Folder:", self.folder)
+        form.addRow("Reviewer:", self.reviewer)
+        self.table = qt.QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["Case", "Status", "Reviewer", "Note"])
+        self.table.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        self.table.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        self.table.connect("cellDoubleClicked(int,int)", self.onPick)
+        self.note = qt.QLineEdit()
+        self.note.placeholderText = "Note (required to reject)"
+        self.status = qt.QLabel("Open a labeling folder.")
+        self.status.wordWrap = True
+        rows = [[("Open folder", self.onOpenFolder)], self.table,
+                [("Previous", self.onPrevious), ("Next", self.onNext), ("Next unreviewed", self.onNextUnreviewed)],
+                self.note, [("Accept", self.onAccept), ("Reject", self.onReject), ("Save edit", self.onSaveEdit)],
+                self.status]
+        self.buttons: dict[str, qt.QPushButton] = {}
+        for row in rows:
+            if not isinstance(row, list):
+                form.addRow(row)
+                continue
+            line = qt.QHBoxLayout()
+            for text, slot in row:
+                button = qt.QPushButton(text)
+                button.connect("clicked(bool)", slot)
+                line.addWidget(button)
+                self.buttons[text] = button
+            form.addRow(line)
+        self.refresh()
+
+    def call(self, fn, *args) -> bool:
+        """A logic call; its ReviewError (a sentence) goes to the chat and the status line. True: it was done."""
+        try:
+            fn(*args)
+            return True
+        except (ReviewError, AgentError, MRMLInputError) as exc:
+            self.widget.say("error", str(exc))
+            self.status.text = str(exc)
+        except Exception as exc:  # never a silent failure
+            import traceback
+
+            traceback.print_exc()
+            self.widget.say("error", f"Unexpected error: {exc}. Details are in the Python console.")
+        finally:
+            self.refresh()
+        return False
+
+    def onOpenFolder(self) -> None:
+        def open_folder():
+            if self.review is not None:
+                self.review.close()
+            review = LabelingReviewLogic(slicer.mrmlScene, self.reviewer.text.strip(), agent=self.widget.logic.agent,
+                                         sequences_logic=slicer.modules.sequences.logic(), on_change=self.refresh)
+            review.open_folder(self.folder.currentPath)
+            self.review = review
+
+        self.call(open_folder)
+
+    def move(self, step) -> None:
+        def go():
+            case = step()
+            if case is None:
+                raise ReviewError("no other case to open here (the others are reviewed or held by someone else)")
+            self.show()
+
+        if self.review is None:
+            self.status.text = "Open a labeling folder first."
+            return
+        self.call(go)
+
+    def onNext(self) -> None:
+        self.move(lambda: self.review.next())
+
+    def onNextUnreviewed(self) -> None:
+        self.move(lambda: self.review.next(unreviewed_only=True))
+
+    def onPrevious(self) -> None:
+        self.move(lambda: self.review.previous())
+
+    def onPick(self, row: int, column: int) -> None:
+        self.move(lambda: self.review.open_case(self.table.item(row, 0).text()))
+
+    def show(self) -> None:
+        """The case's volume in the views; the agent panel works on its segmentation and segment."""
+        r = self.review
+        p = self.widget._parameterNode
+        if p is not None:
+            p.inputVolume, p.outputSegmentation = r.volume, r.segmentation
+            p.segmentName = r.segmentation.GetSegmentation().GetSegment(r.segment_id).GetName()
+        slicer.util.setSliceViewerLayers(background=r.volume, fit=True)
+
+    def decide(self, fn) -> None:
+        if self.review is None:
+            self.status.text = "Open a labeling folder first."
+            return
+        if self.call(fn, self.note.text):
+            self.note.text = ""
+
+    def onAccept(self) -> None:
+        self.decide(lambda note: self.review.accept(note))
+
+    def onReject(self) -> None:
+        self.decide(lambda note: self.review.reject(note))
+
+    def onSaveEdit(self) -> None:
+        self.decide(lambda note: self.review.save_edit(note))
+
+    def tick(self) -> None:
+        """From the poll timer: keep the open case's lease (renewed a third of the way through it)."""
+        if self.review is not None and self.review.case is not None:
+            try:
+                self.review.tick()
+            except ReviewError as exc:  # e.g. the lease file was deleted by hand: said, tried again later
+                self.widget.say("error", str(exc))
+
+    def close(self) -> None:
+        """Give the open case back (the module is closing)."""
+        if self.review is not None:
+            self.call(self.review.close)
+
+    def refresh(self) -> None:
+        r = self.review
+        rows = r.rows() if r is not None else []
+        self.table.setRowCount(len(rows))
+        for i, row in enumerate(rows):
+            for j, key in enumerate(("id", "status", "who", "note")):
+                self.table.setItem(i, j, qt.QTableWidgetItem(row[key]))
+        case = r.case if r is not None else None
+        for name in ("Accept", "Reject", "Save edit"):
+            self.buttons[name].enabled = case is not None
+        if case is not None:
+            status = next((row["status"] for row in rows if row["id"] == case.case_id), "")
+            self.status.text = (f"Case {case.case_id} ({status}): accept it, reject it with a note, or edit it (the "
+                                "chat, the agent, the Segment Editor) and Save edit.")
 
 
 # -- logic --------------------------------------------------------------------------------------------------------
