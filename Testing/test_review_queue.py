@@ -293,3 +293,15 @@ def test_a_case_without_a_pre_label_is_not_opened(out):
     assert alice.next_case("c0") == "c2"
     with pytest.raises(ReviewError, match="no manifest.jsonl"):
         ReviewQueue(out / "cases", "alice")
+
+
+def test_a_hand_broken_review_record_is_refused_and_the_decision_not_written(out):
+    alice = ReviewQueue(out, "alice")
+    alice.open("c0")
+    alice.accept("c0")
+    review = out / "cases" / "c0" / "review.json"
+    review.write_text('{"turns": "lost"}')
+    manifest = (out / "manifest.jsonl").read_text()
+    with pytest.raises(ReviewError, match=r"review\.json is not a review record"):
+        alice.reject("c0", "changed my mind")
+    assert (out / "manifest.jsonl").read_text() == manifest and review.read_text() == '{"turns": "lost"}'
