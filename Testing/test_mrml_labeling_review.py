@@ -238,3 +238,29 @@ def test_the_agents_turns_are_the_agents_and_paint_and_placed_prompts_are_human(
     logic.next()  # the agent's session on the case goes with it
     assert run.key not in agent.runs and run.prompts.roi.GetScene() is None
     agent.cleanup()
+
+
+def test_on_a_volume_paint_on_another_slice_is_human_and_a_propagation_the_agents(out, scene):
+    agent = AgentSegLogic(scene, engine_factory=lambda name, **kw: BoxEngine())
+    logic = LabelingReviewLogic(scene, "alice", agent=agent)
+    logic.open_folder(str(out))
+    logic.open_case("vol")
+    run = agent.start(logic.volume, logic.segmentation, "polyp", segment_name="polyp", axis="K", slice_index=3,
+                      engine="fake", policy="scripted")
+    agent.wait()
+    stroke = np.zeros((6, 40, 50), bool)
+    stroke[0, 1:4, 1:4] = True  # slice 0: not the session's slice
+    paint(logic.segmentation, logic.segment_id, logic.volume, stroke)
+    run.prompts.write(Prompts(box=(12.0, 12.0, 28.0, 24.0)), run.geom)
+    agent.sync_prompts_from_markups()
+    agent.wait()
+    assert agent.propagate() is True
+    agent.wait()
+    assert run.propagations and run.propagations[-1].written
+    logic.save_edit()
+    review = json.loads((out / "cases" / "vol" / "review.json").read_text())
+    assert [(t["by"], t["action"]) for t in review["turns"] if t["mask"] == "final"] == [
+        ("human", "segment editor"), ("human", "add_bbox"), ("agent", "propagate")]
+    final = seg_kji(out / "cases" / "vol" / "final.seg.nrrd")
+    assert final[0, 1:4, 1:4].all() and final[3, 12:25, 12:29].all()
+    agent.cleanup()

@@ -314,21 +314,25 @@ class LabelingReviewLogic:
             return
         counts = self._agent_counts()
         mask = segment_kji(self.segmentation, self.segment_id, self.volume)
-        entries: list[dict[str, Any]] = []
+        touched = np.zeros(mask.shape, bool)  # where the new turns and propagations may have written
+        painted, entries = False, []
         for key, (turns, props) in counts.items():
             run = self.agent.runs[key]
             seen_turns, seen_props = self._seen.get(key, (0, 0))
             if turns < seen_turns or props < seen_props:
                 entries.append({"by": "human", "action": "undo"})
+                touched[...] = True  # what an undo put back is not known here
             for i, rec in enumerate(run.records[seen_turns:turns]):
-                if i == 0 and self._painted_before(run, rec):  # one turn per change: later ones follow it
-                    entries.append({"by": "human", "action": "segment editor"})
+                painted |= i == 0 and self._painted_before(run, rec)  # one turn per change: later ones follow it
+                run.geom.extract(touched)[...] = True
                 entries.append({"by": "agent" if rec.record.get("source") == "agent" else "human",
                                 "action": rec.record["action"]["name"]})
-            entries += [{"by": "agent", "action": step.kind} for step in run.propagations[seen_props:props]]
-        if not entries and not np.array_equal(mask, self._explained):  # no turn made this change
-            entries.append({"by": "human", "action": "segment editor"})
-        self._pending += entries
+            for step in run.propagations[seen_props:props]:
+                axis = "KJI".index(run.geom.axis)  # KJI arrays: K is axis 0
+                touched[(slice(None),) * axis + (list(step.written),)] = True
+                entries.append({"by": "agent", "action": step.kind})
+        painted |= bool(((mask != self._explained) & ~touched).any())  # no turn wrote there: a person did
+        self._pending += [{"by": "human", "action": "segment editor"}] * painted + entries
         self._seen = counts
         self._explained = mask
 
