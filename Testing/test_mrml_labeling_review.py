@@ -137,6 +137,11 @@ def test_a_case_loads_on_its_own_grid_with_its_turns_as_a_sequence(out, scene):
     assert np.allclose(ras, lps * [-1, -1, 1], atol=1e-4)
     got = segment_kji(logic.segmentation, logic.segment_id, logic.volume)
     assert np.array_equal(got, seg_kji(out / "cases" / "vol" / "original.seg.nrrd")) and got[3].any()
+    slices = logic.propagation  # the propagation, slice by slice
+    propagated = [r["index"] for r in json.loads((out / "cases" / "vol" / "propagation.json").read_text())["slices"]]
+    assert sorted(int(v) for v in slices.index_values()) == sorted(propagated) and 3 in propagated
+    item = slices.sequences["mask"].GetNthDataNode(slices.index_values().index("3"))
+    assert np.array_equal(segment_kji(item, logic.segment_id, logic.volume)[3], got[3])
 
 
 def test_moving_on_gives_the_lease_back_and_removes_the_case_nodes(out, scene):

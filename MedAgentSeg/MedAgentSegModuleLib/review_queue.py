@@ -5,7 +5,8 @@ sentence) for anything it cannot do. Leases, statuses and files are the library'
 case into MRML and reads the reviewed mask back:
 - the image as a scalar volume on the grid its seg.nrrd was written on (as `segment` read it; RGB shown as grey),
 - the mask (final if one was saved, else the agent's) as a segmentation node, the one edits go into,
-- the pre-label's turns as a sequence (`TrajectoryRecorder`: mask and prompts per turn, scrubbed in Sequences).
+- the pre-label's turns as a sequence (`TrajectoryRecorder`: mask and prompts per turn, scrubbed in Sequences), and
+  a volume's propagation as another (`SliceReviewRecorder`: each propagated slice's mask and box).
 Moving to another case removes these nodes and gives the lease back. The agent (`AgentSegLogic`, optional) edits
 the case like any segmentation; its turns since the last save are recorded as the agent's (or the person's, for the
 prompts they placed), and a change to the mask that no agent turn made as a human edit.
@@ -14,6 +15,7 @@ Threading: everything here is MRML work on the main thread; the agent's model wo
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +32,7 @@ from MedAgentSegLib.labeling.review import LeaseTaken, ReviewCase, ReviewError, 
 from .mrml_writer import (
     BINARY,
     PromptNodes,
+    SliceReviewRecorder,
     TrajectoryRecorder,
     check_same_transform,
     check_volume,
@@ -40,7 +43,7 @@ from .mrml_writer import (
 )
 
 __all__ = ["LabelingReviewLogic", "ReviewError", "image_volume", "load_segmentation", "segment_kji",
-           "trajectory_sequence"]
+           "trajectory_sequence", "propagation_sequence"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 AXIS_IJK = {"axial": "K", "coronal": "J", "sagittal": "I", None: "K"}  # MedAgentSegLib.images.AXES
@@ -130,6 +133,21 @@ def trajectory_sequence(scene: Any, volume: Any, segmentation: Any, segment_id: 
     return recorder
 
 
+def propagation_sequence(scene: Any, volume: Any, segmentation: Any, segment_id: str, propagation: dict[str, Any],
+                         sequences_logic: Any, base_name: str) -> SliceReviewRecorder:
+    """A propagation.json (MedAgentSegLib.propagation) as one sequence item per propagated slice: its mask and box."""
+    axis = AXIS_IJK.get(propagation.get("axis"), "K")
+    items = []
+    for rec in propagation.get("slices") or []:
+        geom = slice_geometry(volume, axis, int(rec["index"]))
+        box = tuple(float(v) for v in rec["box"]) if rec.get("box") else None
+        items.append((geom, rle.decode(rec["mask_rle"]).astype(bool), box,
+                      {k: v for k, v in rec.items() if k != "mask_rle"}))
+    recorder = SliceReviewRecorder(scene, base_name, sequences_logic)
+    recorder.show(items, segmentation.GetSegmentation().GetSegment(segment_id), segment_id)
+    return recorder
+
+
 class LabelingReviewLogic:
     """One reviewer going through a labeling folder in `scene`.
 
@@ -150,7 +168,7 @@ class LabelingReviewLogic:
                                                    else ensure_scene_logics(scene))
         self.queue: ReviewQueue | None = None
         self.case: ReviewCase | None = None
-        self.volume = self.segmentation = self.trajectory = None
+        self.volume = self.segmentation = self.trajectory = self.propagation = None
         self.segment_id: str | None = None
         self._nodes: list[Any] = []
         self._pending: list[dict[str, Any]] = []  # provenance since the last save
@@ -250,9 +268,21 @@ class LabelingReviewLogic:
                 raise ReviewError(f"case {case.case_id}: {exc}") from None
             self.trajectory = trajectory_sequence(self.scene, self.volume, self.segmentation, self.segment_id,
                                                   trajectory, self.sequences_logic, f"{case.case_id} pre-label")
-            browser = self.trajectory.browser
-            proxies = [browser.GetProxyNode(seq) for seq in self.trajectory.sequences.values()]
-            self._nodes += [*self.trajectory.nodes(), *(p for p in proxies if p is not None)]
+            self._keep(self.trajectory)
+        if case.propagation is not None:
+            try:
+                propagation = json.loads(case.propagation.read_text(encoding="utf-8"))
+                self.propagation = propagation_sequence(self.scene, self.volume, self.segmentation, self.segment_id,
+                                                        propagation, self.sequences_logic, f"{case.case_id} pre-label")
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+                raise ReviewError(f"{case.propagation} is not a propagation record ({exc}); restore it from the "
+                                  "batch's outputs") from None
+            self._keep(self.propagation)
+
+    def _keep(self, recorder: Any) -> None:
+        """The recorder's sequences, browser and proxy nodes go with the case."""
+        proxies = [recorder.browser.GetProxyNode(seq) for seq in recorder.sequences.values()]
+        self._nodes += [*recorder.nodes(), *(p for p in proxies if p is not None)]
 
     def _clear(self) -> None:
         """Remove the open case's nodes (the agent's runs on them go with them)."""
@@ -262,7 +292,7 @@ class LabelingReviewLogic:
         for node in self._nodes:
             if node.GetScene() is not None:
                 self.scene.RemoveNode(node)
-        self._nodes, self.volume, self.trajectory = [], None, None
+        self._nodes, self.volume, self.trajectory, self.propagation = [], None, None, None
         self.segment_id, self._pending, self._explained = None, [], None
 
     def close(self) -> None:
