@@ -439,7 +439,10 @@ class ReviewQueue:
         try:
             os.link(tmp, path)
         except FileExistsError:  # only without flock (not POSIX): someone else was quicker
-            raise LeaseTaken(self._read_lease(lease.case_id)) from None
+            other = self._read_lease(lease.case_id)
+            if other is None:
+                raise ReviewError(f"case {lease.case_id!r} was taken and given back meanwhile; open it again") from None
+            raise LeaseTaken(other) from None
         finally:
             tmp.unlink(missing_ok=True)
 
