@@ -274,24 +274,30 @@ def _lock(out: Path) -> Any:
 
 def run_batch(source: str | Path, target: str, out: str | Path, prompts: dict[str, dict[str, Any]] | None = None,
               workers: int = 1, options: dict[str, Any] | None = None, retry_failed: bool = False,
-              log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Pre-label every case of `source` not yet done in `out`; returns the manifest's records."""
+              log: Callable[[str], None] | None = None, ray: str | None = None) -> dict[str, dict[str, Any]]:
+    """Pre-label every case of `source` not yet done in `out`; returns the manifest's records. ray: a Ray
+    address (or "auto") to run the cases on Ray actors instead of local processes; workers is then the number of
+    actors (0: one per CPU of the cluster)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(out)
     cases, warnings = list_cases(source)
     for w in warnings:
         log(f"medagentseg label: warning: {w}")
+    if ray:
+        from .ray_runner import check_address
+
+        check_address(ray)  # a dead address or no Ray is said before anything is written
     out.mkdir(parents=True, exist_ok=True)
     lock = _lock(out)  # held until the batch ends; a kill -9 releases it too
     try:
-        return _run(cases, target, out, prompts, workers, options, retry_failed, log)
+        return _run(cases, target, out, prompts, workers, options, retry_failed, log, ray)
     finally:
         lock.close()
 
 
 def _run(cases: list[tuple[str, str]], target: str, out: Path, prompts: dict[str, dict[str, Any]] | None,
          workers: int, options: dict[str, Any] | None, retry_failed: bool,
-         log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+         log: Callable[[str], None], ray: str | None = None) -> dict[str, dict[str, Any]]:
     records = read_manifest(out)
     other = {r["target"] for r in records.values() if r.get("target") not in (None, target)}
     if other:
@@ -326,7 +332,7 @@ def _run(cases: list[tuple[str, str]], target: str, out: Path, prompts: dict[str
     records = update_manifest(out, merge)
     skipped = len(cases) - len(todo)
     log(f"medagentseg label: {len(cases)} cases, {skipped} already done, {len(todo)} to pre-label with "
-        f"{workers} worker(s); manifest {out / 'manifest.jsonl'}")
+        f"{f'Ray ({ray})' if ray else f'{workers} worker(s)'}; manifest {out / 'manifest.jsonl'}")
     t0 = time.perf_counter()
     counts: dict[str, int] = {}
 
@@ -341,7 +347,11 @@ def _run(cases: list[tuple[str, str]], target: str, out: Path, prompts: dict[str
         log(f"[{n}/{len(todo)}] {rec['case_id']}: {rec['status']}{why}; {rate:.1f} cases/min, ETA "
             f"{int(eta // 60)}:{int(eta % 60):02d}")
 
-    if workers <= 1:
+    if ray:
+        from .ray_runner import run_on_ray
+
+        run_on_ray(ray, todo, record, workers, log)
+    elif workers <= 1:
         for task in todo:
             record(label_case(task))
     else:

@@ -13,16 +13,16 @@ def cmd_label(args: argparse.Namespace) -> int:
     from .batch import LabelError, read_prompts, run_batch
     from .manifest import ManifestError
 
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    if args.ray:
-        raise UsageError("--ray is not built yet; use --workers N on one machine")
+    workers = args.workers or (0 if args.ray else 1)  # on Ray, by default one actor per CPU of the cluster
     resolve_target(args.target)  # an unknown target is said once, not once per case
     try:
         prompts = read_prompts(args.prompts) if args.prompts else None
         options = {"engine": args.engine, "device": args.device, "encoder": args.encoder, "policy": args.policy,
                    "max_turns": args.max_turns, "window": args.window, "modality": args.modality}
-        records = run_batch(args.input, args.target, args.out, prompts, args.workers, options, args.retry_failed)
+        records = run_batch(args.input, args.target, args.out, prompts, workers, options, args.retry_failed,
+                            ray=args.ray)
     except (LabelError, ManifestError) as exc:
         raise UsageError(str(exc)) from None
     counts: dict[str, int] = {}
@@ -58,8 +58,12 @@ def add_label_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", required=True, help="the structure to pre-label, e.g. polyp, liver")
     p.add_argument("--prompts", help='JSON lines {"case": ID, "box": [x1,y1,x2,y2], "clicks": [[x,y,1|0]], '
                                      '"slice": k}; cases without one get the autonomous agent (locator first)')
-    p.add_argument("--workers", type=int, default=1, help="processes on this machine, one engine each (default 1)")
-    p.add_argument("--ray", metavar="ADDRESS", help="not built yet")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes on this machine, one engine each (default 1); with --ray: Ray actors (default "
+                        "one per CPU of the cluster)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run the cases on a Ray cluster: HOST:PORT of its head, or auto (the running cluster, else a "
+                        "local one); pip install -e '.[ray]'. Input and --out on a file system every node sees")
     p.add_argument("--policy", choices=["scripted", "heuristic", "learned", "mllm"], default=None,
                    help="default: scripted (the prompt only) with a prompt, else learned after the locator's box")
     p.add_argument("--max-turns", type=int, default=5)
