@@ -539,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("web_cli", "add_web_command"),
                        ("evaluation.bench", "add_bench_command"),
                        ("agent.locator", "add_train_locator_command"),
-                       ("labeling.cli", "add_label_command"), ("labeling.cli", "add_export_command")):
+                       ("labeling.cli", "add_label_command"), ("labeling.cli", "add_export_command"),
+                       ("labeling.bench", "add_bench_label_command")):
         try:
             mod = __import__(f"{__package__}.{module}", fromlist=[fn])
         except ImportError:
