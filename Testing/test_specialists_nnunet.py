@@ -1,8 +1,9 @@
 """nnU-Net v2 specialist runner on a tiny real nnU-Net v2 trained-model folder that the test writes.
 
 The folder (Testing/tiny_nnunet.py) holds dataset.json, a real plans.json and fold_0/checkpoint_final.pth with the
-weights of the network nnU-Net builds from those plans (seeded random init). The runner's label image must equal what nnU-Net's own file-based prediction
-(``nnUNetPredictor.predict_from_files_sequential``, the ``nnUNetv2_predict`` path) writes for the same image.
+weights of the network nnU-Net builds from those plans (seeded random init). The runner's label image must equal
+what nnU-Net's own file-based prediction (``nnUNetPredictor.predict_from_files_sequential``, the ``nnUNetv2_predict``
+path) writes for the same image.
 """
 
 import importlib.util
