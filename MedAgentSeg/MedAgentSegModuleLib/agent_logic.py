@@ -18,6 +18,12 @@ action "reason" / "confidence"). When the agent takes back its own last turn (`U
 to the turn before, exactly as Reject does, and the chat says so. `oracle` (needs a reference segment) and
 `scripted` (the person drives) stay available.
 
+The agent starts on its own (issue #16): a chat request ("segment the liver") with no box or click placed makes the
+first turn itself, on the worker (`autostart.py`): an installed specialist's mask, else the locator's box (an ROI the
+person can drag), on the slice it picks in a volume (the slice views jump there). It is written as any turn (Undo /
+Reject take it back) and the agent continues. When the locator does not know the target or is unsure, the chat says
+so and what it can find on its own, asks for a box or a click, and nothing is written.
+
 3D: `propagate()` carries the session's finished 2D mask slice by slice through the volume along the session's
 slice axis (MedAgentSegLib.propagation, on the worker; progress in the chat; Stop ends it between slices and keeps
 the slices done). `repropagate()` starts again from a slice the person corrected in the segment. Each writes only
@@ -47,6 +53,8 @@ from MedAgentSegLib.images import extract_slice
 from MedAgentSegLib.propagation import Propagation, PropagationConfig, PropagationError, propagate, repropagate
 from MedAgentSegLib.session import Session, Turn
 
+from .autostart import CHOICES as FIRST_CHOICES
+from .autostart import FirstTurn, StartPlan, find_first_turn, lps_geometry
 from .chat import request_modality, segment_targets
 from .geometry import GeometryError, SliceGeometry
 from .mrml_writer import (
@@ -180,6 +188,7 @@ class TargetRun:
     review: SliceReviewRecorder | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # read from MRML on the main thread, for the worker
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"checkpoint": PATH} for SAM
+    start_plan: StartPlan | None = None  # the agent's own first turn (issue #16), for the worker; None: the person's
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -274,6 +283,8 @@ def describe_action(action: dict[str, Any]) -> str:
                f"{'a box' if args.get('box') else 'no box'})"
     if name == "stop_action":
         return "stop_action"
+    if name == "specialist":
+        return f"the specialist {args.get('model')}'s mask (licence: {args.get('licence')})"
     return str(name)
 
 
@@ -291,8 +302,12 @@ class AgentSegLogic:
                  on_change: Callable[[], None] | None = None,
                  engine_factory: Callable[[str], Any] | None = None,
                  policy_factory: Callable[[str, np.ndarray | None], Any] | None = None,
-                 sequences_logic: Any = None, device: str = "auto"):
+                 sequences_logic: Any = None, device: str = "auto",
+                 locator_factory: Callable[[], Any] | None = None, library: str | None = None):
         self.scene = scene
+        self.locator_factory = locator_factory  # () -> Locator, called on the worker (default: the shipped one)
+        self.library = library  # model-library folder for specialists (default: $MEDAGENTSEG_LIBRARY, Resources/Models)
+        self._locator: Any = None  # loaded once, on the worker
         self.executor = executor or SessionExecutor()
         self.on_message = on_message
         self.on_change = on_change
@@ -415,8 +430,8 @@ class AgentSegLogic:
               axis: str = "K", slice_index: int | None = None, engine: str | None = None,
               policy: Any = None, reference_segment_id: str | None = None, modality: str | None = None,
               window: Any = None, max_turns: int = 5, policy_options: dict[str, Any] | None = None,
-              engine_options: dict[str, Any] | None = None, segment_info: dict[str, Any] | None = None
-              ) -> TargetRun:
+              engine_options: dict[str, Any] | None = None, segment_info: dict[str, Any] | None = None,
+              first: str | None = None) -> TargetRun:
         """Open (or resume) the session for `target` on slice `slice_index` along IJK `axis`.
 
         segmentation_node: None creates one. segment_name: the segment to write (default: `target`; created
@@ -427,8 +442,13 @@ class AgentSegLogic:
         {"weights": PT} for "learned". engine: None picks `default_engine()`. engine_options: keyword arguments for
         the engine, {"checkpoint": PATH} for the SAM engines (Meta's checkpoint file, required). segment_info:
         {"color": (r, g, b) 0..1, "terminology": Slicer's entry string} for a segment this call creates.
+        first: with a GT-free policy, the agent makes the first turn itself (issue #16): "auto" (an installed
+        specialist, else the locator), "specialist" or "locator"; it picks the start slice of a volume. None: the
+        person places the first box (a chat request passes "auto").
         """
         check_volume(volume_node)
+        if first is not None and str(first).strip().lower() not in FIRST_CHOICES:
+            raise AgentError(f"Unknown first turn '{first}': choose one of {', '.join(FIRST_CHOICES)}.")
         engine = engine or default_engine()
         engine_options = {k: v for k, v in (engine_options or {}).items() if v not in (None, "")}
         self._check_engine(engine, engine_options)
@@ -496,6 +516,9 @@ class AgentSegLogic:
                         modality=modality, window=window)
         run.metadata = {"volume": volume_node.GetName(), "slice": f"{axis}={slice_index}", "policy": policy_name}
         run.engine_options = engine_options
+        if first is not None and policy_name in GT_FREE:  # the worker gets copies: it never reads MRML
+            run.start_plan = StartPlan(np.array(arr, copy=True), lps_geometry(geom.ijk_to_ras),
+                                       str(first).strip().lower(), self.library, self.device)
         for node in prompts.nodes:
             node.SetAttribute(TAG_PREFIX + "Segment", segment_id)
             node.SetAttribute(TAG_PREFIX + "Slice", f"{axis}={slice_index}")
@@ -515,6 +538,11 @@ class AgentSegLogic:
         if isinstance(policy, str) and policy == "scripted":
             self._say("info", f"You drive this one: place the box ('{base} box') around the {target} or a click "
                               "in the positive/negative click nodes; the engine runs on every prompt you place.")
+        elif run.start_plan is not None:
+            self._say("info", f"Agent: {policy} (GT-free, no reference needed). It starts on its own: "
+                              + ("an installed specialist model, else " if run.start_plan.choice != "locator" else "")
+                              + f"the locator finds the {target} and places the first turn, then it refines. Undo "
+                              "takes any turn back; edit the box or the clicks at any turn to take over.")
         elif isinstance(policy, str) and policy in GT_FREE:
             self._say("info", f"Agent: {policy} (GT-free, no reference needed). It refines from your box: place "
                               f"the box ('{prompts.roi.GetName()}') around the {target}, then press Run. Edit the "
@@ -567,6 +595,7 @@ class AgentSegLogic:
         if len(targets) == 1 and kwargs.get("segment_name"):
             targets[0]["name"] = kwargs["segment_name"]
         kwargs.pop("segment_name", None)
+        kwargs.setdefault("first", "auto")  # no prompt placed yet: the agent makes the first turn (issue #16)
         said = request_modality(parsed)
         kwargs["modality"] = kwargs.get("modality") or said
         if said and volume_node is not None and volume_node.GetImageData() is not None:
@@ -697,15 +726,48 @@ class AgentSegLogic:
         return eng
 
     def _open_session_job(self, run: TargetRun, deferred: tuple[str, dict[str, Any]] | None = None
-                          ) -> tuple[Session, Any]:  # worker thread
-        """The engine, the policy when it loads weights (`deferred` = (name, options)), and the encoded session."""
+                          ) -> tuple[Session, Any, FirstTurn | None, Turn | None]:  # worker thread
+        """The engine, the policy when it loads weights (`deferred` = (name, options)), and the encoded session; with a
+        start plan also the agent's own first turn (None when it asks), on the start slice it chose."""
         engine = self._engine(run.engine_name, run.engine_options)
         policy = None
         if deferred is not None:
             name, options = deferred
             policy = self._make_policy(name, None, options, device=str(getattr(engine, "device", "cpu")))
-        session = Session(engine, run.image_rgb, run.target, max_turns=run.max_turns, metadata=dict(run.metadata))
-        return session, policy
+        first = None
+        image, metadata = run.image_rgb, dict(run.metadata)
+        if run.start_plan is not None:
+            first = find_first_turn(engine, run.start_plan, run.geom, run.modality, run.window, run.target,
+                                    _to_engine_rgb, self._load_locator)
+            if first.image is not None:  # the start slice moved: the session is opened there
+                image, metadata["slice"] = first.image, f"{run.geom.axis}={first.slice_index}"
+        session = Session(engine, image, run.target, max_turns=run.max_turns, metadata=metadata)
+        return session, policy, first, self._first_turn(session, first)
+
+    def _load_locator(self) -> Any:  # worker thread
+        if self._locator is None:
+            if self.locator_factory is not None:
+                self._locator = self.locator_factory()
+            else:
+                from MedAgentSegLib.agent.locator import load_locator
+
+                self._locator = load_locator()
+        return self._locator
+
+    @staticmethod
+    def _first_turn(session: Session, first: FirstTurn | None) -> Turn | None:  # worker thread
+        """The agent's own first turn in the session (the scene is written on the main thread), or None (it asks)."""
+        if first is None or first.kind == "ask":
+            return None
+        if first.kind == "specialist":
+            turn = session.add_mask(first.mask, first.record)
+            turn.action = {**turn.action, "reason": f"the specialist {first.record['model']} segmented the "
+                           f"{session.target} in the whole volume; I refine its mask from here"}
+            return turn
+        turn = session.add_box(*first.box, source="agent")
+        turn.action = {**turn.action, "reason": f"the locator: the {session.target} is most likely here",
+                       "confidence": round(float(first.confidence), 4)}
+        return turn
 
     def _on_session_open(self, run: TargetRun, result: JobResult) -> None:
         if result.error is not None:
@@ -718,9 +780,11 @@ class AgentSegLogic:
                                "written. Type the request again to start over.")
             self._changed()
             return
-        session, policy = result.value
+        session, policy, first, first_turn = result.value
         if policy is not None:
             run.policy = policy
+        if first is not None and first.image is not None:
+            self._move_run(run, int(first.slice_index), first.image, first.kind)
         run.session = session
         run.segment().SetTag(TAG_PREFIX + "Status", "open")
         device = str(getattr(session.engine, "device", "cpu"))
@@ -730,9 +794,40 @@ class AgentSegLogic:
         if device == "cpu":
             self._say("warning", "Running on CPU: each turn takes about 0.1-2 s and the first one longer. "
                                  "A CUDA GPU makes it interactive.")
-        if run.auto_turns_left > 0:
+        if first is not None:
+            self._start_on_its_own(run, first, first_turn)
+        elif run.auto_turns_left > 0:
             self._submit_agent_turn(run)
         self._changed()
+
+    def _start_on_its_own(self, run: TargetRun, first: FirstTurn, turn: Turn | None) -> None:
+        """Main thread: write the agent's own first turn as any turn (then the agent continues), or ask."""
+        run.start_plan = None  # done: the volume copy is not kept
+        for note in first.notes:
+            self._say("warning", note)
+        if turn is None:
+            run.auto_turns_left = 0
+            self._ask_for_box(run, first.message)
+            return
+        run.auto_turns_left = max(0, run.auto_turns_left - 1)  # the first turn is one of the agent's turns
+        self._on_turn(run, JobResult("first turn", value=turn))
+
+    def _move_run(self, run: TargetRun, index: int, image: np.ndarray, who: str) -> None:
+        """Main thread, before the first turn: the session starts on slice `index`, chosen by the specialist or the
+        locator; the run, its markups and the slice views follow it there."""
+        old = run.key
+        run.geom = slice_geometry(run.volume_node, run.geom.axis, index)
+        run.image_rgb = image
+        run.metadata["slice"] = f"{run.geom.axis}={index}"
+        for node in run.prompts.nodes:
+            node.SetAttribute(TAG_PREFIX + "Slice", run.metadata["slice"])
+        if self.runs.get(old) is run:
+            del self.runs[old]
+        self.runs[run.key] = run
+        self._jump_slice_views(run)
+        what = "the specialist's mask is largest" if who == "specialist" else \
+            f"the locator finds the {run.target} most clearly"
+        self._say("info", f"Starting on slice {run.metadata['slice']}, where {what}; the slice views show it.")
 
     def _discard_run(self, run: TargetRun) -> None:
         self._remove_observers(run)
@@ -893,11 +988,7 @@ class AgentSegLogic:
         """The chat lines for a stop turn: the policy's reason, a box request, or the turn it took back."""
         decision = describe_decision(turn.action) if turn.source == "agent" else None
         if turn.source == "agent" and run.session.prompts.empty and not run.records:
-            self._say("agent", _sentence(decision or "I need a first prompt to refine from"))
-            armed = self._arm_box_placement(run)
-            how = "the slice views are ready to place it" if armed else "Markups toolbar > ROI"
-            self._say("info", f"Draw the box ('{run.prompts.roi.GetName()}', {how}) around the {run.target} on "
-                              f"slice {run.geom.axis}={run.geom.index}, then press Run.")
+            self._ask_for_box(run, _sentence(decision or "I need a first prompt to refine from"))
             return
         if taken_back is not None:
             kept = f"as after turn {taken_back.number - 1}" if taken_back.number > 1 else "as before turn 1"
@@ -910,6 +1001,14 @@ class AgentSegLogic:
         self._say("agent", f"The agent stopped after {len(run.records)} turn(s) "
                            f"(score {self._last_score(run)}){why}. Accept, Reject the last turn, add a click, "
                            "or press Run to let it continue.")
+
+    def _ask_for_box(self, run: TargetRun, question: str) -> None:
+        """The agent does not guess: it says why, and the next placement in a slice view draws the session's box."""
+        self._say("agent", question)
+        armed = self._arm_box_placement(run)
+        how = "the slice views are ready to place it" if armed else "Markups toolbar > ROI"
+        self._say("info", f"Draw the box ('{run.prompts.roi.GetName()}', {how}) around the {run.target} on "
+                          f"slice {run.geom.axis}={run.geom.index}, or place a positive click on it, then press Run.")
 
     def arm_placement(self, role: str = "box") -> bool:
         """The next click in a slice view places the active session's box ("box") or a "positive" / "negative"

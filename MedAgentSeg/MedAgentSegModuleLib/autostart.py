@@ -1,0 +1,174 @@
+"""The agent's own first turn in the chat (issue #16): "segment the liver" with no box or click placed.
+
+Runs on the worker thread and reads no MRML: the volume's voxels and geometry are copied on the main thread into a
+`StartPlan`. In order: an installed specialist of the model library (a volume model: its mask on the slice where it
+is largest), else the locator's box (on a volume, the slice where the target's heatmap mass is largest), else a
+question: why it asks and what it can find on its own. The logic writes the answer as a normal turn (or says the
+question) on the main thread. Qt-free, like the logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = ["StartPlan", "FirstTurn", "find_first_turn", "lps_geometry"]
+
+CHOICES = ("auto", "specialist", "locator")
+
+
+@dataclass
+class StartPlan:
+    """What the worker needs, copied on the main thread. geometry: (spacing, origin, direction), SimpleITK order, LPS.
+    pick_slice: let the specialist / locator choose the start slice along the session's axis."""
+
+    volume: np.ndarray
+    geometry: tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]
+    choice: str = "auto"
+    library: str | None = None
+    device: str = "cpu"
+    pick_slice: bool = True
+
+
+@dataclass
+class FirstTurn:
+    """kind: "specialist" (mask), "locator" (box) or "ask" (message). slice_index / image: the start slice and its
+    engine image when they differ from the session's. notes: warnings for the chat (a specialist that failed)."""
+
+    kind: str
+    slice_index: int | None = None
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    box: tuple[float, float, float, float] | None = None
+    record: dict[str, Any] | None = None
+    confidence: float | None = None
+    message: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def lps_geometry(ijk_to_ras: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(spacing, origin, direction) of a volume in SimpleITK's order and LPS, from its 4x4 IJKToRAS."""
+    m = np.asarray(ijk_to_ras, dtype=np.float64)
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
+    flip = np.diag([-1.0, -1.0, 1.0])  # RAS -> LPS
+    direction = flip @ (m[:3, :3] / spacing)
+    return tuple(spacing.tolist()), tuple((flip @ m[:3, 3]).tolist()), tuple(direction.ravel().tolist())
+
+
+def find_first_turn(engine: Any, plan: StartPlan, geom: Any, modality: str, window: Any, target: str,
+                    to_rgb: Callable[[np.ndarray, str, Any], np.ndarray],
+                    load_locator: Callable[[], Any] | None = None) -> FirstTurn:  # worker thread
+    """The first turn for `target` on the session's axis (geom: the session's SliceGeometry). Never raises for the
+    models' own failures: they become a note (specialist) or a question (locator)."""
+    n = geom.dims_ijk[{"I": 0, "J": 1, "K": 2}[geom.axis]]
+
+    def plane(k: int) -> np.ndarray:
+        return to_rgb(np.ascontiguousarray(replace(geom, index=k).extract(plan.volume)), modality, window)
+
+    notes: list[str] = []
+    installed_names: list[str] = []
+    if plan.choice in ("auto", "specialist"):
+        found, notes, installed_names = _specialist(plan, geom, modality, target, n)
+        if found is not None:
+            k, mask, record = found
+            return FirstTurn("specialist", k, plane(k) if k != geom.index else None, mask=mask, record=record,
+                             notes=notes)
+        if plan.choice == "specialist":
+            return FirstTurn("ask", message=f"{notes[-1] if notes else 'No specialist ran.'} "
+                             f"{_can_do(None, plan)}", notes=[])
+    try:
+        locator = (load_locator or _shipped_locator)()
+    except Exception as exc:  # noqa: BLE001 - no locator here: ask, saying why
+        return FirstTurn("ask", message=f"I cannot place the first box on my own here: the locator could not be "
+                         f"loaded ({_short(exc)}). {_can_do(None, plan)}", notes=notes)
+    if not locator.knows(target):
+        return FirstTurn("ask", message=f"I cannot find the {target} on my own yet. {_can_do(locator, plan)}",
+                         notes=notes)
+    try:
+        if plan.pick_slice and n > 1:
+            loc = locator.locate_volume(engine, plane, n, target)
+        else:
+            loc = locator.locate(engine, plane(geom.index), target)
+            loc.slice = geom.index
+    except Exception as exc:  # noqa: BLE001 - a locator failure is a question, not a half-started session
+        why = f"the engine {getattr(engine, 'name', engine)} gives no image embedding for the locator" \
+            if not hasattr(engine, "embedding_state") else f"the locator could not run: {_short(exc)}"
+        return FirstTurn("ask", message=f"I cannot find the {target} on my own here ({why}). "
+                         f"{_can_do(locator, plan)}", notes=notes)
+    if locator.asks(loc):
+        return FirstTurn("ask", confidence=loc.confidence, notes=notes, message=(
+            f"I am not sure where the {target} is (locator confidence {loc.confidence:.2f} < "
+            f"{locator.threshold_for(target):.2f}), so I do not guess. {_can_do(locator, plan)}"))
+    k = geom.index if loc.slice is None else int(loc.slice)
+    return FirstTurn("locator", k, plane(k) if k != geom.index else None, box=tuple(float(v) for v in loc.box),
+                     confidence=float(loc.confidence), notes=notes)
+
+
+def _specialist(plan: StartPlan, geom: Any, modality: str, target: str, n: int
+                ) -> tuple[tuple[int, np.ndarray, dict[str, Any]] | None, list[str], list[str]]:
+    """((start slice, (H, W) mask, record) or None, notes, names of the specialists that were tried)."""
+    from MedAgentSegLib.engines.base import resolve_device
+    from MedAgentSegLib.routing.first_mask import (
+        SpecialistFailed,
+        installed_specialists,
+        run_first_mask,
+        sitk_volume,
+    )
+
+    try:
+        installed = installed_specialists(target, modality, plan.library)
+    except Exception as exc:  # noqa: BLE001 - a broken library: said, and the locator goes on
+        return None, [f"The model library could not be read ({_short(exc)}); the locator places the first box "
+                      "instead."], []
+    if not installed.matches:
+        why = "; ".join(f"{k}: {v}" for k, v in installed.not_ready.items())
+        return None, ([f"No installed specialist segments the {target} ({why})."] if plan.choice == "specialist"
+                      else []), []
+    if plan.volume.ndim != 3 or min(plan.volume.shape) < 2:
+        return None, [f"The specialist {' + '.join(installed.names)} is a volume model and this is one slice; the "
+                      "locator places the first box instead."], installed.names
+    try:
+        found = run_first_mask(sitk_volume(plan.volume, *plan.geometry), installed, resolve_device(plan.device))
+        if found.mask.shape != plan.volume.shape:
+            raise SpecialistFailed(f"{found.record['model']} gave a {found.mask.shape} mask for a "
+                                   f"{plan.volume.shape} volume")
+    except SpecialistFailed as exc:
+        what = "the locator places the first box instead" if plan.choice == "auto" else "nothing was written"
+        return None, [f"The specialist {exc}; {what}."], installed.names
+    if plan.pick_slice:
+        areas = [int(replace(geom, index=k).extract(found.mask).sum()) for k in range(n)]
+        k = int(np.argmax(areas))
+    else:
+        k = geom.index
+    mask = np.ascontiguousarray(replace(geom, index=k).extract(found.mask)).astype(bool)
+    if not mask.any():
+        return None, [f"The specialist {found.record['model']} found no {target} on slice {geom.axis}={k}; the "
+                      "locator places the first box instead."], installed.names
+    return (k, mask, found.record), [], installed.names
+
+
+def _shipped_locator() -> Any:
+    from MedAgentSegLib.agent.locator import load_locator
+
+    return load_locator()
+
+
+def _can_do(locator: Any, plan: StartPlan) -> str:
+    """What the agent can start on its own: the locator's targets and the installed specialists."""
+    from MedAgentSegLib.routing.first_mask import ready_entries, specialists_note
+
+    concepts = list(getattr(locator, "concepts", []) or [])
+    try:
+        note = specialists_note(ready_entries(plan.library), flag="or set MEDAGENTSEG_LIBRARY to your library folder")
+    except Exception as exc:  # noqa: BLE001 - a broken library must not hide the question itself
+        note = f"The model library could not be read ({_short(exc)})"
+    found = f"Targets I can find on my own: {', '.join(concepts)}. " if concepts else ""
+    return f"Place a box or a click on it and I refine from there. {found}{note}."
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
