@@ -3,14 +3,15 @@
 trame-slicer has no Sequences module UI, so the app's turn slider calls `show_turn`: it selects the turn in the
 session's trajectory browser (MedAgentSegModuleLib.mrml_writer.TrajectoryRecorder), shows that turn's mask and
 prompts (the browser's proxy nodes, drawn like the live segment) and hides the live segmentation and prompts, which
-never change while reviewing. `show_turn(run, None)` goes back to the live scene.
+never change while reviewing. `show_turn(run, None)` goes back to the live scene. `show_item` does the same for any
+recorder, e.g. the pre-label's turns of a case in the review queue.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["show_turn", "reviewed_turn"]
+__all__ = ["show_turn", "show_item", "reviewed_turn"]
 
 _ATTRIBUTE = "MedAgentSeg.ReviewedTurn"
 
@@ -28,29 +29,33 @@ def _set_visible(node: Any, visible: bool) -> None:
             display.SetVisibility(bool(visible))
 
 
-def _proxies(run: Any) -> dict[str, Any]:
-    browser = run.recorder.browser
-    return {key: browser.GetProxyNode(seq) for key, seq in run.recorder.sequences.items()}
-
-
 def show_turn(run: Any, number: int | None, sequences_logic: Any) -> int | None:
     """Show turn `number` (1-based) of `run`, or the live scene for None or the latest turn. Returns the turn shown
     from the trajectory (None: live)."""
-    count = run.recorder.count
+    shown = show_item(run.recorder, number, sequences_logic, run.segmentation_node, run.prompts.nodes)
+    run.segmentation_node.SetAttribute(_ATTRIBUTE, str(shown) if shown is not None else "")
+    return shown
+
+
+def show_item(recorder: Any, number: int | None, sequences_logic: Any, live: Any, live_prompts: Any = ()
+              ) -> int | None:
+    """Show item `number` (1-based) of a TrajectoryRecorder over the `live` segmentation, which is hidden meanwhile
+    (with `live_prompts`); None or the last item: the live scene. Returns the item shown (None: live)."""
+    count = recorder.count
     review = number is not None and 1 <= int(number) < count
     if count:
-        run.recorder.browser.SetSelectedItemNumber(int(number) - 1 if review else count - 1)
-        sequences_logic.UpdateProxyNodesFromSequences(run.recorder.browser)
-    for key, proxy in _proxies(run).items():
+        recorder.browser.SetSelectedItemNumber(int(number) - 1 if review else count - 1)
+        sequences_logic.UpdateProxyNodesFromSequences(recorder.browser)
+    for key, seq in recorder.sequences.items():
+        proxy = recorder.browser.GetProxyNode(seq)
         if proxy is None:
             continue
         if review and key == "mask":
-            _like_live(proxy, run.segmentation_node)
+            _like_live(proxy, live)
         _set_visible(proxy, review)
-    _set_visible(run.segmentation_node, not review)
-    for node in run.prompts.nodes:
+    _set_visible(live, not review)
+    for node in live_prompts:
         _set_visible(node, not review)
-    run.segmentation_node.SetAttribute(_ATTRIBUTE, str(int(number)) if review else "")
     return int(number) if review else None
 
 
