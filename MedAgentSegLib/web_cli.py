@@ -1,4 +1,4 @@
-"""`medagentseg web [IMAGE] [--host 127.0.0.1] [--port P]`: the agent in the browser.
+"""`medagentseg web [IMAGE] [--host 127.0.0.1] [--port P] [--labeling DIR]`: the agent in the browser.
 
 The app (MedAgentSegWeb/, beside MedAgentSegLib in the source tree) runs on trame-slicer, an optional extra: it is
 imported only when the command runs, so the rest of the CLI works without it, and its absence is one sentence
@@ -27,6 +27,12 @@ def add_web_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", action="append", default=None, metavar="FOLDER",
                    help="a folder the page may open volumes from and save into (repeatable; default: the current "
                         "folder). No path the page sends leaves these, the bundled sample and IMAGE's folder")
+    p.add_argument("--labeling", metavar="DIR", default=None,
+                   help="a labeling folder (the --out of `medagentseg label`) to review in the page: its cases, accept "
+                        "/ reject / edit, written to its manifest.jsonl (served like a --data-dir)")
+    p.add_argument("--reviewer", default=None,
+                   help="the name the review decisions are recorded under (default: your user name; editable in "
+                        "the page)")
     p.set_defaults(func=cmd_web)
 
 
@@ -53,6 +59,9 @@ def cmd_web(args: argparse.Namespace) -> int:
         raise UsageError(f"there is no file {args.image}; give a volume file, or leave it out and open one in the page")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port} is not a port number (0..65535)")
+    if args.labeling and not (Path(args.labeling) / "manifest.jsonl").is_file():
+        raise UsageError(f"--labeling {args.labeling} has no manifest.jsonl; give the --out folder of "
+                         "`medagentseg label`")
     app = load_web_app()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"medagentseg: warning: listening on {args.host}: anyone who can reach this machine can open the app "
@@ -60,5 +69,6 @@ def cmd_web(args: argparse.Namespace) -> int:
     for folder in args.data_dir or []:
         if not Path(folder).is_dir():
             raise UsageError(f"--data-dir {folder} is not a folder; give an existing folder")
-    app.main(image=args.image, host=args.host, port=args.port, device=args.device, data_dirs=args.data_dir)
+    app.main(image=args.image, host=args.host, port=args.port, device=args.device, data_dirs=args.data_dir,
+             labeling=args.labeling, reviewer=args.reviewer)
     return 0

@@ -10,6 +10,7 @@ never waits for the engine. Only this module imports trame.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import sys
 import tempfile
 import traceback
@@ -39,6 +40,8 @@ from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
 from wslink.websocket import LinkProtocol  # noqa: E402
 
 from .files import OutsideError, SaveError, safe_upload_name, save_results, within  # noqa: E402
+from .labeling import EXPECTED as LABELING_ERRORS  # noqa: E402
+from .labeling import LabelingPanel  # noqa: E402
 from .review import show_turn  # noqa: E402
 
 __all__ = ["WebApp", "main", "SAMPLE"]
@@ -46,12 +49,16 @@ __all__ = ["WebApp", "main", "SAMPLE"]
 SAMPLE = _REPO / "Resources" / "Samples" / "lits117_liver_ct.nrrd"
 VIEW = "Red"  # the one slice view; the session works on the slice it shows
 POLL_S = 0.05
+CASES_EVERY = 40  # polls (2 s): the case list shows other reviewers' decisions and leases
 ROLE_COLORS = {"user": "#1f4e9e", "agent": "#1b7a2e", "info": "#555555", "warning": "#b36b00", "error": "#c00000"}
 CSS = """
 .mas-chat { height: 38vh; overflow-y: auto; border: 1px solid #ddd; padding: 4px; font-size: 13px;
             display: flex; flex-direction: column-reverse; }  /* stays scrolled to the newest line */
 .mas-chat .m-user { color: #1f4e9e; } .mas-chat .m-agent { color: #1b7a2e; } .mas-chat .m-info { color: #555; }
 .mas-chat .m-warning { color: #b36b00; } .mas-chat .m-error { color: #c00000; font-weight: bold; }
+.mas-cases { max-height: 20vh; overflow-y: auto; border: 1px solid #ddd; font-size: 13px; }
+.mas-cases .case { padding: 1px 4px; cursor: pointer; } .mas-cases .current { background: #e3ecfa; }
+.mas-cases .taken { color: #888; cursor: not-allowed; }
 """
 
 
@@ -85,15 +92,18 @@ class WebApp(TrameApp):
     """The app for one trame server. engine_factory / policy_factory / device: as AgentSegLogic's (tests give a
     fake engine). image: a volume to open at start. out_dir: the default folder Save writes into.
     data_dirs: the folders the page may open volumes from and save into (default: the current folder); the bundled
-    sample and the start image's folder can always be opened."""
+    sample and the start image's folder can always be opened. labeling: a labeling folder (`medagentseg label
+    --out`) to review, served too; reviewer: the name its decisions are recorded under (default: the OS user)."""
 
     def __init__(self, server: Any = None, image: str | None = None, engine_factory: Any = None,
                  policy_factory: Any = None, device: str = "auto", out_dir: str | None = None,
-                 data_dirs: list[str] | None = None):
+                 data_dirs: list[str] | None = None, labeling: str | None = None, reviewer: str | None = None,
+                 lease_seconds: float = 1800.0):
         super().__init__(server)
         self.write_roots = [Path(d).expanduser().resolve() for d in (data_dirs or [Path.cwd()])]
-        if out_dir:
-            self.write_roots.append(Path(out_dir).expanduser().resolve())
+        for extra in (out_dir, labeling):
+            if extra:
+                self.write_roots.append(Path(extra).expanduser().resolve())
         self.read_roots = self.write_roots + [SAMPLE.parent] + ([Path(image).resolve().parent] if image else [])
         if engine_factory is None:
             preload_model_libraries()
@@ -109,12 +119,18 @@ class WebApp(TrameApp):
         self.segmentation_node: Any = None
         self._shown_turns = 0
         self._clients = 0
+        self.labeling = LabelingPanel(self, lease_seconds=lease_seconds)
+        self._polls, self._tick_error, self._case_shown = 0, "", (None, None)
         self._init_state(out_dir)
+        self.state.reviewer = reviewer or _os_user()
+        self.state.labeling_dir = str(labeling or "")
         self._build_ui()
         self.server.controller.on_server_ready.add(self._start_polling)
         self.server.add_protocol_to_configure(lambda protocol: protocol.registerLinkProtocol(_Connections(self)))
         if image:
             self._guarded(self._load, Path(image))
+        if labeling:
+            self.labeling_open()
 
     # -- state ---------------------------------------------------------------------------------------------------
     def _init_state(self, out_dir: str | None) -> None:
@@ -131,7 +147,10 @@ class WebApp(TrameApp):
         s.turn, s.turn_count = 0, 0
         s.has_volume = s.has_run = s.can_act = s.can_revert = False
         s.volume_name = ""
+        s.cases, s.case_id, s.review_note = [], "", ""
+        s.case_turn, s.case_turn_count, s.case_turn_text = 0, 0, ""
         self.state.change("turn")(self._on_turn_slider)
+        self.state.change("case_turn")(self._on_case_turn)
 
     def _sync(self) -> None:
         """Push what changed in the logic to the page (event-loop thread, after each poll)."""
@@ -181,6 +200,9 @@ class WebApp(TrameApp):
                 traceback.print_exc()
                 self.logic.say("error", f"Unexpected error while writing a result: {exc}. Details are in the "
                                         "server's console.")
+            self._polls += 1
+            if self._polls % CASES_EVERY == 0 and self.labeling.review is not None:
+                self._guarded(self._labeling_tick)
             self._sync()
             await asyncio.sleep(POLL_S)
 
@@ -207,8 +229,9 @@ class WebApp(TrameApp):
         """Run an action; every failure becomes a chat line saying what to do (never a dead button)."""
         try:
             return fn(*args)
-        except (AgentError, MRMLInputError, SaveError, OutsideError) as exc:
-            self.logic.say("error", str(exc))
+        except (AgentError, MRMLInputError, SaveError, OutsideError, *LABELING_ERRORS) as exc:
+            text = str(exc)
+            self.logic.say("error", text[:1].upper() + text[1:])
         except Exception as exc:  # noqa: BLE001 - a bug: keep the details in the console, tell the person
             traceback.print_exc()
             self.logic.say("error", f"Unexpected error: {exc}. Details are in the server's console.")
@@ -340,6 +363,91 @@ class WebApp(TrameApp):
             self.logic.say("info", f"Showing turn {shown} of {len(run.records)} (mask and prompts as they were). "
                                    "Move the slider to the end to edit again.")
 
+    # -- the labeling folder's review queue (MedAgentSegWeb/labeling.py does the work) ----------------------------
+    def within_served(self, path: str, what: str) -> Path:
+        return within(path, self.write_roots, what)
+
+    def show_case(self, volume: Any, segmentation: Any) -> None:
+        """The case the panel loaded becomes the volume and segmentation the chat and the tools work on."""
+        self.volume_node, self.segmentation_node = volume, segmentation
+        self.slicer_app.display_manager.show_volume(volume, do_reset_views=True)
+        self.state.volume_name = volume.GetName()
+
+    def jump_to(self, ras: Any) -> None:
+        for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            self.scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").JumpSliceByOffsetting(*ras)
+
+    def _labeling(self, fn: Any, *args: Any) -> None:
+        """A panel action: its line in the chat, then the list and the case's turn slider follow."""
+        try:
+            self.logic.say("info", fn(*args))
+        finally:
+            self._show_cases()
+
+    def _show_cases(self) -> None:
+        panel = self.labeling
+        with self.state as s:
+            s.cases = panel.rows()
+            shown = (panel.case_id, self.volume_node)  # a case opened again has new nodes: its slider starts again
+            if shown != self._case_shown:
+                self._case_shown = shown
+                s.case_id = panel.case_id or ""
+                count = panel.turn_count()
+                s.case_turn_count, s.case_turn = count, count
+                s.case_turn_text = panel.show_turn(count)
+
+    def _labeling_tick(self) -> None:
+        """Renew the lease, refresh the list; a problem (a damaged manifest) is said once, not every 2 s."""
+        try:
+            self.labeling.tick()
+            self._show_cases()
+        except LABELING_ERRORS as exc:
+            if str(exc) != self._tick_error:
+                self._tick_error = str(exc)
+                raise
+        else:
+            self._tick_error = ""
+
+    def _navigate(self, fn: Any, *args: Any) -> None:
+        self.labeling.set_reviewer(self.state.reviewer)  # a name typed since applies from this case on
+        self._labeling(fn, *args)
+
+    def labeling_open(self) -> None:
+        self._guarded(self._labeling, self.labeling.open_folder, self.state.labeling_dir, self.state.reviewer)
+
+    def case_next(self) -> None:
+        self._guarded(self._navigate, self.labeling.next)
+
+    def case_next_unreviewed(self) -> None:
+        self._guarded(self._navigate, self.labeling.next, True)
+
+    def case_previous(self) -> None:
+        self._guarded(self._navigate, self.labeling.previous)
+
+    def case_pick(self, case_id: str) -> None:
+        self._guarded(self._navigate, self.labeling.open_case, str(case_id))
+
+    def case_reload(self) -> None:
+        self._guarded(self._labeling, self.labeling.reload)
+
+    def case_accept(self) -> None:
+        self._guarded(self._decide, self.labeling.accept)
+
+    def case_reject(self) -> None:
+        self._guarded(self._decide, self.labeling.reject)
+
+    def case_save_edit(self) -> None:
+        self._guarded(self._decide, self.labeling.save_edit)
+
+    def _decide(self, fn: Any) -> None:
+        self._labeling(fn, self.state.review_note)
+        self.state.review_note = ""  # recorded with this case: never carried to the next one by mistake
+
+    def _on_case_turn(self, case_turn: Any = None, **_: Any) -> None:
+        if case_turn:
+            text = self._guarded(self.labeling.show_turn, int(case_turn))
+            self.state.case_turn_text = text or ""
+
     # -- the page --------------------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
         with SinglePageWithDrawerLayout(self.server, width=400) as self.ui:
@@ -382,6 +490,7 @@ class WebApp(TrameApp):
                 v3.VBtn("Send", id="send", click=self.send, classes="ml-1")
             self._buttons()
             self._review_and_save()
+            self._review_queue()
 
     def _buttons(self) -> None:
         rows = ((("Run", "run", self.run, "!has_run || busy"), ("Step", "step", self.step, "!can_act"),
@@ -400,7 +509,7 @@ class WebApp(TrameApp):
                     variant="outlined")
 
     def _review_and_save(self) -> None:
-        with html.Div(v_show="turn_count > 0", classes="mt-3"):
+        with html.Div(v_show="turn_count > 0", classes="mt-3", id="turn-slider"):
             html.Div("Turn {{ turn }} / {{ turn_count }}", classes="text-caption", id="turn-label")
             v3.VSlider(v_model_number=("turn",), min=1, max=("turn_count",), step=1, id="turn", hide_details=True,
                        density="compact")
@@ -409,12 +518,54 @@ class WebApp(TrameApp):
                           density="compact", hide_details=True)
             v3.VBtn("Save", id="save", click=self.save, disabled=("!has_run",), classes="ml-1")
 
+    def _review_queue(self) -> None:
+        with html.Div(classes="mt-4 pt-2", style="border-top: 1px solid #ccc"):
+            html.Div("Review queue (a labeling folder)", classes="text-subtitle-2")
+            with html.Div(classes="d-flex mt-1"):
+                v3.VTextField(v_model=("labeling_dir",), label="Labeling folder (on the server)", id="labeling-dir",
+                              density="compact", hide_details=True)
+                v3.VBtn("Open folder", id="labeling-open", click=self.labeling_open, classes="ml-1")
+            v3.VTextField(v_model=("reviewer",), label="Reviewer", id="reviewer", density="compact",
+                          hide_details=True, classes="mt-1")
+            with html.Div(classes="mas-cases mt-1", id="cases", v_show="cases.length"):
+                html.Div("{{ c.id }} · {{ c.status }}{{ c.who ? ' · ' + c.who : '' }}"
+                         "{{ c.note ? ' · ' + c.note : '' }}",
+                         v_for="c in cases", key="c.id", data_case=("c.id",), data_status=("c.status",),
+                         __properties=[("data_case", "data-case"), ("data_status", "data-status")],
+                         classes=("['case', c.current ? 'current' : '', c.taken ? 'taken' : '']",),
+                         click=(self.case_pick, "[c.id]"))
+            with html.Div(classes="d-flex mt-1"):
+                for text, key, fn in (("Previous", "case-previous", self.case_previous),
+                                      ("Next", "case-next", self.case_next),
+                                      ("Next unreviewed", "case-next-unreviewed", self.case_next_unreviewed)):
+                    v3.VBtn(text, id=key, click=fn, disabled=("!cases.length",), size="small", classes="mr-1")
+            with html.Div(v_show="case_turn_count > 1", classes="mt-1", id="case-turn-slider"):
+                html.Div("Pre-label turn {{ case_turn }} / {{ case_turn_count }} {{ case_turn_text }}",
+                         classes="text-caption", id="case-turn-label")
+                v3.VSlider(v_model_number=("case_turn",), min=1, max=("case_turn_count",), step=1, id="case-turn",
+                           hide_details=True, density="compact")
+            v3.VTextField(v_model=("review_note",), label="Note (required to reject)", id="review-note",
+                          density="compact", hide_details=True, classes="mt-1")
+            with html.Div(classes="d-flex flex-wrap mt-1"):
+                for text, key, fn in (("Accept case", "case-accept", self.case_accept),
+                                      ("Reject case", "case-reject", self.case_reject),
+                                      ("Save edit", "case-save-edit", self.case_save_edit),
+                                      ("Reload case", "case-reload", self.case_reload)):
+                    v3.VBtn(text, id=key, click=fn, disabled=("!case_id",), size="small", classes="mr-1 mb-1")
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container): the page asks for a name
+        return ""
+
 
 def main(image: str | None = None, host: str = "127.0.0.1", port: int = 8080, device: str = "auto",
-         data_dirs: list[str] | None = None) -> None:
+         data_dirs: list[str] | None = None, labeling: str | None = None, reviewer: str | None = None) -> None:
     """Start the app and serve it until interrupted (the CLI's `medagentseg web`)."""
     import os
 
     os.environ.setdefault("TRAME_ARGS", "")  # our CLI's options are the only ones; trame must not re-read argv
-    app = WebApp(image=image, device=device, data_dirs=data_dirs)
+    app = WebApp(image=image, device=device, data_dirs=data_dirs, labeling=labeling, reviewer=reviewer)
     app.server.start(host=host, port=port, open_browser=False, timeout=0)

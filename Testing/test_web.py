@@ -58,16 +58,18 @@ def _require_browser_stack():
 
 # -- servers ---------------------------------------------------------------------------------------------------
 class Server:
-    """Testing/web_server.py in a subprocess on a free port; `scene()` reads its MRML report."""
+    """Testing/web_server.py in a subprocess on a free port (options: more of its arguments); `scene()` reads its
+    MRML report."""
 
-    def __init__(self, engine: str, out: Path):
+    def __init__(self, engine: str, out: Path, *options: str):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.log = out / f"server-{engine}.log"
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         self.proc = subprocess.Popen([sys.executable, "-X", "faulthandler", str(REPO / "Testing" / "web_server.py"),
-                                      "--port", str(self.port), "--engine", engine, "--out", str(out / "saved")],
+                                      "--port", str(self.port), "--engine", engine, "--out", str(out / "saved"),
+                                      *options],
                                      stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -303,7 +305,7 @@ def test_08_the_turn_slider_shows_turn_1_again(fake):
     report = server.scene()
     click_at = page_xy(page, report, STATE["click"][0] - 2.0, STATE["click"][1])
     before = shot(page)
-    thumb = page.locator(".v-slider-thumb").last  # the turn slider (the view's own slider comes first)
+    thumb = page.locator("#turn-slider .v-slider-thumb")
     thumb.focus()
     page.keyboard.press("Home")
     report = server.wait_for(lambda r: r["run"]["reviewed"] == "1", "the slider to show turn 1")

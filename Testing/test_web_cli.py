@@ -32,6 +32,8 @@ def test_a_missing_image_or_a_bad_port_is_one_line(capsys, tmp_path):
     assert "there is no file" in capsys.readouterr().err
     assert cli.main(["web", "--port", "70000"]) == 2
     assert "not a port number" in capsys.readouterr().err
+    assert cli.main(["web", "--labeling", str(tmp_path)]) == 2
+    assert "has no manifest.jsonl" in capsys.readouterr().err
 
 
 def test_a_path_from_the_page_must_resolve_inside_a_served_folder(tmp_path, monkeypatch):
