@@ -148,9 +148,38 @@ def scene_report(app) -> dict[str, Any]:
             "review_mask_sha": _review_sha(run),
             "live_visible": bool(seg.GetDisplayNode().GetVisibility()),
         }
+    out["labeling"] = labeling_report(app)
     out["messages"] = [{"role": m.role, "text": m.text} for m in app.logic.messages]
     out["busy"] = app.logic.busy
     return out
+
+
+def labeling_report(app) -> dict[str, Any] | None:
+    """The review queue's open case: its mask on the slice in view (what edits change) and the pre-label's turn the
+    case's slider shows there, each as packed bits, and which of the two is visible."""
+    from MedAgentSegModuleLib.mrml_writer import view_slice
+    from MedAgentSegModuleLib.review_queue import segment_kji
+
+    review = app.labeling.review
+    if review is None:
+        return None
+    out: dict[str, Any] = {"case": app.labeling.case_id, "reviewer": review.reviewer, "dirty": review.dirty(),
+                           "volume": None if app.volume_node is None else app.volume_node.GetName()}
+    if review.case is not None:
+        _, k = view_slice(app.scene.GetNodeByID("vtkMRMLSliceNodeRed"), review.volume, "Red")
+        seg = review.segmentation
+        out.update(slice=k, mask=_bits(segment_kji(seg, review.segment_id, review.volume)[k]),
+                   mask_visible=bool(seg.GetDisplayNode().GetVisibility()), turn=None, turn_visible=False)
+        if review.trajectory is not None:
+            proxy = review.trajectory.browser.GetProxyNode(review.trajectory.sequences["mask"])
+            if proxy is not None and proxy.GetDisplayNode() is not None:
+                out.update(turn=_bits(segment_kji(proxy, review.segment_id, review.volume)[k]),
+                           turn_visible=bool(proxy.GetDisplayNode().GetVisibility()))
+    return out
+
+
+def _bits(mask: np.ndarray) -> dict[str, Any]:
+    return {"shape": list(mask.shape), "area": int(mask.sum()), "bits": np.packbits(mask).tobytes().hex()}
 
 
 def _turn_masks(run) -> list[np.ndarray]:
@@ -193,6 +222,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--engine", choices=["fake", "real"], default="fake")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--labeling", default=None)
+    parser.add_argument("--reviewer", default=None)
     args = parser.parse_args()
     os.environ["TRAME_ARGS"] = ""  # only these options, not argv
     from MedAgentSegWeb.app import WebApp
@@ -200,7 +231,8 @@ def main() -> None:
     fake = args.engine == "fake"
     app = WebApp(engine_factory=(lambda name, **kw: FakeEngine()) if fake else None,
                  policy_factory=(lambda name, gt, **kw: ClickBesideBox()) if fake else None, device="cpu",
-                 out_dir=args.out, data_dirs=[str(Path(args.out).parent)] if args.out else None)
+                 out_dir=args.out, data_dirs=[str(Path(args.out).parent)] if args.out else None,
+                 labeling=args.labeling, reviewer=args.reviewer)
 
     def bind(wslink_server) -> None:
         from aiohttp import web
