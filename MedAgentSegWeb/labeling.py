@@ -71,11 +71,17 @@ class LabelingPanel:
         if review is None or self._reviewer(name) == review.reviewer:
             return
         self._before_leaving()
-        folder = review.queue.folder
+        folder, here = review.queue.folder, self.case_id
         review.close()
         self._follow()
         review.reviewer = self._reviewer(name)
         review.open_folder(str(folder))
+        if here is not None:  # the same case under the new name: Next / Previous go on from where the page was
+            try:
+                review.open_case(here)
+            except ReviewError:  # taken meanwhile: they start from the top
+                pass
+            self._follow()
 
     def _require_review(self) -> LabelingReviewLogic:
         if self.review is None:

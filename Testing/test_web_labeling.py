@@ -270,3 +270,14 @@ def test_10_the_labeling_folder_must_be_served(served, folder):
     line = error_after(server, errors, "an outside folder refused")
     assert "labeling folder /etc is outside the folders this server serves" in line, line
     assert server.scene()["labeling"]["case"] == "v2"  # the open folder and case stay
+
+
+def test_11_a_reviewer_typed_in_the_page_holds_the_next_case(served, folder):
+    server, page = served
+    page.fill("#reviewer", "carol")
+    click(page, "case-previous")  # v2 is given back under alice's name, c1 opened under carol's
+    lab = server.wait_for(on_case("c1"), "Previous as carol")["labeling"]
+    assert lab["reviewer"] == "carol"
+    assert json.loads((folder / "leases" / "c1.json").read_text())["reviewer"] == "carol"
+    assert not (folder / "leases" / "v2.json").exists()
+    assert manifest(folder)["v2"]["reviewer"] == "alice"  # decisions keep who made them
