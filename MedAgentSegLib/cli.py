@@ -172,6 +172,9 @@ def run_segment(args: argparse.Namespace) -> dict[str, Any]:
         agent = create_policy(policy_name, **options)  # before any model work: bad weights fail fast
     # issue #16, no prompt: an installed specialist's mask is the first turn, else the locator's box, else it asks
     on_its_own = agent is not None and box is None and not clicks
+    if getattr(args, "first", "auto") != "auto" and not on_its_own:
+        raise UsageError(f"--first {args.first} chooses who makes the first turn when a GT-free agent starts with no "
+                         "--box/--click; leave --first out, or the prompts (and --policy oracle/scripted)")
     first = _specialist_first(args, info, img, index, gt3 is not None) if on_its_own else None
     locator = _asking_with_note(args, info, _load_locator, info) if on_its_own and first is None else None
 

@@ -192,3 +192,13 @@ def test_an_endoscopy_frame_asked_for_a_kidney_asks_and_writes_nothing(tmp_path,
     assert rc == 2 and not out.exists()
     assert "not sure where the left kidney is" in line and "--box" in line
     assert "Targets I can find on my own" in line and "No specialist model is installed" in line
+
+
+def test_first_with_a_prompt_is_refused_before_any_model_work(tmp_path, capsys):
+    import SimpleITK as sitk
+
+    image = tmp_path / "ct.nrrd"
+    sitk.WriteImage(tiny_image(), str(image))
+    assert _segment(image, tmp_path / "out", "--first", "specialist", "--box", "2,2,10,10") == 2
+    assert "--first specialist chooses who makes the first turn" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
