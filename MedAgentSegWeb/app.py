@@ -568,4 +568,8 @@ def main(image: str | None = None, host: str = "127.0.0.1", port: int = 8080, de
 
     os.environ.setdefault("TRAME_ARGS", "")  # our CLI's options are the only ones; trame must not re-read argv
     app = WebApp(image=image, device=device, data_dirs=data_dirs, labeling=labeling, reviewer=reviewer)
-    app.server.start(host=host, port=port, open_browser=False, timeout=0)
+    try:
+        app.server.start(host=host, port=port, open_browser=False, timeout=0)
+    finally:  # Ctrl+C: the open case goes back to the queue now, not when its lease times out
+        if app.labeling.review is not None:
+            app.labeling.review.close()
