@@ -66,7 +66,8 @@ class LabelingPanel:
         return name
 
     def set_reviewer(self, name: str) -> None:
-        """A name typed since the folder was opened applies from the next case: the open one is given back first."""
+        """A name typed since the folder was opened takes over: the open case is given back and opened again under
+        it (unsaved edits refused first), so decisions and leases carry the name shown in the page."""
         review = self.review
         if review is None or self._reviewer(name) == review.reviewer:
             return
