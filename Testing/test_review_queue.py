@@ -305,3 +305,7 @@ def test_a_hand_broken_review_record_is_refused_and_the_decision_not_written(out
     with pytest.raises(ReviewError, match=r"review\.json is not a review record"):
         alice.reject("c0", "changed my mind")
     assert (out / "manifest.jsonl").read_text() == manifest and review.read_text() == '{"turns": "lost"}'
+    with pytest.raises(ReviewError, match=r"review\.json is not a review record"):
+        alice.save_edit("c0", np.ones((48, 64), bool), [{"by": "human", "action": "paint"}])
+    assert not (out / "cases" / "c0" / "final.seg.nrrd").exists()  # no final mask the manifest does not name
+    assert (out / "manifest.jsonl").read_text() == manifest and review.read_text() == '{"turns": "lost"}'

@@ -249,6 +249,7 @@ class ReviewQueue:
             rec = self._record(records, case_id)
             self._held(case_id)
             paths = self._paths(rec)
+            self._read_review(rec)  # a broken review.json refuses here, before final.seg.nrrd is replaced
             seg = slicerio.read_segmentation(str(paths["original"]))
             segment = dict(seg["segments"][0])
             grid = slicerio.segment_mask(seg, segment).shape
