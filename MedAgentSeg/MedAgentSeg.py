@@ -428,8 +428,8 @@ class LabelingReviewPanel:
 
     def onOpenFolder(self) -> None:
         def open_folder():
-            if self.review is not None:
-                self.review.close()
+            if self.review is not None:  # refused while the open case has unsaved edits: they are not dropped
+                self.review.close(drop_edits=False)
             review = LabelingReviewLogic(slicer.mrmlScene, self.reviewer.text.strip(), agent=self.widget.logic.agent,
                                          sequences_logic=slicer.modules.sequences.logic(), on_change=self.refresh)
             review.open_folder(self.folder.currentPath)

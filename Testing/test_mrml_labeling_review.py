@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "MedAgentSeg"))
 sys.path.insert(0, str(REPO))
 
-from MedAgentSegModuleLib.agent_logic import AgentSegLogic  # noqa: E402
+from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic  # noqa: E402
 from MedAgentSegModuleLib.mrml_writer import ensure_scene_logics  # noqa: E402
 from MedAgentSegModuleLib.review_queue import LabelingReviewLogic, ReviewError, segment_kji  # noqa: E402
 
@@ -188,9 +188,11 @@ def test_decisions_and_an_edit_are_in_the_manifest_at_once(out, scene):
     stroke[0, 30:40, 40:60] = True
     paint(logic.segmentation, logic.segment_id, logic.volume, stroke)
     assert logic.dirty()
-    for move in (logic.next, lambda: logic.open_case("c0"), logic.accept):
+    for move in (logic.next, lambda: logic.open_case("c0"), logic.accept, lambda: logic.open_folder(str(out)),
+                 lambda: logic.close(drop_edits=False)):
         with pytest.raises(ReviewError, match="edited and not saved"):
             move()
+    assert logic.case.case_id == "c2" and logic.dirty() and status(out)["c2"] == "in review"  # the edit is kept
     rec = logic.save_edit("added the second lobe")
     expected = seg_kji(out / "cases" / "c2" / "original.seg.nrrd") | stroke
     assert np.array_equal(seg_kji(out / "cases" / "c2" / "final.seg.nrrd"), expected)
@@ -202,6 +204,23 @@ def test_decisions_and_an_edit_are_in_the_manifest_at_once(out, scene):
     reopened = logic.open_case("c2")  # the edited case shows its final mask
     assert reopened.final is not None
     assert np.array_equal(segment_kji(logic.segmentation, logic.segment_id, logic.volume), expected)
+
+
+def test_closing_while_the_agent_works_changes_nothing(out, scene, monkeypatch):
+    agent = AgentSegLogic(scene, engine_factory=lambda name, **kw: BoxEngine())
+    logic = LabelingReviewLogic(scene, "alice", agent=agent)
+    logic.open_folder(str(out))
+    logic.open_case("c0")
+    with monkeypatch.context() as m:
+        m.setattr(AgentSegLogic, "busy", property(lambda self: True))
+        with pytest.raises(AgentError, match="still working"):
+            logic.close()
+        assert logic.case.case_id == "c0" and logic.volume.GetScene() is scene and logic.segmentation.GetScene()
+        assert (out / "leases" / "c0.json").is_file() and status(out)["c0"] == "in review"  # still held
+    logic.close()
+    assert logic.case is None and not (out / "leases" / "c0.json").exists() and status(out)["c0"] == "pre-labelled"
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    agent.cleanup()
 
 
 class ClickThenStop:

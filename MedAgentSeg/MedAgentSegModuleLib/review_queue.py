@@ -187,9 +187,10 @@ class LabelingReviewLogic:
 
     # -- folder and cases -----------------------------------------------------------------------------------------
     def open_folder(self, folder: str) -> list[dict[str, Any]]:
-        """Open the --out folder of `medagentseg label`; returns its rows (see `rows`)."""
+        """Open the --out folder of `medagentseg label`; returns its rows (see `rows`). Refused while the open case
+        has unsaved edits (they are never dropped by opening a folder)."""
         queue = ReviewQueue(folder, self.reviewer, lease_seconds=self.lease_seconds, clock=self.clock)
-        self.close()
+        self.close(drop_edits=False)
         self.queue = queue
         return self.rows()
 
@@ -285,21 +286,31 @@ class LabelingReviewLogic:
         self._nodes += [*recorder.nodes(), *(p for p in proxies if p is not None)]
 
     def _clear(self) -> None:
-        """Remove the open case's nodes (the agent's runs on them go with them)."""
-        segmentation, self.segmentation, self.case = self.segmentation, None, None  # no agent change counted now
+        """Remove the open case's nodes (the agent's runs on them go with them). While the agent works on a turn it
+        raises (AgentError) with nothing changed."""
+        segmentation, case = self.segmentation, self.case
         if self.agent is not None and segmentation is not None:
-            self.agent.discard_runs(segmentation)
+            self.segmentation, self.case = None, None  # no agent change counted while its runs are dropped
+            try:
+                self.agent.discard_runs(segmentation)
+            except Exception:
+                self.segmentation, self.case = segmentation, case
+                raise
+        self.segmentation, self.case = None, None
         for node in self._nodes:
             if node.GetScene() is not None:
                 self.scene.RemoveNode(node)
         self._nodes, self.volume, self.trajectory, self.propagation = [], None, None, None
         self.segment_id, self._pending, self._explained = None, [], None
 
-    def close(self) -> None:
-        """Give the open case back and remove its nodes (the folder stays open)."""
+    def close(self, drop_edits: bool = True) -> None:
+        """Remove the open case's nodes and give it back (the folder stays open); nothing changes while the agent
+        works on a turn. drop_edits=False: refused (ReviewError) while the case has unsaved edits."""
+        if not drop_edits and self.case is not None:
+            self._before_leaving()
+        self._clear()  # first: it refuses while the agent is busy, and the lease must not go before the nodes
         if self.queue is not None:
             self.queue.close()
-        self._clear()
         self._changed()
 
     # -- deciding ---------------------------------------------------------------------------------------------------
