@@ -570,6 +570,7 @@ def main(image: str | None = None, host: str = "127.0.0.1", port: int = 8080, de
     app = WebApp(image=image, device=device, data_dirs=data_dirs, labeling=labeling, reviewer=reviewer)
     try:
         app.server.start(host=host, port=port, open_browser=False, timeout=0)
-    finally:  # Ctrl+C: the open case goes back to the queue now, not when its lease times out
-        if app.labeling.review is not None:
-            app.labeling.review.close()
+    finally:  # Ctrl+C: the open case goes back to the queue now, not when its lease times out (its lease only:
+        review = app.labeling.review  # the scene goes with the process, even while the agent works on a turn)
+        if review is not None and review.queue is not None:
+            review.queue.close()
