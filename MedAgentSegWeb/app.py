@@ -440,6 +440,7 @@ class WebApp(TrameApp):
         self._guarded(self._decide, self.labeling.save_edit)
 
     def _decide(self, fn: Any) -> None:
+        self.labeling.set_reviewer(self.state.reviewer)  # the decision carries the name shown in the page
         self._labeling(fn, self.state.review_note)
         self.state.review_note = ""  # recorded with this case: never carried to the next one by mistake
 

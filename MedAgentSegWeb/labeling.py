@@ -71,7 +71,10 @@ class LabelingPanel:
         review = self.review
         if review is None or self._reviewer(name) == review.reviewer:
             return
-        self._before_leaving()
+        if review.case is not None and review.dirty():
+            raise LabelingError(f"Case {review.case.case_id} was edited as {review.reviewer} and is not saved: put "
+                                f"'{review.reviewer}' back in 'Reviewer' and press Save edit (or Reload case to drop "
+                                "the edit), then change the name.")
         folder, here = review.queue.folder, self.case_id
         review.close()
         self._follow()

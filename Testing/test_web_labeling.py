@@ -281,3 +281,12 @@ def test_11_a_reviewer_typed_in_the_page_holds_the_next_case(served, folder):
     assert json.loads((folder / "leases" / "c1.json").read_text())["reviewer"] == "carol"
     assert not (folder / "leases" / "v2.json").exists()
     assert manifest(folder)["v2"]["reviewer"] == "alice"  # decisions keep who made them
+
+
+def test_12_a_reviewer_typed_in_the_page_makes_the_decision_without_moving_first(served, folder):
+    server, page = served
+    page.fill("#reviewer", "dave")
+    click(page, "case-accept")  # on c1, opened as carol: accepted as the name the page shows
+    page.wait_for_selector('#cases [data-case="c1"][data-status="accepted"]')
+    assert manifest(folder)["c1"]["reviewer"] == "dave"
+    assert server.scene()["labeling"]["reviewer"] == "dave"
