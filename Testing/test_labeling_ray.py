@@ -73,11 +73,13 @@ def _free_port() -> int:
 
 def _box_label(task: dict) -> dict:
     """Runs in an actor: label_case with the fake engine; a case named in the file `die` beside --out kills its
-    actor's process. Each case done is added to done.log there."""
+    actor's process, one named in `raise` raises. Each case done is added to done.log there."""
     engines.create_engine = lambda *a, **k: BoxEngine()
     folder = Path(task["out"]).parent
     if task["case_id"] in (folder / "die").read_text().split():
         os._exit(1)
+    if task["case_id"] in (folder / "raise").read_text().split():
+        raise RuntimeError("a bug outside the case (injected)")
     rec = batch.label_case(task)
     with open(folder / "done.log", "a") as fh:
         fh.write(task["case_id"] + "\n")
@@ -105,6 +107,7 @@ def test_ray_gives_the_same_manifest_as_one_worker(head, cases, tmp_path):
 def test_an_actor_that_dies_is_recorded_failed_and_the_batch_goes_on(head, cases, tmp_path, monkeypatch):
     src, prompts = cases
     (tmp_path / "die").write_text("c1")
+    (tmp_path / "raise").write_text("")
     monkeypatch.setattr(ray_runner, "label_case", _box_label)
     out = tmp_path / "out"
     assert _label(src, prompts, out, "--ray", head, "--workers", "1") == 0
@@ -117,9 +120,22 @@ def test_an_actor_that_dies_is_recorded_failed_and_the_batch_goes_on(head, cases
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 3
 
 
+def test_an_error_raised_in_an_actor_fails_its_case_and_the_actor_goes_on(head, cases, tmp_path, monkeypatch):
+    src, prompts = cases
+    (tmp_path / "die").write_text("")
+    (tmp_path / "raise").write_text("c0")
+    monkeypatch.setattr(ray_runner, "label_case", _box_label)
+    out = tmp_path / "out"
+    assert _label(src, prompts, out, "--ray", head, "--workers", "1") == 0
+    records = read_manifest(out)
+    assert _statuses(out) == {"c0": "failed", "c1": "pre-labelled", "c2": "pre-labelled"}
+    assert "a bug outside the case (injected)" in records["c0"]["reason"]
+
+
 def test_interrupted_ray_batch_resumes_without_doing_a_case_twice(head, cases, tmp_path, monkeypatch):
     src, prompts = cases
     (tmp_path / "die").write_text("")
+    (tmp_path / "raise").write_text("")
     monkeypatch.setattr(ray_runner, "label_case", _box_label)
     out = tmp_path / "out"
 

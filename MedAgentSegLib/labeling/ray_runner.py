@@ -184,10 +184,17 @@ def _dispatch(ray: Any, pool: list[Any], queue: deque, record: Callable[[dict[st
                 rec = ray.get(ref)
                 deaths = 0
                 idle.append(actor)
-            except ray.exceptions.RayActorError as exc:  # the actor's process died (killed, out of memory)
+            except ray.exceptions.RayTaskError as exc:  # label raised (not the case's own problem: those are records)
+                rec = _failed(task, f"on Ray: {_first_line(exc.cause if exc.cause is not None else exc)}")
+                idle.append(actor)
+            except ray.exceptions.RayError as exc:  # the actor's process died (killed, out of memory) or was lost
                 deaths += 1
                 rec = _failed(task, f"the Ray actor died while labelling this case: {_first_line(exc)}")
                 pool.remove(actor)
+                try:
+                    ray.kill(actor)  # lost but perhaps alive: it must not finish the case behind the new actor's back
+                except Exception:
+                    pass
                 if deaths >= DEATHS_IN_A_ROW:
                     record(rec)
                     raise LabelError(f"{deaths} Ray actors died in a row without finishing a case (the last: "
@@ -196,9 +203,6 @@ def _dispatch(ray: Any, pool: list[Any], queue: deque, record: Callable[[dict[st
                 replacement = new_actor()
                 pool.append(replacement)
                 idle.append(replacement)
-            except ray.exceptions.RayTaskError as exc:  # label raised (not the case's own problem: those are records)
-                rec = _failed(task, f"on Ray: {_first_line(exc.cause if exc.cause is not None else exc)}")
-                idle.append(actor)
             record(rec)
 
 
