@@ -393,7 +393,8 @@ class LabelingReviewPanel:
         self.status.wordWrap = True
         rows = [[("Open folder", self.onOpenFolder)], self.table,
                 [("Previous", self.onPrevious), ("Next", self.onNext), ("Next unreviewed", self.onNextUnreviewed)],
-                self.note, [("Accept", self.onAccept), ("Reject", self.onReject), ("Save edit", self.onSaveEdit)],
+                self.note, [("Accept", self.onAccept), ("Reject", self.onReject), ("Save edit", self.onSaveEdit),
+                            ("Reload case", self.onReload)],
                 self.status]
         self.buttons: dict[str, qt.QPushButton] = {}
         for row in rows:
@@ -461,6 +462,13 @@ class LabelingReviewPanel:
     def onPick(self, row: int, column: int) -> None:
         self.move(lambda: self.review.open_case(self.table.item(row, 0).text()))
 
+    def onReload(self) -> None:
+        """The open case as last saved: its unsaved edits are dropped (the only way to drop them and move on)."""
+        if self.review is None or self.review.case is None:
+            self.status.text = "No case is open: press Next unreviewed, or double-click one in the list."
+            return
+        self.move(lambda: self.review.open_case(self.review.case.case_id, drop_edits=True))
+
     def show(self) -> None:
         """The case's volume in the views; the agent panel works on its segmentation and segment."""
         r = self.review
@@ -507,7 +515,7 @@ class LabelingReviewPanel:
             for j, key in enumerate(("id", "status", "who", "note")):
                 self.table.setItem(i, j, qt.QTableWidgetItem(row[key]))
         case = r.case if r is not None else None
-        for name in ("Accept", "Reject", "Save edit"):
+        for name in ("Accept", "Reject", "Save edit", "Reload case"):
             self.buttons[name].enabled = case is not None
         if case is not None:
             status = next((row["status"] for row in rows if row["id"] == case.case_id), "")

@@ -193,6 +193,11 @@ def test_decisions_and_an_edit_are_in_the_manifest_at_once(out, scene):
         with pytest.raises(ReviewError, match="edited and not saved"):
             move()
     assert logic.case.case_id == "c2" and logic.dirty() and status(out)["c2"] == "in review"  # the edit is kept
+    logic.open_case("c2", drop_edits=True)  # Reload case: the edit is dropped, the case stays held
+    assert not logic.dirty() and status(out)["c2"] == "in review" and (out / "leases" / "c2.json").is_file()
+    assert np.array_equal(segment_kji(logic.segmentation, logic.segment_id, logic.volume),
+                          seg_kji(out / "cases" / "c2" / "original.seg.nrrd"))
+    paint(logic.segmentation, logic.segment_id, logic.volume, stroke)
     rec = logic.save_edit("added the second lobe")
     expected = seg_kji(out / "cases" / "c2" / "original.seg.nrrd") | stroke
     assert np.array_equal(seg_kji(out / "cases" / "c2" / "final.seg.nrrd"), expected)

@@ -408,7 +408,7 @@ class LabelingReviewLogic:
 
     def _require_saved(self, what: str) -> None:
         if self.dirty():
-            raise ReviewError(f"case {self.case.case_id} was edited and not saved: Save edit first, or open it again "
+            raise ReviewError(f"case {self.case.case_id} was edited and not saved: Save edit first, or Reload case "
                               f"to drop the edit, then {what}")
 
     def _before_leaving(self) -> None:
