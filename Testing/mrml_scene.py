@@ -1,8 +1,9 @@
-"""Geometry shared by the MRML tests: an oblique, anisotropic IJK-to-RAS matrix."""
+"""Shared by the MRML tests: an oblique, anisotropic IJK-to-RAS matrix; a node that only its own thread may read."""
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -17,3 +18,15 @@ def oblique(rot_z: float, rot_x: float, spacing: tuple[float, float, float],
     m[:3, :3] = rz @ rx @ np.diag(spacing)
     m[:3, 3] = origin
     return m
+
+
+class MainThreadOnly:
+    """A node that refuses to be read from any thread but the one that made it."""
+
+    def __init__(self, node):
+        self._node, self._thread = node, threading.get_ident()
+
+    def __getattr__(self, name):
+        if threading.get_ident() != self._thread:
+            raise AssertionError(f"MRML read on the worker thread: {name}")
+        return getattr(self._node, name)

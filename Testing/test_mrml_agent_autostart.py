@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import BoxEngine
-from mrml_scene import oblique
+from mrml_scene import MainThreadOnly, oblique
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed: pip install -e '.[test]'")
 vtk = pytest.importorskip("vtk")
@@ -391,15 +391,6 @@ def test_the_first_turn_is_found_on_the_worker_without_reading_mrml(ctx):
 
         def poll(self):
             pass
-
-    class MainThreadOnly:
-        def __init__(self, node):
-            self._node, self._thread = node, threading.get_ident()
-
-        def __getattr__(self, name):
-            if threading.get_ident() != self._thread:
-                raise AssertionError(f"MRML read on the worker thread: {name}")
-            return getattr(self._node, name)
 
     held = Held()
     logic = AgentSegLogic(ctx["scene"], executor=held, engine_factory=lambda name, **kw: BoxEngine(),

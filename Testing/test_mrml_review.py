@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import BoxEngine
-from mrml_scene import oblique
+from mrml_scene import MainThreadOnly, oblique
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed: pip install -e '.[test]'")
 vtk = pytest.importorskip("vtk")
@@ -364,18 +364,6 @@ def test_a_parent_transform_moves_the_slice_choice_the_views_and_the_segment_wit
 
 
 # -- threads ---------------------------------------------------------------------------------------------------
-class MainThreadOnly:
-    """A node that refuses to be read from any thread but the one that made it."""
-
-    def __init__(self, node):
-        self._node, self._thread = node, threading.get_ident()
-
-    def __getattr__(self, name):
-        if threading.get_ident() != self._thread:
-            raise AssertionError(f"MRML read on the worker thread: {name}")
-        return getattr(self._node, name)
-
-
 def test_the_worker_never_reads_mrml(ctx):
     logic = AgentSegLogic(ctx["scene"], executor=ManualExecutor(), engine_factory=lambda name, **kw: FakeEngine(),
                           on_message=ctx["messages"].append)
