@@ -322,6 +322,19 @@ def test_a_failing_specialist_is_said_and_the_locator_goes_on(tmp_path):
         logic.cleanup()
 
 
+def test_first_specialist_with_no_model_for_the_target_asks_in_plain_words():
+    from types import SimpleNamespace
+
+    from MedAgentSegModuleLib.autostart import StartPlan, find_first_turn
+
+    plan = StartPlan(np.zeros((4, 8, 8), np.int16), ((1.0,) * 3, (0.0,) * 3, (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)),
+                     choice="specialist")
+    geom = SimpleNamespace(dims_ijk=(8, 8, 4), axis="K", index=0)  # the library has no model for a polyp at all
+    first = find_first_turn(BoxEngine(), plan, geom, "CT", None, "polyp", lambda *a: None)
+    assert first.kind == "ask" and first.message.startswith("No installed specialist segments the polyp. ")
+    assert "()" not in first.message and "Place a box or a click on it" in first.message
+
+
 # -- the shipped locator on a real image ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def default_engine():

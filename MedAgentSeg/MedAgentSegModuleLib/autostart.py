@@ -125,8 +125,8 @@ def _specialist(plan: StartPlan, geom: Any, modality: str, target: str, n: int
                       "instead."], []
     if not installed.matches:
         why = "; ".join(f"{k}: {v}" for k, v in installed.not_ready.items())
-        return None, ([f"No installed specialist segments the {target} ({why})."] if plan.choice == "specialist"
-                      else []), []
+        return None, ([f"No installed specialist segments the {target}{f' ({why})' if why else ''}."]
+                      if plan.choice == "specialist" else []), []
     if plan.volume.ndim != 3 or min(plan.volume.shape) < 2:
         return None, [f"The specialist {' + '.join(installed.names)} is a volume model and this is one slice; the "
                       "locator places the first box instead."], installed.names
