@@ -399,7 +399,7 @@ class WebApp(TrameApp):
     def _labeling_tick(self) -> None:
         """Renew the lease, refresh the list; a problem (a damaged manifest) is said once, not every 2 s."""
         try:
-            self.labeling.tick()
+            self.labeling.tick(self._clients)
             self._show_cases()
         except LABELING_ERRORS as exc:
             if str(exc) != self._tick_error:

@@ -217,7 +217,8 @@ class LabelingPanel:
         return (f"Case {rec['case_id']}: the edited mask is saved as its final mask ({rec['outputs']['final']}); "
                 "manifest updated.")
 
-    def tick(self) -> None:
-        """From the app's poll loop: keep the open case's lease while the page stays on it."""
-        if self.review is not None:
+    def tick(self, pages: int = 1) -> None:
+        """From the app's poll loop: keep the open case's lease while a page is connected (`pages`: how many). With
+        none the lease is not renewed, so a server left running with no page gives the case back when it runs out."""
+        if self.review is not None and pages > 0:
             self.review.tick()

@@ -228,6 +228,28 @@ def test_closing_while_the_agent_works_changes_nothing(out, scene, monkeypatch):
     agent.cleanup()
 
 
+def test_the_web_panel_renews_the_lease_only_while_a_page_is_connected(out, scene):
+    from types import SimpleNamespace
+
+    from MedAgentSegWeb.labeling import LabelingPanel
+
+    agent = AgentSegLogic(scene, engine_factory=lambda name, **kw: BoxEngine())
+    app = SimpleNamespace(scene=scene, logic=agent, volume_node=None, segmentation_node=None,
+                          within_served=lambda path, what: Path(path), show_case=lambda volume, seg: None,
+                          jump_to=lambda ras: None)
+    panel = LabelingPanel(app)
+    panel.open_folder(str(out), "alice")
+    panel.open_case("c0")
+    lease = out / "leases" / "c0.json"
+    before = json.loads(lease.read_text())["expires_at"]
+    panel.review._renewed = float("-inf")  # a renewal is due
+    panel.tick(pages=0)  # no page: the case is not held on for no one
+    assert json.loads(lease.read_text())["expires_at"] == before
+    panel.tick(pages=1)
+    assert json.loads(lease.read_text())["expires_at"] > before
+    agent.cleanup()
+
+
 class ClickThenStop:
     """An agent: one positive click at the middle of the image, then stop."""
 
