@@ -286,8 +286,9 @@ def test_the_agents_turns_are_the_agents_and_paint_and_placed_prompts_are_human(
     assert np.array_equal(seg_kji(out / "cases" / "c0" / "final.seg.nrrd"),
                           segment_kji(logic.segmentation, logic.segment_id, logic.volume))
 
-    logic.next()  # the agent's session on the case goes with it
-    assert run.key not in agent.runs and run.prompts.roi.GetScene() is None
+    agent.queued.append(({"name": "stalk"}, {"segmentation_node": logic.segmentation, "volume_node": logic.volume}))
+    logic.next()  # the agent's session on the case goes with it, and the structures queued after it
+    assert run.key not in agent.runs and run.prompts.roi.GetScene() is None and agent.queued == []
     agent.cleanup()
 
 

@@ -840,11 +840,12 @@ class AgentSegLogic:
             self.active = None
 
     def discard_runs(self, segmentation_node: Any) -> None:
-        """Drop the sessions writing into `segmentation_node`, and their nodes: a front end is removing it (the
-        review queue moving to another case)."""
+        """Drop the sessions writing into `segmentation_node`, their nodes and the structures queued for it: a front
+        end is removing it (the review queue moving to another case)."""
         self._require_idle("close the case")
         for run in [r for r in self.runs.values() if r.segmentation_node is segmentation_node]:
             self._discard_run(run)
+        self.queued = [(info, kw) for info, kw in self.queued if kw.get("segmentation_node") is not segmentation_node]
         self._changed()
 
     def _remove_observers(self, run: TargetRun) -> None:
