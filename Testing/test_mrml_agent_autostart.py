@@ -172,6 +172,20 @@ def test_segment_with_no_prompt_starts_from_the_locators_box_on_the_slice_it_pic
     assert np.array_equal(seg[6], run.session.mask) and seg.sum() == seg[6].sum() > 0
 
 
+def test_asked_again_from_another_slice_it_resumes_the_session_on_the_slice_it_picks(ctx):
+    def markups():
+        return sorted(n.GetID() for n in ctx["scene"].GetNodesByClass("vtkMRMLMarkupsNode"))
+
+    first = _request(ctx, k=2)  # the locator picks slice 6
+    mask, nodes = segment_array(ctx["seg"], first.segment_id, SHAPE).copy(), markups()
+    again = _request(ctx, k=3)  # picks slice 6 again: the session there goes on, it is not replaced
+    assert again is first and ctx["logic"].runs[first.key] is first and len(ctx["logic"].runs) == 1
+    assert len(first.records) == 2 and first.prompts.roi.GetScene() is not None
+    assert np.array_equal(segment_array(ctx["seg"], first.segment_id, SHAPE), mask)  # nothing written over it
+    assert markups() == nodes  # the second request's box and clicks are gone
+    assert any("already has a session: resuming it (2 turn(s) so far)" in t for t in texts(ctx, "info")), texts(ctx)
+
+
 def test_the_locators_turn_is_undone_like_any_turn_and_its_roi_can_be_dragged(ctx):
     logic = ctx["logic"]
     run = _request(ctx)

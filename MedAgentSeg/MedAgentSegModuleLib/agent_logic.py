@@ -784,6 +784,10 @@ class AgentSegLogic:
         if policy is not None:
             run.policy = policy
         if first is not None and first.image is not None:
+            other = self.runs.get((*run.key[:3], int(first.slice_index)))
+            if other is not None and other is not run and other.status != "accepted":
+                self._resume_instead(run, other, first.kind)
+                return
             self._move_run(run, int(first.slice_index), first.image, first.kind)
         run.session = session
         run.segment().SetTag(TAG_PREFIX + "Status", "open")
@@ -811,6 +815,18 @@ class AgentSegLogic:
             return
         run.auto_turns_left = max(0, run.auto_turns_left - 1)  # the first turn is one of the agent's turns
         self._on_turn(run, JobResult("first turn", value=turn))
+
+    def _resume_instead(self, run: TargetRun, other: TargetRun, who: str) -> None:
+        """Main thread: the start slice chosen for `run` already has a session of the same segment (`other`): that
+        one goes on, with its turns and Undo, and `run` is dropped before it writes anything."""
+        self._discard_run(run)
+        self.active = other
+        self._set_tags(other)
+        self._jump_slice_views(other)
+        self._say("info", f"The {'specialist' if who == 'specialist' else 'locator'} starts on slice "
+                          f"{other.metadata['slice']}, where '{other.target}' already has a session: resuming it "
+                          f"({len(other.records)} turn(s) so far).")
+        self._changed()
 
     def _move_run(self, run: TargetRun, index: int, image: np.ndarray, who: str) -> None:
         """Main thread, before the first turn: the session starts on slice `index`, chosen by the specialist or the
