@@ -186,6 +186,30 @@ def test_asked_again_from_another_slice_it_resumes_the_session_on_the_slice_it_p
     assert any("already has a session: resuming it (2 turn(s) so far)" in t for t in texts(ctx, "info")), texts(ctx)
 
 
+@pytest.mark.parametrize("first", ["auto", None], ids=["its own first turn", "the person's box"])
+def test_a_new_session_on_an_accepted_slice_drops_the_accepted_runs_nodes_but_never_its_mask(ctx, first):
+    logic, scene = ctx["logic"], ctx["scene"]
+    accepted = _request(ctx, k=2)  # the locator picks slice 6
+    logic.accept()
+    mask = segment_array(ctx["seg"], accepted.segment_id, SHAPE).copy()
+    old_nodes = [*accepted.prompts.nodes, *accepted.recorder.nodes()]
+    segment = ctx["seg"].GetSegmentation().GetSegment(accepted.segment_id)  # the person unlocks it to redo it
+    segment.SetTag("MedAgentSeg.Locked", "false")
+    segment.SetTag("Segmentation.Status", "inprogress")
+    if first == "auto":
+        new = _request(ctx, k=3)  # picks slice 6 again: _move_run replaces the accepted run there
+    else:
+        new = logic.start(ctx["vol"], ctx["seg"], "liver", slice_index=6, engine="fake", policy="scripted")
+        logic.wait()
+    assert not texts(ctx, "error"), texts(ctx, "error")
+    assert new is not accepted and new.key == accepted.key and logic.runs == {new.key: new}
+    assert all(node.GetScene() is None for node in old_nodes)  # no unmanaged box, clicks or sequences left
+    while new.records:  # the new session's turns undo back to the accepted mask: it was never erased
+        logic.undo()
+        logic.wait()
+    assert np.array_equal(segment_array(ctx["seg"], accepted.segment_id, SHAPE), mask) and mask.any()
+
+
 def test_the_locators_turn_is_undone_like_any_turn_and_its_roi_can_be_dragged(ctx):
     logic = ctx["logic"]
     run = _request(ctx)

@@ -530,6 +530,8 @@ class AgentSegLogic:
         segment.SetTag(TAG_PREFIX + "Target", target)
         segment.SetTag(TAG_PREFIX + "Engine", engine)
         segment.SetTag(TAG_PREFIX + "Status", "loading")
+        if existing is not None:  # accepted, then unlocked by the person: its nodes go, its mask stays the segment's
+            self._discard_run(existing)
         self.runs[(segmentation_node.GetID(), segment_id, axis, int(slice_index))] = run
         self.active = run
         self._jump_slice_views(run)
@@ -839,6 +841,9 @@ class AgentSegLogic:
             node.SetAttribute(TAG_PREFIX + "Slice", run.metadata["slice"])
         if self.runs.get(old) is run:
             del self.runs[old]
+        replaced = self.runs.get(run.key)
+        if replaced is not None and replaced is not run:  # an accepted one (others are resumed): as start() does,
+            self._discard_run(replaced)  # its box, clicks and sequences go; the mask it wrote stays in the segment
         self.runs[run.key] = run
         self._jump_slice_views(run)
         what = "the specialist's mask is largest" if who == "specialist" else \
@@ -846,6 +851,8 @@ class AgentSegLogic:
         self._say("info", f"Starting on slice {run.metadata['slice']}, where {what}; the slice views show it.")
 
     def _discard_run(self, run: TargetRun) -> None:
+        """Main thread: drop `run` and its markups / sequence nodes; the segment is never touched (what it wrote, an
+        accepted mask above all, is the person's)."""
         self._remove_observers(run)
         run.prompts.remove_from_scene(self.scene)
         for node in [*run.recorder.nodes(), *(run.review.nodes() if run.review is not None else ())]:
