@@ -460,7 +460,19 @@ class LabelingReviewPanel:
         self.move(lambda: self.review.previous())
 
     def onPick(self, row: int, column: int) -> None:
-        self.move(lambda: self.review.open_case(self.table.item(row, 0).text()))
+        if self.review is None:
+            self.status.text = "Open a labeling folder first."
+            return
+        case_id = self.table.item(row, 0).text()
+        take_over = False
+        try:  # held under this name in another window: taken over only when the reviewer says so (after a crash)
+            take_over = self.review.held_elsewhere(case_id) and slicer.util.confirmYesNoDisplay(
+                f"Case {case_id} is open under your name in another window (the web page, or a Slicer that crashed). "
+                "Take it over? That window can then not save its edits to it.", windowTitle="Take the case over")
+        except ReviewError as exc:
+            self.status.text = str(exc)
+            return
+        self.move(lambda: self.review.open_case(case_id, take_over=take_over))
 
     def onReload(self) -> None:
         """The open case as last saved: its unsaved edits are dropped (the only way to drop them and move on)."""

@@ -107,7 +107,8 @@ class LabelingPanel:
         if self.review is None:
             return []
         rows = self.review.rows()
-        taken = {cid for cid, lease in self.review.queue.leases().items() if lease.reviewer != self.review.reviewer}
+        queue = self.review.queue  # a lease of this queue's own token is the page's; the same name elsewhere is not
+        taken = {cid for cid, lease in queue.leases().items() if lease.token != queue.token}
         return [{**row, "taken": row["id"] in taken, "current": row["id"] == self.case_id} for row in rows]
 
     # -- moving -----------------------------------------------------------------------------------------------------

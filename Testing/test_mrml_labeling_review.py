@@ -169,6 +169,23 @@ def test_moving_on_gives_the_lease_back_and_removes_the_case_nodes(out, scene):
     assert status(out) == {"c0": "pre-labelled", "c1": "pre-labelled", "c2": "in review", "vol": "pre-labelled"}
 
 
+def test_the_same_reviewer_in_another_window_sees_the_case_held_and_takes_it_over_only_when_asked(out, scene):
+    clock = Clock()
+    web_page = ReviewQueue(out, "alice", clock=clock)  # the web page, under the same name
+    web_page.open("c0")
+    logic = LabelingReviewLogic(scene, "alice", clock=clock)
+    logic.open_folder(str(out))
+    assert logic.rows()[0]["who"] == "alice (reviewing)" and logic.held_elsewhere("c0")
+    assert logic.next().case_id == "c1"  # skipped as another reviewer's
+    with pytest.raises(LeaseTaken, match="open for alice in another review window"):
+        logic.open_case("c0")
+    assert logic.case.case_id == "c1"  # nothing changed
+    assert logic.open_case("c0", take_over=True).case_id == "c0"  # deliberately (the page crashed)
+    assert not logic.held_elsewhere("c0") and web_page.release("c0") is False  # the page cannot give it back
+    assert (out / "leases" / "c0.json").is_file()
+    logic.close()
+
+
 def test_decisions_and_an_edit_are_in_the_manifest_at_once(out, scene):
     logic = LabelingReviewLogic(scene, "alice")
     logic.open_folder(str(out))

@@ -21,7 +21,7 @@ import MedAgentSegLib.engines as engines
 from MedAgentSegLib.cli import main
 from MedAgentSegLib.labeling import batch
 from MedAgentSegLib.labeling.manifest import read_manifest
-from MedAgentSegLib.labeling.review import LeaseTaken, ReviewError, ReviewQueue
+from MedAgentSegLib.labeling.review import LeaseHeldElsewhere, LeaseTaken, ReviewError, ReviewQueue
 
 BOXES = {"c0": [5, 6, 30, 40], "c1": [10, 4, 50, 20], "c2": [0, 0, 20, 20]}
 
@@ -130,6 +130,43 @@ def test_a_lease_expires_and_is_taken_over(out):
         bob.open("c1")
     clock.now += 100  # expired, but no one took it: still alice's to decide on
     assert alice.accept("c1")["status"] == "accepted"
+
+
+def test_one_reviewer_in_two_front_ends_never_releases_or_decides_on_the_others_case(out):
+    clock = Clock()
+    slicer_side, web_side = (ReviewQueue(out, "alice", lease_seconds=60, clock=clock) for _ in range(2))
+    slicer_side.open("c0")
+    assert web_side.next_case() == "c1"  # held by the same name elsewhere: skipped, as another reviewer's
+    with pytest.raises(LeaseHeldElsewhere, match="'c0' is open for alice in another review window") as err:
+        web_side.open("c0")
+    assert isinstance(err.value, LeaseTaken) and err.value.reviewer == "alice"  # open_next goes on past it
+    # the web page moving on (or closing) gives back only its own case, never the Slicer panel's
+    assert web_side.release("c0") is False and (out / "leases" / "c0.json").is_file()
+    assert _status(out)["c0"] == "in review"
+    with pytest.raises(LeaseHeldElsewhere):
+        web_side.accept("c0")
+    assert slicer_side.save_edit("c0", np.ones((48, 64), bool), [{"by": "human", "action": "paint"}])["status"] \
+        == "edited"  # its edit is still saved: the lease is still its own
+
+
+def test_after_a_crash_the_same_reviewer_takes_the_case_back_on_expiry_or_deliberately(out):
+    clock = Clock()
+    crashed = ReviewQueue(out, "alice", lease_seconds=60, clock=clock)
+    crashed.open("c0")
+    restarted = ReviewQueue(out, "alice", lease_seconds=60, clock=clock)
+    with pytest.raises(LeaseHeldElsewhere):
+        restarted.open("c0")
+    assert restarted.open("c0", take_over=True).lease.token == restarted.token  # deliberately, at once
+    with pytest.raises(LeaseHeldElsewhere):
+        crashed.accept("c0")  # if it was alive after all, it cannot decide on the case any more
+    assert crashed.release("c0") is False and crashed.current is None
+    restarted.close()
+
+    crashed.open("c1")
+    again = ReviewQueue(out, "alice", lease_seconds=60, clock=clock)
+    clock.now += 60  # not renewed: expired, so the new queue takes it without asking
+    assert again.open("c1").lease.token == again.token
+    assert again.accept("c1")["status"] == "accepted"
 
 
 def test_decisions_are_in_the_manifest_at_once_and_survive_a_new_queue(out):

@@ -27,7 +27,7 @@ from vtk.util import numpy_support
 
 from MedAgentSegLib import images, rle
 from MedAgentSegLib.engines.base import Prompts
-from MedAgentSegLib.labeling.review import LeaseTaken, ReviewCase, ReviewError, ReviewQueue
+from MedAgentSegLib.labeling.review import LeaseHeldElsewhere, LeaseTaken, ReviewCase, ReviewError, ReviewQueue
 
 from .mrml_writer import (
     BINARY,
@@ -42,8 +42,8 @@ from .mrml_writer import (
     vtk_matrix,
 )
 
-__all__ = ["LabelingReviewLogic", "ReviewError", "image_volume", "load_segmentation", "segment_kji",
-           "trajectory_sequence", "propagation_sequence"]
+__all__ = ["LabelingReviewLogic", "ReviewError", "LeaseHeldElsewhere", "image_volume", "load_segmentation",
+           "segment_kji", "trajectory_sequence", "propagation_sequence"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 AXIS_IJK = {"axial": "K", "coronal": "J", "sagittal": "I", None: "K"}  # MedAgentSegLib.images.AXES
@@ -202,7 +202,7 @@ class LabelingReviewLogic:
         rows = []
         for rec in self.queue.cases():
             lease = leases.get(rec["case_id"])
-            held = lease is not None and lease.reviewer != self.reviewer
+            held = lease is not None and lease.token != self.queue.token  # this reviewer's other window too
             rows.append({"id": rec["case_id"], "status": rec["status"], "note": rec.get("review_note") or "",
                          "who": f"{lease.reviewer} (reviewing)" if held else (rec.get("reviewer") or "")})
         return rows
@@ -225,17 +225,23 @@ class LabelingReviewLogic:
         cid = queue.previous_case(self.case.case_id if self.case else None)
         return None if cid is None else self.open_case(cid)
 
-    def open_case(self, case_id: str, drop_edits: bool = False) -> ReviewCase:
+    def held_elsewhere(self, case_id: str) -> bool:
+        """This reviewer holds the case in another window (or one that crashed); open_case(take_over=True) takes it."""
+        lease = self._queue().leases().get(case_id)
+        return lease is not None and lease.reviewer == self.reviewer and lease.token != self.queue.token
+
+    def open_case(self, case_id: str, drop_edits: bool = False, take_over: bool = False) -> ReviewCase:
         """Take the case's lease (LeaseTaken if another reviewer holds it: nothing changes) and show it; the case
         before is given back and its nodes removed. Refused while the open case has unsaved edits, unless
-        `drop_edits` (e.g. the open case again, as last saved)."""
+        `drop_edits` (e.g. the open case again, as last saved). take_over: the case held by this reviewer in
+        another window is taken from it (after a crash; LeaseHeldElsewhere without it)."""
         queue = self._queue()
         if drop_edits:
             if self.agent is not None and self.agent.busy:
                 raise ReviewError("the agent is still working on a turn: wait for it or press Stop first")
         else:
             self._before_leaving()
-        case = queue.open(case_id)  # releases the case before
+        case = queue.open(case_id, take_over=take_over)  # releases the case before
         self._clear()
         try:
             self._load(case)

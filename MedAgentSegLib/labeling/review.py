@@ -5,7 +5,14 @@ No Qt, no trame, no MRML: the Slicer module (MedAgentSegModuleLib/review_queue.p
 
 Leases keep two reviewers off one case (as MONAI Label's strategies never hand one image to two users): opening a
 case writes `DIR/leases/<id>.json` (who, until when); another reviewer's `open` raises `LeaseTaken` until it is
-released or has expired, then takes it over. A reviewer decides only on a case whose lease it holds. Leases and the
+released or has expired, then takes it over. A lease belongs to one queue, not to a name: it carries the queue's
+token (a new one per `ReviewQueue`), and a queue renews, releases and decides only on a lease with its own token. So
+the same reviewer in two front ends (the Slicer panel and the web page) cannot give back or decide on each other's
+case: the second one's `open` raises `LeaseHeldElsewhere` (a LeaseTaken naming that reviewer), and a queue whose case
+was taken over that way is refused its decisions instead of having an unsaved edit land on a case it no longer
+holds. After a crash the reviewer's new queue has a new token, so the crashed one's lease is not theirs any more: they
+get the case back once it expires (a live front end renews it; a crashed one does not), or at once with
+`open(case_id, take_over=True)`, a deliberate step, since the other queue may still be open. Leases and the
 manifest change together under the manifest's lock, and the batch writes only the case it finished under the same
 lock, so a running batch and any number of reviewers never undo one another's changes.
 
@@ -33,7 +40,8 @@ import numpy as np
 from ..fileio import atomic_write_text
 from .manifest import NAME, ManifestError, manifest_lock, read_manifest, write_manifest
 
-__all__ = ["ReviewError", "LeaseTaken", "Lease", "ReviewCase", "ReviewQueue", "REVIEWABLE", "UNREVIEWED"]
+__all__ = ["ReviewError", "LeaseTaken", "LeaseHeldElsewhere", "Lease", "ReviewCase", "ReviewQueue", "REVIEWABLE",
+           "UNREVIEWED"]
 
 REVIEWABLE = ("pre-labelled", "in review", "accepted", "edited", "rejected")  # the cases with a pre-label
 UNREVIEWED = ("pre-labelled", "in review")
@@ -54,12 +62,25 @@ class LeaseTaken(ReviewError):
                          "; open another case (next unreviewed skips it), or this one after that time")
 
 
+class LeaseHeldElsewhere(LeaseTaken):
+    """The reviewer's own name holds the case in another queue (another front end, or one that crashed)."""
+
+    def __init__(self, lease: Lease):
+        ReviewError.__init__(self, f"case {lease.case_id!r} is open for {lease.reviewer} in another review window (the "
+                             f"Slicer panel or the web page, or one that crashed) until {_iso(lease.expires_at)}: save "
+                             "or close it there; if that window is gone, take the case over (in Slicer: double-click "
+                             "it in the list and confirm; its unsaved edits there can then not be saved), or open it "
+                             "after that time")
+        self.reviewer, self.expires_at = lease.reviewer, lease.expires_at
+
+
 @dataclass(frozen=True)
 class Lease:
     case_id: str
     reviewer: str
     taken_at: float  # seconds since the epoch, of the queue's clock
     expires_at: float
+    token: str = ""  # the holding queue's; "" in a lease file written before tokens (no queue's)
 
     def expired(self, now: float) -> bool:
         return now >= self.expires_at
@@ -116,6 +137,7 @@ class ReviewQueue:
             raise ReviewError(f"lease_seconds must be positive, got {lease_seconds}")
         self.lease_seconds = float(lease_seconds)
         self.clock = clock
+        self.token = uuid.uuid4().hex  # whose lease is whose: the same name may have a queue in each front end
         self.current: str | None = None
 
     # -- reading --------------------------------------------------------------------------------------------------
@@ -155,7 +177,7 @@ class ReviewQueue:
             if cid == start or records[cid]["status"] not in (UNREVIEWED if unreviewed_only else REVIEWABLE):
                 continue
             lease = self._read_lease(cid)
-            if lease is None or lease.reviewer == self.reviewer or lease.expired(now):
+            if lease is None or self._ours(lease) or lease.expired(now):
                 return cid
         return None
 
@@ -170,9 +192,10 @@ class ReviewQueue:
         return None
 
     # -- the lease --------------------------------------------------------------------------------------------------
-    def open(self, case_id: str) -> ReviewCase:
-        """Take the case's lease (LeaseTaken if another reviewer holds it and it has not expired) and return its
-        files; a pre-labelled case becomes "in review"."""
+    def open(self, case_id: str, take_over: bool = False) -> ReviewCase:
+        """Take the case's lease (LeaseTaken if another reviewer holds it and it has not expired; LeaseHeldElsewhere
+        if this reviewer does in another queue, unless `take_over`) and return its files; a pre-labelled case becomes
+        "in review"."""
         with self._locked() as records:
             rec = self._record(records, case_id)
             if rec["status"] not in REVIEWABLE:
@@ -182,9 +205,12 @@ class ReviewQueue:
             paths = self._paths(rec)
             now = self.clock()
             held = self._read_lease(case_id)
-            if held is not None and held.reviewer != self.reviewer and not held.expired(now):
-                raise LeaseTaken(held)
-            lease = Lease(case_id, self.reviewer, now, now + self.lease_seconds)
+            if held is not None and not self._ours(held) and not held.expired(now):
+                if held.reviewer != self.reviewer:
+                    raise LeaseTaken(held)
+                if not take_over:
+                    raise LeaseHeldElsewhere(held)
+            lease = Lease(case_id, self.reviewer, now, now + self.lease_seconds, self.token)
             self._write_lease(lease, fresh=held is None)
             if rec["status"] == "pre-labelled":
                 rec["status"] = "in review"
@@ -199,15 +225,18 @@ class ReviewQueue:
         with self._locked() as records:
             self._record(records, case_id)
             lease = self._held(case_id)
-            lease = Lease(case_id, self.reviewer, lease.taken_at, self.clock() + self.lease_seconds)
+            lease = Lease(case_id, self.reviewer, lease.taken_at, self.clock() + self.lease_seconds, self.token)
             self._write_lease(lease, fresh=False)
         return lease
 
     def release(self, case_id: str) -> bool:
-        """Give the case back; "in review" goes back to "pre-labelled" (a decision stays). False: not held by us."""
+        """Give the case back; "in review" goes back to "pre-labelled" (a decision stays). False: not held by this
+        queue (another reviewer's, or the same reviewer's in another queue, is left alone)."""
         with self._locked() as records:
             lease = self._read_lease(case_id)
-            if lease is None or lease.reviewer != self.reviewer:
+            if lease is None or not self._ours(lease):
+                if self.current == case_id:  # taken over meanwhile: no longer this queue's case
+                    self.current = None
                 return False
             rec = records.get(case_id)
             if rec is not None and rec["status"] == "in review":
@@ -424,7 +453,8 @@ class ReviewQueue:
                 isinstance(data.get("taken_at"), num) and isinstance(data.get("expires_at"), num)):
             raise ReviewError(f"{path} is not a lease (JSON with reviewer, taken_at and expires_at); if no one is "
                               f"reviewing case {case_id!r} now, delete the file")
-        return Lease(case_id, data["reviewer"], float(data["taken_at"]), float(data["expires_at"]))
+        token = data.get("token") if isinstance(data.get("token"), str) else ""
+        return Lease(case_id, data["reviewer"], float(data["taken_at"]), float(data["expires_at"]), token)
 
     def _write_lease(self, lease: Lease, fresh: bool) -> None:
         """A fresh lease is linked into place (fails if one appeared meanwhile); a renewal or take-over replaces the
@@ -432,7 +462,8 @@ class ReviewQueue:
         path = self._lease_path(lease.case_id)
         path.parent.mkdir(exist_ok=True)
         text = json.dumps({"case_id": lease.case_id, "reviewer": lease.reviewer, "taken_at": lease.taken_at,
-                           "expires_at": lease.expires_at, "until": _iso(lease.expires_at)})
+                           "expires_at": lease.expires_at, "until": _iso(lease.expires_at),
+                           "token": lease.token})
         if not fresh:
             atomic_write_text(path, text)
             return
@@ -447,12 +478,17 @@ class ReviewQueue:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def _ours(self, lease: Lease) -> bool:
+        return lease.reviewer == self.reviewer and lease.token == self.token
+
     def _held(self, case_id: str) -> Lease:
-        """Our lease on the case (still ours after expiry if no one took it over), else ReviewError."""
+        """This queue's lease on the case (still its own after expiry if no one took it over), else ReviewError."""
         lease = self._read_lease(case_id)
         if lease is None:
             raise ReviewError(f"{self.reviewer} does not hold case {case_id!r} (not opened, or released); open it "
                               "first")
         if lease.reviewer != self.reviewer:
             raise LeaseTaken(lease)
+        if lease.token != self.token:
+            raise LeaseHeldElsewhere(lease)
         return lease
