@@ -188,7 +188,7 @@ def test_asked_again_from_another_slice_it_resumes_the_session_on_the_slice_it_p
 
 @pytest.mark.parametrize("first", ["auto", None], ids=["its own first turn", "the person's box"])
 def test_a_new_session_on_an_accepted_slice_drops_the_accepted_runs_nodes_but_never_its_mask(ctx, first):
-    logic, scene = ctx["logic"], ctx["scene"]
+    logic = ctx["logic"]
     accepted = _request(ctx, k=2)  # the locator picks slice 6
     logic.accept()
     mask = segment_array(ctx["seg"], accepted.segment_id, SHAPE).copy()
