@@ -47,6 +47,8 @@ from MedAgentSegModuleLib.agent_logic import (  # noqa: E402
 from MedAgentSegModuleLib.mrml_writer import MRMLInputError, view_slice  # noqa: E402
 from MedAgentSegModuleLib.review_queue import LabelingReviewLogic, ReviewError  # noqa: E402
 
+from MedAgentSegLib.labeling.manifest import ManifestError  # noqa: E402
+
 # Every engine the library builds; the default is the click-aware LiteMedSAM when shipped (plain LiteMedSAM gets
 # worse with clicks). The SAM engines need Meta's checkpoint file, given in 'SAM checkpoint'.
 ENGINES = engine_choices()
@@ -370,6 +372,7 @@ class LabelingReviewPanel:
     def __init__(self, widget: MedAgentSegWidget) -> None:
         self.widget = widget
         self.review: LabelingReviewLogic | None = None
+        self._tick_error = ""
         box = ctk.ctkCollapsibleButton()
         box.text = "Review a labeling folder"
         box.collapsed = True
@@ -382,6 +385,7 @@ class LabelingReviewPanel:
         self.reviewer.toolTip = "Written into the manifest with each decision; holds the case you open"
         form.addRow("Folder:", self.folder)
         form.addRow("Reviewer:", self.reviewer)
+        self.reviewer.connect("editingFinished()", self.onReviewerEdited)
         self.table = qt.QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["Case", "Status", "Reviewer", "Note"])
         self.table.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
@@ -429,14 +433,19 @@ class LabelingReviewPanel:
 
     def onOpenFolder(self) -> None:
         def open_folder():
-            if self.review is not None:  # refused while the open case has unsaved edits: they are not dropped
-                self.review.close(drop_edits=False)
-            review = LabelingReviewLogic(slicer.mrmlScene, self.reviewer.text.strip(), agent=self.widget.logic.agent,
-                                         sequences_logic=slicer.modules.sequences.logic(), on_change=self.refresh)
-            review.open_folder(self.folder.currentPath)
-            self.review = review
+            if self.review is None:  # one logic for every folder: it wraps the agent's on_change once
+                self.review = LabelingReviewLogic(slicer.mrmlScene, self.reviewer.text, agent=self.widget.logic.agent,
+                                                  sequences_logic=slicer.modules.sequences.logic(),
+                                                  on_change=self.refresh)
+            # refused while the open case has unsaved edits: they are not dropped
+            self.review.open_folder(self.folder.currentPath, reviewer=self.reviewer.text)
 
         self.call(open_folder)
+
+    def onReviewerEdited(self) -> None:
+        """The name typed takes over the open case (as in the web page), so decisions carry the name shown."""
+        if self.review is not None:
+            self.call(self.review.set_reviewer, self.reviewer.text)
 
     def move(self, step) -> None:
         def go():
@@ -507,12 +516,21 @@ class LabelingReviewPanel:
         self.decide(lambda note: self.review.save_edit(note))
 
     def tick(self) -> None:
-        """From the poll timer: keep the open case's lease (renewed a third of the way through it)."""
-        if self.review is not None and self.review.case is not None:
-            try:
+        """From the poll timer: keep the open case's lease (renewed a third of the way through it) and show other
+        reviewers' leases and decisions (the logic reads the list every few seconds, None when unchanged)."""
+        if self.review is None:
+            return
+        try:
+            if self.review.case is not None:
                 self.review.tick()
-            except ReviewError as exc:  # e.g. the lease file was deleted by hand: said, tried again later
+            if self.review.changed_rows() is not None:
+                self.refresh()
+        except (ReviewError, ManifestError) as exc:  # e.g. a lease deleted by hand: said, tried again later
+            if str(exc) != self._tick_error:  # once, not every few seconds
+                self._tick_error = str(exc)
                 self.widget.say("error", str(exc))
+        else:
+            self._tick_error = ""
 
     def close(self) -> None:
         """Give the open case back (the module is closing)."""

@@ -38,7 +38,8 @@ class LabelingPanel:
     def __init__(self, app: Any, lease_seconds: float = 1800.0):
         self.app = app
         self.lease_seconds = lease_seconds
-        self.review: LabelingReviewLogic | None = None  # made when a folder is opened: it holds the reviewer
+        self.review: LabelingReviewLogic | None = None  # made at the first folder, then kept: it wraps the agent's
+        # on_change once, not once per folder
 
     # -- folder and reviewer --------------------------------------------------------------------------------------
     def open_folder(self, path: str, reviewer: str) -> str:
@@ -46,45 +47,26 @@ class LabelingPanel:
         if not path:
             raise LabelingError("Type the labeling folder (the --out folder of `medagentseg label`) first.")
         folder = self.app.within_served(path, "The labeling folder")
-        review = LabelingReviewLogic(self.app.scene, self._reviewer(reviewer), agent=self.app.logic,
-                                     lease_seconds=self.lease_seconds, sequences_logic=self.app.logic.sequences_logic)
-        rows = review.open_folder(str(folder))  # ReviewError (no manifest...) before the open folder is closed
-        if self.review is not None:
-            self._before_leaving()
-            self.review.close()
+        if self.review is None:
+            self.review = LabelingReviewLogic(self.app.scene, reviewer, agent=self.app.logic,
+                                              lease_seconds=self.lease_seconds,
+                                              sequences_logic=self.app.logic.sequences_logic)
+        self._before_leaving()  # the logic refuses too; this names the page's buttons
+        try:  # ReviewError (no manifest, no name...) before the open folder is closed
+            rows = self.review.open_folder(str(folder), reviewer=reviewer)
+        finally:
             self._follow()
-        self.review = review
         todo = sum(r["status"] in ("pre-labelled", "in review") for r in rows)
         return (f"Opened {folder}: {len(rows)} case(s), {todo} to review. Press Next unreviewed (or pick a case in "
                 "the list).")
 
-    @staticmethod
-    def _reviewer(name: str) -> str:
-        name = " ".join(str(name or "").split())
-        if not name:
-            raise LabelingError("Type your name in 'Reviewer' first: the manifest records who decided each case.")
-        return name
-
     def set_reviewer(self, name: str) -> None:
-        """A name typed since the folder was opened takes over: the open case is given back and opened again under
-        it (unsaved edits refused first), so decisions and leases carry the name shown in the page."""
-        review = self.review
-        if review is None or self._reviewer(name) == review.reviewer:
+        """The name in the page: the logic's set_reviewer (the open case taken over under it); the app follows."""
+        if self.review is None:
             return
-        if review.case is not None and review.dirty():
-            raise LabelingError(f"Case {review.case.case_id} was edited as {review.reviewer} and is not saved: put "
-                                f"'{review.reviewer}' back in 'Reviewer' and press Save edit (or Reload case to drop "
-                                "the edit), then change the name.")
-        folder, here = review.queue.folder, self.case_id
-        review.close()
-        self._follow()
-        review.reviewer = self._reviewer(name)
-        review.open_folder(str(folder))
-        if here is not None:  # the same case under the new name: Next / Previous go on from where the page was
-            try:
-                review.open_case(here)
-            except ReviewError:  # taken meanwhile: they start from the top
-                pass
+        try:
+            self.review.set_reviewer(name)
+        finally:
             self._follow()
 
     def _require_review(self) -> LabelingReviewLogic:
@@ -104,7 +86,7 @@ class LabelingPanel:
 
     def rows(self) -> list[dict[str, Any]]:
         """The case list: the logic's rows, plus whether another reviewer holds the case and which one is open."""
-        if self.review is None:
+        if self.review is None or self.review.queue is None:
             return []
         rows = self.review.rows()
         queue = self.review.queue  # a lease of this queue's own token is the page's; the same name elsewhere is not

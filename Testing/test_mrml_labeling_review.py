@@ -228,6 +228,67 @@ def test_decisions_and_an_edit_are_in_the_manifest_at_once(out, scene):
     assert np.array_equal(segment_kji(logic.segmentation, logic.segment_id, logic.volume), expected)
 
 
+def test_a_reviewer_typed_later_takes_over_the_open_case_in_the_logic(out, scene):
+    logic = LabelingReviewLogic(scene, "alice")
+    logic.open_folder(str(out))
+    logic.open_case("c0")
+    logic.set_reviewer("  carol ")
+    assert logic.reviewer == "carol" and logic.case.case_id == "c0"  # the same case, under the new name
+    assert json.loads((out / "leases" / "c0.json").read_text())["reviewer"] == "carol"
+    assert logic.accept()["reviewer"] == "carol"
+    logic.open_case("c1")
+    stroke = np.zeros((1, 48, 64), bool)
+    stroke[0, 30:40, 40:60] = True
+    paint(logic.segmentation, logic.segment_id, logic.volume, stroke)
+    with pytest.raises(ReviewError, match="was edited as carol and is not saved: put 'carol' back"):
+        logic.set_reviewer("dave")
+    assert logic.reviewer == "carol" and logic.dirty()  # nothing changed, the edit kept
+    with pytest.raises(ReviewError, match="Type your name in 'Reviewer' first"):
+        logic.set_reviewer(" ")
+    logic.close()
+
+
+def test_the_list_shows_other_reviewers_changes_from_the_timer(out, scene):
+    clock = Clock()
+    logic = LabelingReviewLogic(scene, "alice", clock=clock)
+    logic.open_folder(str(out))
+    assert logic.changed_rows() is not None  # the first read
+    assert logic.changed_rows() is None  # not due yet: the manifest is not read 20 times a second
+    bob = ReviewQueue(out, "bob", clock=clock)
+    bob.open("c1")
+    assert logic.changed_rows() is None
+    clock.now += 3
+    rows = logic.changed_rows()
+    assert rows is not None and rows[1]["who"] == "bob (reviewing)"
+    clock.now += 3
+    assert logic.changed_rows() is None  # nothing changed: the list is not redrawn
+    bob.accept("c1")
+    clock.now += 3
+    assert logic.changed_rows()[1]["status"] == "accepted"
+
+
+def test_each_folder_opened_in_the_web_panel_keeps_one_wrapper_on_the_agent(out, scene):
+    from types import SimpleNamespace
+
+    from MedAgentSegWeb.labeling import LabelingPanel
+
+    agent = AgentSegLogic(scene, engine_factory=lambda name, **kw: BoxEngine())
+    app = SimpleNamespace(scene=scene, logic=agent, volume_node=None, segmentation_node=None,
+                          within_served=lambda path, what: Path(path), show_case=lambda volume, seg: None,
+                          jump_to=lambda ras: None)
+    panel = LabelingPanel(app)
+    panel.open_folder(str(out), "alice")
+    wrapped = agent.on_change
+    for name in ("alice", "carol"):
+        panel.open_folder(str(out), name)
+    assert agent.on_change is wrapped and panel.review.reviewer == "carol"
+    panel.open_case("c0")
+    panel.set_reviewer("dave")  # the logic's: the open case under the new name
+    assert json.loads((out / "leases" / "c0.json").read_text())["reviewer"] == "dave"
+    panel.review.close()
+    agent.cleanup()
+
+
 def test_closing_while_the_agent_works_changes_nothing(out, scene, monkeypatch):
     agent = AgentSegLogic(scene, engine_factory=lambda name, **kw: BoxEngine())
     logic = LabelingReviewLogic(scene, "alice", agent=agent)

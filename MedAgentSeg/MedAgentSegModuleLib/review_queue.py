@@ -152,14 +152,15 @@ class LabelingReviewLogic:
     """One reviewer going through a labeling folder in `scene`.
 
     agent: the module's AgentSegLogic, if the reviewer may run the agent on a case; its on_change is chained so each
-    agent change is seen. on_change(): called when the case or its status changed. clock: for the leases (tests).
+    agent change is seen (once per logic: a front end makes one and opens each folder with it). on_change(): called
+    when the case or its status changed. clock: for the leases and the list refresh (tests).
     """
 
     def __init__(self, scene: Any, reviewer: str, agent: Any = None, lease_seconds: float = 1800.0,
                  clock: Callable[[], float] = time.time, sequences_logic: Any = None,
                  on_change: Callable[[], None] | None = None):
         self.scene = scene
-        self.reviewer = reviewer
+        self.reviewer = self._name(reviewer) if reviewer else ""  # checked when a folder is opened
         self.agent = agent
         self.lease_seconds = lease_seconds
         self.clock = clock
@@ -175,6 +176,7 @@ class LabelingReviewLogic:
         self._explained: np.ndarray | None = None  # the mask as the last save or agent change left it
         self._seen: dict[Any, tuple[int, int]] = {}  # agent run key -> (turns, propagations) accounted for
         self._renewed = 0.0
+        self._rows_read, self._rows_seen = float("-inf"), None  # the list as a front end's timer last saw it
         if agent is not None:
             chained = agent.on_change
 
@@ -186,13 +188,56 @@ class LabelingReviewLogic:
             agent.on_change = changed
 
     # -- folder and cases -----------------------------------------------------------------------------------------
-    def open_folder(self, folder: str) -> list[dict[str, Any]]:
-        """Open the --out folder of `medagentseg label`; returns its rows (see `rows`). Refused while the open case
-        has unsaved edits (they are never dropped by opening a folder)."""
-        queue = ReviewQueue(folder, self.reviewer, lease_seconds=self.lease_seconds, clock=self.clock)
+    def open_folder(self, folder: str, reviewer: str | None = None) -> list[dict[str, Any]]:
+        """Open the --out folder of `medagentseg label` (as `reviewer`, default the name so far); returns its rows
+        (see `rows`). Refused while the open case has unsaved edits (they are never dropped by opening a folder)."""
+        name = self._name(reviewer if reviewer is not None else self.reviewer)
+        queue = ReviewQueue(folder, name, lease_seconds=self.lease_seconds, clock=self.clock)
         self.close(drop_edits=False)
-        self.queue = queue
+        self.queue, self.reviewer = queue, name
         return self.rows()
+
+    @staticmethod
+    def _name(name: Any) -> str:
+        name = " ".join(str(name or "").split())
+        if not name:
+            raise ReviewError("Type your name in 'Reviewer' first: the manifest records who decided each case.")
+        return name
+
+    def set_reviewer(self, name: str) -> None:
+        """A name typed in the front end since the folder was opened takes over: the open case is given back and
+        opened again under it (refused first while it has unsaved edits), so decisions and leases carry the name
+        shown. Without an open folder it is the name the next folder opens with."""
+        name = self._name(name)
+        if name == self.reviewer:
+            return
+        if self.queue is None:
+            self.reviewer = name
+            return
+        if self.case is not None and self.dirty():
+            raise ReviewError(f"Case {self.case.case_id} was edited as {self.reviewer} and is not saved: put "
+                              f"'{self.reviewer}' back in 'Reviewer' and press Save edit (or Reload case to drop the "
+                              "edit), then change the name.")
+        here = self.case.case_id if self.case is not None else None
+        self.open_folder(str(self.queue.folder), reviewer=name)  # gives the case back under the old name
+        if here is not None:  # the same case under the new name: Next / Previous go on from where it was
+            try:
+                self.open_case(here)
+            except ReviewError:  # taken meanwhile: they start from the top
+                pass
+
+    def changed_rows(self, every: float = 3.0) -> list[dict[str, Any]] | None:
+        """From a front end's timer: the rows read again at most every `every` seconds (other reviewers' leases and
+        decisions); None when not due or nothing changed, so the list is redrawn only then."""
+        now = self.clock()
+        if self.queue is None or now - self._rows_read < every:
+            return None
+        self._rows_read = now
+        rows = self.rows()
+        if rows == self._rows_seen:
+            return None
+        self._rows_seen = rows
+        return rows
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per case: id, status, who (holds it now, or decided it), note."""
