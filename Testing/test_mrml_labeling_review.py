@@ -206,10 +206,12 @@ def test_decisions_and_an_edit_are_in_the_manifest_at_once(out, scene):
     paint(logic.segmentation, logic.segment_id, logic.volume, stroke)
     assert logic.dirty()
     for move in (logic.next, lambda: logic.open_case("c0"), logic.accept, lambda: logic.open_folder(str(out)),
-                 lambda: logic.close(drop_edits=False)):
-        with pytest.raises(ReviewError, match="edited and not saved"):
+                 lambda: logic.close(drop_edits=False), lambda: logic.reject("wrong organ")):
+        with pytest.raises(ReviewError, match="edited and not saved: Save edit first, or Reload case to drop the "
+                                              "edit, then"):
             move()
     assert logic.case.case_id == "c2" and logic.dirty() and status(out)["c2"] == "in review"  # the edit is kept
+    assert not (out / "cases" / "c2" / "review.json").exists()  # no rejection recorded either
     logic.open_case("c2", drop_edits=True)  # Reload case: the edit is dropped, the case stays held
     assert not logic.dirty() and status(out)["c2"] == "in review" and (out / "leases" / "c2.json").is_file()
     assert np.array_equal(segment_kji(logic.segmentation, logic.segment_id, logic.volume),

@@ -370,6 +370,9 @@ class LabelingReviewLogic:
         return self._done(self._queue().accept(self._case_id(), note=(note or "").strip() or None))
 
     def reject(self, note: str) -> dict[str, Any]:
+        # as accept: a rejection recorded over an unsaved edit could not be moved on from, and Save edit afterwards
+        # turned "rejected" into "edited"
+        self._require_saved("reject it")
         return self._done(self._queue().reject(self._case_id(), (note or "").strip()))
 
     def save_edit(self, note: str | None = None) -> dict[str, Any]:
