@@ -39,6 +39,8 @@ from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout  # noqa: E402
 from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
 from wslink.websocket import LinkProtocol  # noqa: E402
 
+from MedAgentSegLib.labeling.manifest import NAME as MANIFEST  # noqa: E402
+
 from .files import OutsideError, SaveError, safe_upload_name, save_results, within  # noqa: E402
 from .labeling import EXPECTED as LABELING_ERRORS  # noqa: E402
 from .labeling import LabelingPanel  # noqa: E402
@@ -101,10 +103,12 @@ class WebApp(TrameApp):
                  lease_seconds: float = 1800.0):
         super().__init__(server)
         self.write_roots = [Path(d).expanduser().resolve() for d in (data_dirs or [Path.cwd()])]
-        for extra in (out_dir, labeling):
-            if extra:
-                self.write_roots.append(Path(extra).expanduser().resolve())
-        self.read_roots = self.write_roots + [SAMPLE.parent] + ([Path(image).resolve().parent] if image else [])
+        if out_dir:
+            self.write_roots.append(Path(out_dir).expanduser().resolve())
+        # --labeling is served for review (its decisions are written by the queue), never as a Save folder: Save
+        # into cases/<id> would replace the pre-label's trajectory.json
+        self.labeling_roots = self.write_roots + ([Path(labeling).expanduser().resolve()] if labeling else [])
+        self.read_roots = self.labeling_roots + [SAMPLE.parent] + ([Path(image).resolve().parent] if image else [])
         if engine_factory is None:
             preload_model_libraries()
         self.slicer_app = SlicerApp()
@@ -351,6 +355,11 @@ class WebApp(TrameApp):
         if run is not None:
             show_turn(run, None, self.logic.sequences_logic)  # save what the scene holds, not a reviewed turn
         folder = within(self.state.save_dir, self.write_roots, "The save folder")
+        labeling = next((p for p in (folder, *folder.parents) if (p / MANIFEST).is_file()), None)
+        if labeling is not None:  # a data folder may hold one too
+            raise OutsideError(f"The save folder {folder} is inside the labeling folder {labeling}; Save there would "
+                               "overwrite the pre-labels' files. Keep a reviewed case with Save edit in the labeling "
+                               "panel, or choose a save folder outside it.")
         paths = save_results(folder, seg, self.logic)
         self.logic.say("info", "Saved " + " and ".join(str(p) for p in paths) + ".")
 
@@ -365,7 +374,8 @@ class WebApp(TrameApp):
 
     # -- the labeling folder's review queue (MedAgentSegWeb/labeling.py does the work) ----------------------------
     def within_served(self, path: str, what: str) -> Path:
-        return within(path, self.write_roots, what)
+        """A labeling folder the page may open: inside a data folder or the --labeling one."""
+        return within(path, self.labeling_roots, what)
 
     def show_case(self, volume: Any, segmentation: Any) -> None:
         """The case the panel loaded becomes the volume and segmentation the chat and the tools work on."""

@@ -262,6 +262,19 @@ def test_09_save_edit_writes_the_final_mask_with_its_provenance(served, folder):
     assert not server.scene()["labeling"]["dirty"]
 
 
+def test_09b_the_pages_save_never_writes_into_the_labeling_folder(served, folder):
+    server, page = served
+    case = folder / "cases" / "v2"
+    before = {p.name: p.read_bytes() for p in case.iterdir()}
+    errors = len(chat(server.scene(), "error"))
+    page.fill("#save-dir", str(case))  # the open case's run would be saved as cases/v2/trajectory.json
+    click(page, "save")
+    line = error_after(server, errors, "Save into the labeling folder refused")
+    assert f"The save folder {case} is inside the labeling folder {folder}" in line, line
+    assert {p.name: p.read_bytes() for p in case.iterdir()} == before  # the pre-label's files untouched
+    assert server.scene()["labeling"]["case"] == "v2"  # the case is still open for review
+
+
 def test_10_the_labeling_folder_must_be_served(served, folder):
     server, page = served
     errors = len(chat(server.scene(), "error"))
