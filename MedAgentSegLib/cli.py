@@ -263,7 +263,7 @@ def _specialist_first(args: argparse.Namespace, info: dict[str, Any], img: Any, 
     the one where the specialist's mask is largest."""
     from . import images
     from .engines.base import resolve_device
-    from .routing.first_mask import SpecialistFailed, installed_specialists, run_first_mask, sitk_volume
+    from .routing.first_mask import NoSpecialist, SpecialistFailed, specialist_start
 
     choice, name = getattr(args, "first", "auto"), info["name"]
     if choice == "locator":
@@ -273,33 +273,29 @@ def _specialist_first(args: argparse.Namespace, info: dict[str, Any], img: Any, 
             raise UsageError(f"--first specialist needs a 3D image (specialists are volume models) and {args.image} "
                              "is 2D: use --first locator, or give --box/--click")
         return None
-    installed = installed_specialists(name, img.modality, getattr(args, "library", None))
-    if not installed.matches:
+
+    def running(installed: Any) -> None:
+        print(f"medagentseg: the specialist {' + '.join(installed.names)} segments the {name} in the whole image "
+              "(its mask is the first turn)", file=sys.stderr)
+
+    try:  # installed -> run -> on the image's grid -> start slice -> not empty there: routing/first_mask.py
+        start = specialist_start(img.array, (img.spacing, img.origin, img.direction), name, img.modality,
+                                 getattr(args, "library", None), resolve_device(args.device),
+                                 axis=images.AXES[args.axis], index=None if args.slice is None and not has_gt
+                                 else index, on_run=running)
+    except NoSpecialist as exc:
         if choice == "specialist":
-            why = "; ".join(f"{k}: {v}" for k, v in installed.not_ready.items())
             raise NeedsPrompt(f"no installed specialist segments the {name} in {img.modality}"
-                              + (f" ({why})" if why else "") + ": point --library DIR at entries whose runner.path "
-                              "is a model folder, use --first locator, or give --box/--click")
+                              + (f" ({exc.why})" if exc.why else "") + ": point --library DIR at entries whose "
+                              "runner.path is a model folder, use --first locator, or give --box/--click") from None
         return None
-    print(f"medagentseg: the specialist {' + '.join(installed.names)} segments the {name} in the whole image "
-          "(its mask is the first turn)", file=sys.stderr)
-    try:
-        found = run_first_mask(sitk_volume(img.array, img.spacing, img.origin, img.direction), installed,
-                               resolve_device(args.device))
-        if found.mask.shape != img.array.shape:
-            raise SpecialistFailed(f"{found.record['model']} gave a {found.mask.shape} mask for a {img.array.shape} "
-                                   "image")
-        if args.slice is None and not has_gt:
-            index = images.largest_slice(found.mask, args.axis)
-        if not images.extract_slice(found.mask, index, args.axis).any():
-            raise SpecialistFailed(f"{found.record['model']} found no {name} on slice {index}")
     except SpecialistFailed as exc:
         if choice == "specialist":
             raise UsageError(f"the specialist {exc}: use --first locator, or give --box/--click") from None
         print(f"medagentseg: warning: the specialist {exc}; the locator places the first box instead",
               file=sys.stderr)
         return None
-    return found, index
+    return start.found, start.index
 
 
 def _asking_with_note(args: argparse.Namespace, info: dict[str, Any], fn: Any, *fn_args: Any) -> Any:

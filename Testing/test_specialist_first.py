@@ -10,6 +10,7 @@ a target no locator or specialist knows asks for a prompt and names what it can 
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,68 @@ def test_first_with_a_prompt_is_refused_before_any_model_work(tmp_path, capsys):
     assert _segment(image, tmp_path / "out", "--first", "specialist", "--box", "2,2,10,10") == 2
     assert "--first specialist chooses who makes the first turn" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _fake_specialists(monkeypatch, mask):
+    """installed_specialists / run_first_mask of first_mask.py replaced: one ready specialist whose mask is `mask`."""
+    from MedAgentSegLib.routing import first_mask
+
+    installed = first_mask.Installed("liver", [type("M", (), {"entry": "TinyFake", "ids": [1]})()], [])
+    monkeypatch.setattr(first_mask, "installed_specialists", lambda target, modality, library: installed)
+    monkeypatch.setattr(first_mask, "run_first_mask",
+                        lambda image, inst, device: first_mask.FirstMask(mask, {"model": "TinyFake"}))
+    return first_mask
+
+
+def test_one_specialist_start_picks_the_largest_slice_and_says_each_failure(monkeypatch):
+    mask = np.zeros((4, 5, 6), bool)
+    mask[1, 1:3, 1:3] = True  # 4 voxels on K=1
+    mask[2, 2, 1:5] = True  # 4 on K=2, but along J the largest is J=2 (2 + 4 voxels)
+    first_mask = _fake_specialists(monkeypatch, mask)
+    geometry = ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    ran = []
+    start = first_mask.specialist_start(np.zeros((4, 5, 6)), geometry, "liver", axis=1, on_run=ran.append)
+    assert start.index == 2 and start.found.mask is mask and ran == [start.installed]
+    assert first_mask.specialist_start(np.zeros((4, 5, 6)), geometry, "liver", axis=0, index=1).index == 1
+    with pytest.raises(first_mask.EmptyStartSlice, match="TinyFake found no liver on slice 3") as err:
+        first_mask.specialist_start(np.zeros((4, 5, 6)), geometry, "liver", index=3)
+    assert err.value.index == 3
+    with pytest.raises(first_mask.SpecialistFailed, match=r"TinyFake gave a \(4, 5, 6\) mask for a \(4, 5, 7\)"):
+        first_mask.specialist_start(np.zeros((4, 5, 7)), geometry, "liver")
+    with pytest.raises(first_mask.NotAVolume, match="TinyFake is a volume model and this image is one slice"):
+        first_mask.specialist_start(np.zeros((1, 5, 6)), geometry, "liver")
+    monkeypatch.setattr(first_mask, "installed_specialists",
+                        lambda *a: first_mask.Installed("liver", [], [], {"Big": "weights not downloaded"}))
+    with pytest.raises(first_mask.NoSpecialist, match=r"segments the liver \(Big: weights not downloaded\)"):
+        first_mask.specialist_start(np.zeros((4, 5, 6)), geometry, "liver")
+
+
+def test_the_command_line_and_the_slicer_chat_share_the_specialist_start(monkeypatch, tmp_path, capsys):
+    """Both front ends go through first_mask.specialist_start and word its failure in their own way."""
+    import SimpleITK as sitk
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "MedAgentSeg"))
+    from MedAgentSegModuleLib import autostart
+
+    mask = np.zeros(tiny_image().GetSize()[::-1], bool)  # the specialist finds nothing anywhere
+    first_mask = _fake_specialists(monkeypatch, mask)
+    calls, shared = [], first_mask.specialist_start
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["axis"], kwargs["index"]))
+        return shared(*args, **kwargs)
+
+    monkeypatch.setattr(first_mask, "specialist_start", spy)
+    image = tmp_path / "ct.nrrd"
+    sitk.WriteImage(tiny_image(), str(image))
+    assert _segment(image, tmp_path / "out", "--first", "specialist", "--slice", "3") == 2
+    err = capsys.readouterr().err
+    assert "the specialist TinyFake segments the liver in the whole image" in err  # on_run: the progress line
+    assert "error: the specialist TinyFake found no liver on slice 3: use --first locator" in err
+
+    plan = autostart.StartPlan(np.zeros(mask.shape, np.int16), ((1.0,) * 3, (0.0,) * 3, (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+                               choice="specialist", pick_slice=False)
+    geom = type("Geom", (), {"axis": "K", "index": 3})()
+    found, notes = autostart._specialist(plan, geom, "CT", "liver")
+    assert found is None and notes == ["The specialist TinyFake found no liver on slice K=3; nothing was written."]
+    assert calls == [(0, 3), (0, 3)]  # the command line's axial slice 3, the chat's K=3: one code path

@@ -69,9 +69,8 @@ def find_first_turn(engine: Any, plan: StartPlan, geom: Any, modality: str, wind
         return to_rgb(np.ascontiguousarray(replace(geom, index=k).extract(plan.volume)), modality, window)
 
     notes: list[str] = []
-    installed_names: list[str] = []
     if plan.choice in ("auto", "specialist"):
-        found, notes, installed_names = _specialist(plan, geom, modality, target, n)
+        found, notes = _specialist(plan, geom, modality, target)
         if found is not None:
             k, mask, record = found
             return FirstTurn("specialist", k, plane(k) if k != geom.index else None, mask=mask, record=record,
@@ -107,47 +106,39 @@ def find_first_turn(engine: Any, plan: StartPlan, geom: Any, modality: str, wind
                      confidence=float(loc.confidence), notes=notes)
 
 
-def _specialist(plan: StartPlan, geom: Any, modality: str, target: str, n: int
-                ) -> tuple[tuple[int, np.ndarray, dict[str, Any]] | None, list[str], list[str]]:
-    """((start slice, (H, W) mask, record) or None, notes, names of the specialists that were tried)."""
+def _specialist(plan: StartPlan, geom: Any, modality: str, target: str
+                ) -> tuple[tuple[int, np.ndarray, dict[str, Any]] | None, list[str]]:
+    """((start slice, (H, W) mask on the session's slice, record) or None, notes for the chat)."""
     from MedAgentSegLib.engines.base import resolve_device
     from MedAgentSegLib.routing.first_mask import (
+        EmptyStartSlice,
+        NoSpecialist,
+        NotAVolume,
         SpecialistFailed,
-        installed_specialists,
-        run_first_mask,
-        sitk_volume,
+        specialist_start,
     )
+    from MedAgentSegLib.routing.library import LibraryError
 
-    try:
-        installed = installed_specialists(target, modality, plan.library)
-    except Exception as exc:  # noqa: BLE001 - a broken library: said, and the locator goes on
-        return None, [f"The model library could not be read ({_short(exc)}); the locator places the first box "
-                      "instead."], []
-    if not installed.matches:
-        why = "; ".join(f"{k}: {v}" for k, v in installed.not_ready.items())
-        return None, ([f"No installed specialist segments the {target}{f' ({why})' if why else ''}."]
-                      if plan.choice == "specialist" else []), []
-    if plan.volume.ndim != 3 or min(plan.volume.shape) < 2:
-        return None, [f"The specialist {' + '.join(installed.names)} is a volume model and this is one slice; the "
-                      "locator places the first box instead."], installed.names
-    try:
-        found = run_first_mask(sitk_volume(plan.volume, *plan.geometry), installed, resolve_device(plan.device))
-        if found.mask.shape != plan.volume.shape:
-            raise SpecialistFailed(f"{found.record['model']} gave a {found.mask.shape} mask for a "
-                                   f"{plan.volume.shape} volume")
+    what = "the locator places the first box instead" if plan.choice == "auto" else "nothing was written"
+    try:  # installed -> run -> on the volume's grid -> start slice -> not empty there: routing/first_mask.py
+        start = specialist_start(plan.volume, plan.geometry, target, modality, plan.library,
+                                 resolve_device(plan.device), axis="KJI".index(geom.axis),
+                                 index=None if plan.pick_slice else geom.index)
+    except (LibraryError, OSError) as exc:  # a broken library: said, and the locator goes on
+        return None, [f"The model library could not be read ({_short(exc)}); {what}."]
+    except NoSpecialist as exc:
+        return None, ([f"No installed specialist segments the {target}{f' ({exc.why})' if exc.why else ''}."]
+                      if plan.choice == "specialist" else [])
+    except NotAVolume as exc:
+        return None, [f"The specialist {' + '.join(exc.installed.names)} is a volume model and this is one slice; "
+                      f"{what}."]
+    except EmptyStartSlice as exc:
+        return None, [f"The specialist {exc.model} found no {target} on slice {geom.axis}={exc.index}; {what}."]
     except SpecialistFailed as exc:
-        what = "the locator places the first box instead" if plan.choice == "auto" else "nothing was written"
-        return None, [f"The specialist {exc}; {what}."], installed.names
-    if plan.pick_slice:
-        areas = [int(replace(geom, index=k).extract(found.mask).sum()) for k in range(n)]
-        k = int(np.argmax(areas))
-    else:
-        k = geom.index
-    mask = np.ascontiguousarray(replace(geom, index=k).extract(found.mask)).astype(bool)
-    if not mask.any():
-        return None, [f"The specialist {found.record['model']} found no {target} on slice {geom.axis}={k}; the "
-                      "locator places the first box instead."], installed.names
-    return (k, mask, found.record), [], installed.names
+        return None, [f"The specialist {exc}; {what}."]
+    k = start.index  # the session's slice of the KJI mask, as the engine sees it (geom orients it)
+    return (k, np.ascontiguousarray(replace(geom, index=k).extract(start.found.mask)).astype(bool),
+            start.found.record), []
 
 
 def _shipped_locator() -> Any:

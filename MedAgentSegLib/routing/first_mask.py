@@ -17,12 +17,40 @@ import numpy as np
 from .library import Entry, load_library
 from .matching import Match
 
-__all__ = ["FirstMask", "Installed", "SpecialistFailed", "installed_specialists", "run_first_mask", "sitk_volume",
+__all__ = ["FirstMask", "Installed", "SpecialistFailed", "NoSpecialist", "NotAVolume", "EmptyStartSlice",
+           "SpecialistStart", "installed_specialists", "run_first_mask", "specialist_start", "sitk_volume",
            "ready_entries", "specialists_note"]
 
 
 class SpecialistFailed(RuntimeError):
     """The installed specialists ran but gave no usable mask; the message names each model and why."""
+
+
+class NoSpecialist(SpecialistFailed):
+    """No installed specialist segments the target; `why`: the entries that cover it but cannot run here ("" if
+    none)."""
+
+    def __init__(self, installed: Installed):
+        self.installed = installed
+        self.why = "; ".join(f"{k}: {v}" for k, v in installed.not_ready.items())
+        super().__init__(f"no installed specialist segments the {installed.target}"
+                         + (f" ({self.why})" if self.why else ""))
+
+
+class NotAVolume(SpecialistFailed):
+    """The image is one slice; the specialists (`installed`) are volume models."""
+
+    def __init__(self, installed: Installed):
+        self.installed = installed
+        super().__init__(f"{' + '.join(installed.names)} is a volume model and this image is one slice")
+
+
+class EmptyStartSlice(SpecialistFailed):
+    """The specialist's mask is empty on the start slice (`index`, given by the caller)."""
+
+    def __init__(self, model: str, target: str, index: int):
+        self.model, self.target, self.index = model, target, index
+        super().__init__(f"{model} found no {target} on slice {index}")
 
 
 @dataclass
@@ -128,6 +156,43 @@ def run_first_mask(image: Any, installed: Installed, device: str = "cpu") -> Fir
     if len(models) > 1:
         record["ensemble"] = "rank-weighted majority vote (routing/specialists.py)"
     return FirstMask(mask, record, dict(res.skipped))
+
+
+@dataclass
+class SpecialistStart:
+    """The specialists' mask (found.mask: the volume's KJI grid) and the slice the session starts on."""
+
+    found: FirstMask
+    index: int
+    installed: Installed
+
+
+def specialist_start(volume: np.ndarray, geometry: tuple[tuple[float, ...], ...], target: str,
+                     modality: str | None = None, library: str | os.PathLike | None = None, device: str = "cpu",
+                     axis: int = 0, index: int | None = None, on_run: Any = None) -> SpecialistStart:
+    """The specialists' first mask for the command line and the Slicer chat alike: the installed ones for `target`
+    run on the KJI `volume` (geometry: spacing, origin, direction in SimpleITK's order, LPS), the mask is checked to
+    be on the volume's grid, the start slice along array `axis` is `index` or else the one where the mask is largest,
+    and the mask must not be empty there. on_run(installed): called just before the models run (a progress line).
+
+    Raises a SpecialistFailed naming what went wrong (NoSpecialist, NotAVolume, EmptyStartSlice, or a failed or
+    misshapen run), which each front end words as its own message; LibraryError for a broken library."""
+    installed = installed_specialists(target, modality, library)
+    if not installed.matches:
+        raise NoSpecialist(installed)
+    volume = np.asarray(volume)
+    if volume.ndim != 3 or min(volume.shape) < 2:
+        raise NotAVolume(installed)
+    if on_run is not None:
+        on_run(installed)
+    found = run_first_mask(sitk_volume(volume, *geometry), installed, device)
+    if found.mask.shape != volume.shape:
+        raise SpecialistFailed(f"{found.record['model']} gave a {found.mask.shape} mask for a {volume.shape} volume")
+    if index is None:
+        index = int(np.argmax(found.mask.sum(axis=tuple(i for i in range(3) if i != axis))))
+    if not np.take(found.mask, index, axis=axis).any():
+        raise EmptyStartSlice(found.record["model"], target, index)
+    return SpecialistStart(found, index, installed)
 
 
 def ready_entries(library: str | os.PathLike | None = None) -> list[Entry]:
