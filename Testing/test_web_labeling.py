@@ -258,7 +258,9 @@ def test_09_save_edit_writes_the_final_mask_with_its_provenance(served, folder):
     assert np.array_equal(voxels[:, :, others], original[:, :, others])  # the propagated slices kept
     review = json.loads((folder / rec["outputs"]["review"]).read_text())
     assert [(t["by"], t["action"], t["mask"]) for t in review["turns"]][-1] == ("human", "add_bbox", "final")
-    assert rec["provenance"]["human"] >= 1 and rec["reviewer"] == "alice"
+    # the pre-label's three prompt turns (box, click, stop from the prompts file: a person's) and the reviewer's box;
+    # the agent only asked for that box, so it made none
+    assert rec["provenance"] == {"agent": 0, "human": 4} and rec["reviewer"] == "alice"
     assert not server.scene()["labeling"]["dirty"]
 
 
