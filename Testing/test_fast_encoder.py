@@ -123,3 +123,20 @@ def test_the_bench_ct_holds_one_organ_of_the_asked_length_in_int16():
     assert vol.dtype == np.int16 and vol.shape == (130, 64, 64)
     assert organ.any(axis=(1, 2)).sum() in (39, 40)
     assert vol[organ].mean() > vol[~organ & (vol > -500)].mean() + 60  # the organ is brighter than the body
+
+
+def test_openvino_uses_as_many_threads_as_torch_so_workers_do_not_fight_over_cores(tmp_path, monkeypatch,
+                                                                                   lite_engine):
+    pytest.importorskip("openvino", reason="openvino is not installed (the fast extra); the torch path is the default")
+    import torch
+
+    from MedAgentSegLib.engines.fast_encoder import compile_module
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # what a labeling worker on a shared machine sets (batch._init_worker)
+        compiled, _ = compile_module(lite_engine.net.image_encoder, "encoder", (torch.zeros(1, 3, 256, 256),), None,
+                                     "openvino-f32", root=tmp_path)
+        assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    finally:
+        torch.set_num_threads(before)

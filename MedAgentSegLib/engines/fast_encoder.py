@@ -110,8 +110,17 @@ def compile_module(module: Any, name: str, example: tuple, shapes: list | None, 
     xml = _load_or_build(ov, module, name, example, shapes, folder, log)
     core = ov.Core()
     hint = {"openvino-bf16": "bf16", "openvino-f32": "f32"}[precision]
-    return core.compile_model(core.read_model(str(xml)), "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                                  "PERFORMANCE_HINT": "LATENCY"}), folder
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_NUM_THREADS": inference_threads()}
+    return core.compile_model(core.read_model(str(xml)), "CPU", config), folder
+
+
+def inference_threads() -> int:
+    """OpenVINO's threads follow torch's: a labeling worker limited to 1 thread (label --workers 2 on 2 cores) must
+    not run OpenVINO on every core, or two workers fight over the cores and gain nothing."""
+    import torch
+
+    return max(1, int(torch.get_num_threads()))
 
 
 def _load_or_build(ov: Any, module: Any, name: str, example: tuple, shapes: list | None, folder: Path,
