@@ -59,3 +59,21 @@ class PrefetchBoxEngine(BoxEngine):
 def gray_image(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
     """A textured uint8 gray image (many distinct values: not mistaken for a label map)."""
     return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+
+
+BOXES = {"c0": [5, 6, 30, 40], "c1": [10, 4, 50, 20], "c2": [0, 0, 20, 20]}  # one box per labeling test case
+
+
+def box_cases(folder):
+    """(folder of 3 PNG cases c0..c2, prompts file with BOXES): the small dataset the labeling tests label."""
+    import json
+
+    from PIL import Image
+
+    src = folder / "in"
+    src.mkdir()
+    for i, cid in enumerate(BOXES):
+        Image.fromarray(gray_image(seed=i)).save(src / f"{cid}.png")
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"case": cid, "box": box}) + "\n" for cid, box in BOXES.items()))
+    return src, prompts

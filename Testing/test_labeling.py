@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
-from fakes import BoxEngine, gray_image
+from fakes import BOXES, BoxEngine, box_cases, gray_image
 from PIL import Image
 
 import MedAgentSegLib.engines as engines
@@ -23,8 +23,6 @@ from MedAgentSegLib import cli
 from MedAgentSegLib.cli import main
 from MedAgentSegLib.labeling import batch, manifest
 from MedAgentSegLib.labeling.manifest import read_manifest
-
-BOXES = {"c0": [5, 6, 30, 40], "c1": [10, 4, 50, 20], "c2": [0, 0, 20, 20]}
 
 
 @pytest.fixture
@@ -37,13 +35,7 @@ def engine(monkeypatch):
 @pytest.fixture
 def cases(tmp_path) -> tuple[Path, Path]:
     """(folder of 3 PNG cases, prompts file with a box for each)."""
-    src = tmp_path / "in"
-    src.mkdir()
-    for i, cid in enumerate(BOXES):
-        Image.fromarray(gray_image(seed=i)).save(src / f"{cid}.png")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"case": cid, "box": box}) + "\n" for cid, box in BOXES.items()))
-    return src, prompts
+    return box_cases(tmp_path)
 
 
 def _label(src: Path, prompts: Path | None, out: Path, *extra: str) -> int:

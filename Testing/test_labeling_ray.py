@@ -8,7 +8,6 @@ node would); the others give the actors the model-free `fakes.BoxEngine`, sent t
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -17,15 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicerio
-from fakes import BoxEngine, gray_image
-from PIL import Image
+from fakes import BOXES, BoxEngine, box_cases
 
 import MedAgentSegLib.engines as engines
 from MedAgentSegLib.cli import main
 from MedAgentSegLib.labeling import batch, ray_runner
 from MedAgentSegLib.labeling.manifest import read_manifest
-
-BOXES = {"c0": [5, 6, 30, 40], "c1": [10, 4, 50, 20], "c2": [0, 0, 20, 20]}
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +39,7 @@ def head():
 @pytest.fixture
 def cases(tmp_path) -> tuple[Path, Path]:
     """(folder of 3 PNG cases, prompts file with a box for each)."""
-    src = tmp_path / "in"
-    src.mkdir()
-    for i, cid in enumerate(BOXES):
-        Image.fromarray(gray_image(seed=i)).save(src / f"{cid}.png")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"case": cid, "box": box}) + "\n" for cid, box in BOXES.items()))
-    return src, prompts
+    return box_cases(tmp_path)
 
 
 def _label(src: Path, prompts: Path, out: Path, *extra: str) -> int:
