@@ -269,7 +269,8 @@ def test_the_list_shows_other_reviewers_changes_from_the_timer(out, scene):
     assert logic.changed_rows()[1]["status"] == "accepted"
 
 
-def test_each_folder_opened_in_the_web_panel_keeps_one_wrapper_on_the_agent(out, scene):
+def _web_panel(scene):
+    """(agent logic, the web app's labeling panel) over `scene`, with the app's view calls as no-ops."""
     from types import SimpleNamespace
 
     from MedAgentSegWeb.labeling import LabelingPanel
@@ -278,7 +279,11 @@ def test_each_folder_opened_in_the_web_panel_keeps_one_wrapper_on_the_agent(out,
     app = SimpleNamespace(scene=scene, logic=agent, volume_node=None, segmentation_node=None,
                           within_served=lambda path, what: Path(path), show_case=lambda volume, seg: None,
                           jump_to=lambda ras: None)
-    panel = LabelingPanel(app)
+    return agent, LabelingPanel(app)
+
+
+def test_each_folder_opened_in_the_web_panel_keeps_one_wrapper_on_the_agent(out, scene):
+    agent, panel = _web_panel(scene)
     panel.open_folder(str(out), "alice")
     wrapped = agent.on_change
     for name in ("alice", "carol"):
@@ -309,15 +314,7 @@ def test_closing_while_the_agent_works_changes_nothing(out, scene, monkeypatch):
 
 
 def test_the_web_panel_renews_the_lease_only_while_a_page_is_connected(out, scene):
-    from types import SimpleNamespace
-
-    from MedAgentSegWeb.labeling import LabelingPanel
-
-    agent = AgentSegLogic(scene, engine_factory=lambda name, **kw: BoxEngine())
-    app = SimpleNamespace(scene=scene, logic=agent, volume_node=None, segmentation_node=None,
-                          within_served=lambda path, what: Path(path), show_case=lambda volume, seg: None,
-                          jump_to=lambda ras: None)
-    panel = LabelingPanel(app)
+    agent, panel = _web_panel(scene)
     panel.open_folder(str(out), "alice")
     panel.open_case("c0")
     lease = out / "leases" / "c0.json"
