@@ -66,7 +66,7 @@ def _like_live(proxy: Any, live: Any) -> None:
         return
     shown.SetOpacity2DFill(source.GetOpacity2DFill())
     shown.SetOpacity2DOutline(source.GetOpacity2DOutline())
-    shown.SetVisibility2DFill(True)
+    shown.SetVisibility2DFill(source.GetVisibility2DFill())  # the page's outline-only mode too
     shown.SetVisibility2DOutline(True)
 
 

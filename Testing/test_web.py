@@ -153,11 +153,12 @@ def fake(browser, out):
 
 # -- page helpers ------------------------------------------------------------------------------------------------
 def page_xy(page, report: dict, x: float, y: float) -> tuple[float, float]:
-    """Page coordinates of pixel (x, y) of the session's slice, through the slice view's XYToRAS."""
+    """Page coordinates of pixel (x, y) of the session's slice in the axial view (#view-Red), through its
+    XYToRAS."""
     k = report["run"]["slice"]
     dx, dy = (np.array(report["view"]["ijk_to_xy"]) @ [x, y, k, 1.0])[:2]
     w, h = report["view"]["size"]
-    bb = page.locator("img.image-display-area").bounding_box()
+    bb = page.locator("#view-Red").bounding_box()
     return bb["x"] + dx * bb["width"] / w, bb["y"] + (h - dy) * bb["height"] / h
 
 
@@ -206,7 +207,7 @@ def test_01_load_the_bundled_sample(fake):
     report = server.wait_for(lambda r: r["volume"] is not None, "the sample to load")
     assert report["volume"]["dims"] == [128, 128, 24]
     assert any("Loaded 'lits117_liver_ct.nrrd'" in t for t in chat(report, "info"))
-    view = page.locator("img.image-display-area").bounding_box()
+    view = page.locator("#view-Red").bounding_box()
     img = shot(page)[int(view["y"]):int(view["y"] + view["height"]), int(view["x"]):int(view["x"] + view["width"])]
     assert img.std() > 20, "the slice view shows no image"
 

@@ -147,11 +147,53 @@ def scene_report(app) -> dict[str, Any]:
             "reviewed": seg.GetAttribute("MedAgentSeg.ReviewedTurn") or None,
             "review_mask_sha": _review_sha(run),
             "live_visible": bool(seg.GetDisplayNode().GetVisibility()),
+            "surface_points": _surface_points(seg, run.segment_id),
         }
     out["labeling"] = labeling_report(app)
+    out["display"] = display_report(app)
     out["messages"] = [{"role": m.role, "text": m.text} for m in app.logic.messages]
     out["busy"] = app.logic.busy
     return out
+
+
+def _surface_points(segmentation_node, segment_id: str) -> int:
+    """Points of the segment's closed surface (what the 3D view draws); 0 when it has none."""
+    import vtk
+
+    poly = vtk.vtkPolyData()
+    if not segmentation_node.GetSegmentation().ContainsRepresentation("Closed surface"):
+        return 0
+    segmentation_node.GetClosedSurfaceRepresentation(segment_id, poly)
+    return int(poly.GetNumberOfPoints())
+
+
+def _nodes(scene, class_name: str) -> list:
+    return [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
+
+
+def display_report(app) -> dict[str, Any]:
+    """How the page draws: the volume's window/level, the segments' 2D fill and outline, whether any markups draws
+    its node's name or a box filled, the layout, the slice labels, the hand tool in use and the propagation bar."""
+    s = app.state
+    window_level = None
+    vol = app.volume_node
+    if vol is not None and vol.GetDisplayNode() is not None:
+        window_level = [float(vol.GetDisplayNode().GetWindow()), float(vol.GetDisplayNode().GetLevel())]
+    seg = app.segmentation_node
+    seg_display = None if seg is None else seg.GetDisplayNode()
+    markups = _nodes(app.scene, "vtkMRMLMarkupsDisplayNode")
+    return {
+        "window_level": window_level, "wl_preset": s.wl_preset, "layout": s.layout,
+        "fill_opacity": None if seg_display is None else float(seg_display.GetOpacity2DFill()),
+        "fill_visible": None if seg_display is None else bool(seg_display.GetVisibility2DFill()),
+        "outline_visible": None if seg_display is None else bool(seg_display.GetVisibility2DOutline()),
+        "names_drawn": sorted(d.GetDisplayableNode().GetName() for d in markups
+                              if d.GetPropertiesLabelVisibility() and d.GetDisplayableNode() is not None),
+        "filled_boxes": sum(1 for d in markups if d.IsA("vtkMRMLMarkupsROIDisplayNode") and d.GetFillVisibility()),
+        "slice_labels": {tag: s[f"slice_label_{tag}"] for tag in ("Red", "Yellow", "Green")},
+        "tool": s.tool, "propagating": bool(s.propagating), "progress_value": s.progress_value,
+        "messages_shown": [m["text"] for m in s.messages],
+    }
 
 
 def labeling_report(app) -> dict[str, Any] | None:
