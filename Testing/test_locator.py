@@ -108,7 +108,9 @@ def test_unknown_target_asks_and_writes_nothing(tmp_path, capsys):
     rc = main(["segment", str(_image(tmp_path)), "--target", "brain", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
-    assert "--box" in err and "--click" in err and "polyp" in err  # asks, and names what it can find itself
+    # one sentence that says what to give, without the list of every target it knows (issue #24)
+    assert err == ("medagentseg: error: I cannot find brain on my own yet: give --box X1,Y1,X2,Y2 or --click X,Y,+ "
+                   "around it. No specialist model is installed (--library DIR)")
     assert not (tmp_path / "out").exists()
 
 

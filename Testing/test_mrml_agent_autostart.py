@@ -238,14 +238,12 @@ def test_an_unsure_or_unknowing_locator_asks_in_the_chat_and_writes_nothing(ctx,
     if case == "unsure":
         ctx["locator"].confidence = 0.42
         run = _request(ctx)
-        question = "I am not sure where the liver is (locator confidence 0.42 < 0.90), so I do not guess"
+        question = "I could not find the liver in this image: draw a box around it."
     else:
         run = _request(ctx, "segment the left kidney")
-        question = "I cannot find the left kidney on my own yet"
-    asked = [t for t in texts(ctx, "agent") if question in t]
-    assert asked, texts(ctx)
-    assert "Place a box or a click" in asked[0] and "Targets I can find on my own: liver, spleen, polyp" in asked[0]
-    assert "No specialist model is installed" in asked[0]
+        question = "I cannot find the left kidney on my own yet: draw a box around it."
+    # one short sentence (issue #24): no list of the targets it knows, no library settings
+    assert [t for t in texts(ctx, "agent") if "box" in t] == [question], texts(ctx)
     assert any("Draw the box" in t and "positive click" in t for t in texts(ctx, "info")), texts(ctx)
     assert not texts(ctx, "error"), texts(ctx, "error")
     assert run.session.turns == [] and not run.records and run.recorder.count == 0
@@ -262,7 +260,8 @@ def test_an_engine_without_an_embedding_asks_with_the_shipped_locator(ctx):
     ctx["logic"].locator_factory = None
     run = _request(ctx)
     asked = [t for t in texts(ctx, "agent") if "gives no image embedding for the locator" in t]
-    assert asked and "Targets I can find on my own: polyp" in asked[0], texts(ctx)
+    assert asked == ["I cannot find the liver on my own here (the engine fake-box gives no image embedding for the "
+                     "locator): draw a box around it."], texts(ctx)
     assert run.session.turns == [] and not segment_array(ctx["seg"], run.segment_id, SHAPE).any()
 
 
@@ -369,8 +368,8 @@ def test_first_specialist_with_no_model_for_the_target_asks_in_plain_words():
                      choice="specialist")
     geom = SimpleNamespace(dims_ijk=(8, 8, 4), axis="K", index=0)  # the library has no model for a polyp at all
     first = find_first_turn(BoxEngine(), plan, geom, "CT", None, "polyp", lambda *a: None)
-    assert first.kind == "ask" and first.message.startswith("No installed specialist segments the polyp. ")
-    assert "()" not in first.message and "Place a box or a click on it" in first.message
+    assert first.kind == "ask"
+    assert first.message == "No installed specialist segments the polyp. Draw a box around the polyp."
 
 
 # -- the shipped locator on a real image ---------------------------------------------------------------------------

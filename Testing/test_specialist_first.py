@@ -160,8 +160,8 @@ def test_a_target_no_locator_or_specialist_knows_asks_and_names_what_it_can_do(t
     err = capsys.readouterr().err
     assert rc == 2 and not out.exists()
     line = err.strip().splitlines()[-1]
-    assert line.startswith("medagentseg: error: I cannot find brain on my own")
-    assert "Targets I can find on my own: polyp" in line and "No specialist model is installed" in line
+    assert line == ("medagentseg: error: I cannot find brain on my own yet: give --box X1,Y1,X2,Y2 or --click X,Y,+ "
+                    "around it. No specialist model is installed (--library DIR)")
 
 
 def test_installed_specialists_route_by_target_and_modality(tmp_path):
@@ -191,7 +191,7 @@ def test_an_endoscopy_frame_asked_for_a_kidney_asks_and_writes_nothing(tmp_path,
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and not out.exists()
     assert "not sure where the left kidney is" in line and "--box" in line
-    assert "Targets I can find on my own" in line and "No specialist model is installed" in line
+    assert "Targets I can find" not in line and line.endswith("No specialist model is installed (--library DIR)")
 
 
 def test_first_with_a_prompt_is_refused_before_any_model_work(tmp_path, capsys):

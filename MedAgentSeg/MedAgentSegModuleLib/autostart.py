@@ -3,8 +3,8 @@
 Runs on the worker thread and reads no MRML: the volume's voxels and geometry are copied on the main thread into a
 `StartPlan`. In order: an installed specialist of the model library (a volume model: its mask on the slice where it
 is largest), else the locator's box (on a volume, the slice where the target's heatmap mass is largest), else a
-question: why it asks and what it can find on its own. The logic writes the answer as a normal turn (or says the
-question) on the main thread. Qt-free, like the logic.
+question in one short sentence (draw a box), with no list of targets or library settings (issue #24). The logic
+writes the answer as a normal turn (or says the question) on the main thread. Qt-free, like the logic.
 """
 
 from __future__ import annotations
@@ -76,15 +76,15 @@ def find_first_turn(engine: Any, plan: StartPlan, geom: Any, modality: str, wind
             return FirstTurn("specialist", k, plane(k) if k != geom.index else None, mask=mask, record=record,
                              notes=notes)
         if plan.choice == "specialist":
-            return FirstTurn("ask", message=f"{notes[-1] if notes else 'No specialist ran.'} "
-                             f"{_can_do(None, plan)}", notes=[])
+            return FirstTurn("ask", message=f"{notes[-1] if notes else 'No specialist ran.'} {_ask(target)}",
+                             notes=[])
     try:
         locator = (load_locator or _shipped_locator)()
     except Exception as exc:  # noqa: BLE001 - no locator here: ask, saying why
-        return FirstTurn("ask", message=f"I cannot place the first box on my own here: the locator could not be "
-                         f"loaded ({_short(exc)}). {_can_do(None, plan)}", notes=notes)
+        return FirstTurn("ask", message=f"I could not load the locator ({_short(exc)}): draw a box around the "
+                         f"{target}.", notes=notes)
     if not locator.knows(target):
-        return FirstTurn("ask", message=f"I cannot find the {target} on my own yet. {_can_do(locator, plan)}",
+        return FirstTurn("ask", message=f"I cannot find the {target} on my own yet: draw a box around it.",
                          notes=notes)
     try:
         if plan.pick_slice and n > 1:
@@ -95,12 +95,12 @@ def find_first_turn(engine: Any, plan: StartPlan, geom: Any, modality: str, wind
     except Exception as exc:  # noqa: BLE001 - a locator failure is a question, not a half-started session
         why = f"the engine {getattr(engine, 'name', engine)} gives no image embedding for the locator" \
             if not hasattr(engine, "embedding_state") else f"the locator could not run: {_short(exc)}"
-        return FirstTurn("ask", message=f"I cannot find the {target} on my own here ({why}). "
-                         f"{_can_do(locator, plan)}", notes=notes)
-    if locator.asks(loc):
-        return FirstTurn("ask", confidence=loc.confidence, notes=notes, message=(
-            f"I am not sure where the {target} is (locator confidence {loc.confidence:.2f} < "
-            f"{locator.threshold_for(target):.2f}), so I do not guess. {_can_do(locator, plan)}"))
+        return FirstTurn("ask", message=f"I cannot find the {target} on my own here ({why}): draw a box around it.",
+                         notes=notes)
+    if locator.asks(loc):  # one sentence: the confidence is in FirstTurn.confidence, not in the question
+        where = "in this image" if plan.pick_slice and n > 1 else "on this slice"
+        return FirstTurn("ask", confidence=loc.confidence, notes=notes,
+                         message=f"I could not find the {target} {where}: draw a box around it.")
     k = geom.index if loc.slice is None else int(loc.slice)
     return FirstTurn("locator", k, plane(k) if k != geom.index else None, box=tuple(float(v) for v in loc.box),
                      confidence=float(loc.confidence), notes=notes)
@@ -147,17 +147,8 @@ def _shipped_locator() -> Any:
     return load_locator()
 
 
-def _can_do(locator: Any, plan: StartPlan) -> str:
-    """What the agent can start on its own: the locator's targets and the installed specialists."""
-    from MedAgentSegLib.routing.first_mask import ready_entries, specialists_note
-
-    concepts = list(getattr(locator, "concepts", []) or [])
-    try:
-        note = specialists_note(ready_entries(plan.library), flag="or set MEDAGENTSEG_LIBRARY to your library folder")
-    except Exception as exc:  # noqa: BLE001 - a broken library must not hide the question itself
-        note = f"The model library could not be read ({_short(exc)})"
-    found = f"Targets I can find on my own: {', '.join(concepts)}. " if concepts else ""
-    return f"Place a box or a click on it and I refine from there. {found}{note}."
+def _ask(target: str) -> str:
+    return f"Draw a box around the {target}."
 
 
 def _short(exc: BaseException) -> str:

@@ -205,7 +205,6 @@ def ready_entries(library: str | os.PathLike | None = None) -> list[Entry]:
 def specialists_note(entries: list[Entry], flag: str = "--library DIR") -> str:
     """The installed specialists and what they segment, for a message that asks for a prompt."""
     if not entries:
-        return (f"No specialist model is installed (point runner.path of a library entry at a model folder, "
-                f"{flag})")
+        return f"No specialist model is installed ({flag})"
     parts = [f"{e.name} ({', '.join(lb.name for lb in e.labels if lb.ids != [0])})" for e in entries]
     return f"Installed specialist models: {'; '.join(parts)}"
