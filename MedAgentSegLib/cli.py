@@ -420,12 +420,22 @@ def _meta_str(meta: dict[str, Any], key: str) -> str | None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from .session import trajectory_sessions
+
+    sessions = trajectory_sessions(args.trajectory)
+    if not sessions:
+        raise UsageError(f"{args.trajectory} holds no session (nothing was segmented before it was saved)")
+    for data in sessions:
+        _replay_one(data, args)
+    return 0
+
+
+def _replay_one(data: dict[str, Any], args: argparse.Namespace) -> None:
     from . import images
     from .engines import create_engine
     from .engines.base import as_rgb_uint8, image_digest
-    from .session import load_trajectory, replay
+    from .session import replay
 
-    data = load_trajectory(args.trajectory)
     meta = data.get("metadata", {})
     image_path = args.image or meta.get("image")
     if not image_path or not isinstance(image_path, str):
@@ -446,8 +456,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     engine = create_engine(args.engine or data.get("engine"), device=args.device,
                            encoder=_meta_str(data, "encoder") or "torch")
     session = replay(data, engine, rgb)
-    print(f"replayed {len(session.turns)} turns of {data['target']!r}: every mask identical to the recording")
-    return 0
+    where = f" on {meta['axis']} slice {meta['slice']}" if img.is_3d else ""
+    print(f"replayed {len(session.turns)} turns of {data['target']!r}{where}: every mask identical to the recording")
 
 
 def _add_segment_args(p: argparse.ArgumentParser) -> None:

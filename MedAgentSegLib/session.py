@@ -26,10 +26,15 @@ from .engines.base import Engine, Prompts, as_rgb_uint8, image_digest, mask_logi
 from .observation import Observation, UndoTurn
 
 __all__ = ["Turn", "Session", "SessionError", "replay", "load_trajectory", "check_trajectory", "TRAJECTORY_FORMAT",
-           "TRAJECTORY_SCHEMA", "SPECIALIST"]
+           "TRAJECTORY_SCHEMA", "SPECIALIST", "HAND_EDIT", "HAND_TOOLS",
+           "SCENE_TRAJECTORY_FORMAT", "trajectory_sessions"]
 
 TRAJECTORY_FORMAT = "medagentseg-trajectory/1"
+# What Slicer and the browser save: {"format", "runs": [{..., "session": <a TRAJECTORY_FORMAT dict>}, ...]}
+SCENE_TRAJECTORY_FORMAT = "medagentseg-slicer-trajectory/1"
 SPECIALIST = "specialist"  # a turn whose mask a specialist model made (Session.add_mask); replayed from its RLE
+HAND_EDIT = "hand_edit"  # a turn whose mask the person drew (Session.add_edit); replayed from its RLE
+HAND_TOOLS = ("paint", "erase", "scissors", "editor")  # "editor": any other Segment Editor effect (Slicer)
 
 
 class SessionError(RuntimeError):
@@ -252,6 +257,29 @@ class Session:
         self.turns.append(turn)
         return turn
 
+    def add_edit(self, mask: np.ndarray, tool: str, source: str = "user") -> Turn:
+        """A mask the person drew by hand (paint, erase, scissors in an editor) as one turn of the history.
+
+        mask: (H, W) bool, the whole mask after the edit (may be empty: everything erased). The engine does not
+        run; the box and clicks stay as they were, and the next click refines this mask (its logits are the mask
+        in the engine's frame). Replay takes the mask from the trajectory's RLE, so it is bit-exact. Undo removes
+        it as any turn."""
+        self._require_open()
+        mask = np.asarray(mask)
+        if mask.shape != (self.height, self.width):
+            raise SessionError(f"the edited mask is {mask.shape[::-1]} pixels but the image is "
+                               f"{self.width}x{self.height}; give the mask of this slice")
+        if tool not in HAND_TOOLS:
+            raise SessionError(f"unknown hand tool {tool!r}; use one of {', '.join(HAND_TOOLS)}")
+        mask = mask.astype(bool)
+        prompts = self.prompts
+        turn = Turn(index=len(self.turns), action={"name": HAND_EDIT, "arguments": {"tool": tool}}, source=source,
+                    prompts=prompts, prompts_grid=_grid_prompts(prompts, self.height, self.width), mask=mask,
+                    score=None, timings={}, logits=mask_logits(mask), update=HAND_EDIT,
+                    created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        self.turns.append(turn)
+        return turn
+
     def set_prompts(self, prompts: Prompts, source: str = "user") -> Turn:
         """Re-run the engine from an edited prompt state (a moved or deleted click, a resized box).
 
@@ -384,7 +412,8 @@ _PROMPTS_SCHEMA = {"type": "object", "properties": {
     "labels": {"type": "array", "items": {"enum": [0, 1]}}}}
 _ACTION_SCHEMA = {
     "type": "object", "required": ["name"],
-    "properties": {"name": {"enum": ["add_bbox", "add_point", "stop_action", "edit_prompts", SPECIALIST]},
+    "properties": {"name": {"enum": ["add_bbox", "add_point", "stop_action", "edit_prompts", SPECIALIST,
+                                     HAND_EDIT]},
                    "arguments": {"type": ["object", "string"]}},
     "allOf": [
         {"if": {"properties": {"name": {"const": "add_bbox"}}}, "then": {"properties": {"pixels": _numbers(4)}}},
@@ -393,6 +422,9 @@ _ACTION_SCHEMA = {
              "type": "object", "required": ["point_type"]}}}},
         {"if": {"properties": {"name": {"const": "edit_prompts"}}},
          "then": {"required": ["arguments"], "properties": {"arguments": _PROMPTS_SCHEMA}}},
+        {"if": {"properties": {"name": {"const": HAND_EDIT}}},
+         "then": {"required": ["arguments"], "properties": {"arguments": {
+             "type": "object", "required": ["tool"], "properties": {"tool": {"enum": list(HAND_TOOLS)}}}}}},
         {"if": {"properties": {"name": {"const": SPECIALIST}}},
          "then": {"required": ["arguments"], "properties": {"arguments": {
              "type": "object", "required": ["model"], "properties": {"model": {"type": "string", "minLength": 1}}}}}}]}
@@ -434,6 +466,24 @@ def load_trajectory(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is nested too deeply to be a trajectory; give a trajectory.json") from None
     check_trajectory(data, str(path))
     return data
+
+
+def trajectory_sessions(path: str | Path) -> list[dict[str, Any]]:
+    """The session trajectories in a file: the one of a library trajectory, or each run's of a trajectory saved from
+    Slicer or the browser; each checked as `load_trajectory` does. ValueError naming the problem."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return [load_trajectory(path)]  # says what is wrong with the file
+    if not isinstance(data, dict) or data.get("format") != SCENE_TRAJECTORY_FORMAT:
+        return [load_trajectory(path)]
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "session" in r for r in runs):
+        raise ValueError(f"{path} is a scene trajectory without its sessions; re-save it from Slicer or the browser")
+    for i, run in enumerate(runs):
+        check_trajectory(run["session"], f"{path} (run {i + 1})")
+    return [run["session"] for run in runs]
 
 
 def check_trajectory(data: Any, source: str = "the trajectory") -> None:
@@ -484,6 +534,8 @@ def replay(trajectory: dict[str, Any] | str | Path, engine: Engine, image: np.nd
             turn = session.set_prompts(Prompts.from_dict(act["arguments"]), source=src)
         elif name == SPECIALIST:  # no model runs: the recorded mask is the turn (its logits follow from it)
             turn = session.add_mask(rle.decode(rec["mask_rle"]), act["arguments"], source=src)
+        elif name == HAND_EDIT:  # the person's drawing: the recorded mask is the turn
+            turn = session.add_edit(rle.decode(rec["mask_rle"]), act["arguments"]["tool"], source=src)
         elif name == "add_bbox" and "pixels" in act:
             turn = session.add_box(*act["pixels"], source=src)
         elif name == "add_point" and "pixels" in act:

@@ -251,7 +251,7 @@ def test_full_agent_run_writes_roi_clicks_segment_and_sequence(ctx):
     assert rec["turn"] == n and rec["action"] == session.turns[-1].action
     assert rec["score"] == pytest.approx(session.turns[-1].score, abs=1e-4) and "engine_s" in rec["timings"]
     agent_lines = [m for m in ctx["messages"] if m.role == "agent" and m.turn]
-    assert len(agent_lines) == n and "score" in agent_lines[-1].text
+    assert len(agent_lines) == n and f"predicted IoU {session.turns[-1].score:.2f}" in agent_lines[-1].text
 
 
 def test_reject_and_undo_restore_segment_and_markups_bit_exactly_then_a_second_run_resumes(ctx):
@@ -462,3 +462,116 @@ def test_trajectory_json_is_written_next_to_the_saved_scene(ctx, tmp_path):
                                                                           "index": ctx["k"]}
     assert len(entry["turn_records"]) == len(run.records)
     assert [t["action"] for t in entry["session"]["turns"]] == [t.action for t in run.session.turns]
+
+
+def _place_box(run, box) -> None:
+    """The person draws the box: the ROI node is set as Slicer's ROI widget leaves it, then its drag ends."""
+    from MedAgentSegModuleLib.mrml_writer import set_roi_box
+
+    set_roi_box(run.prompts.roi, box, run.geom)
+    run.prompts.roi.InvokeEvent(run.prompts.roi.PointEndInteractionEvent)
+
+
+def _markups_prompts(run):
+    return run.prompts.read(run.geom)
+
+
+def test_undo_and_reject_of_the_persons_clicks_leave_no_stale_marker_for_the_next_turn(ctx):
+    """Issue #24 finding 1: box -> negative click -> positive click -> Undo -> Reject -> one more click. The clicks
+    the person placed were kept in the markups after Undo / Reject (the copy taken when their turn was written already
+    held them) and the next click re-ran the engine from them all ('re-ran from your edited prompts (2 clicks, a
+    box)'), losing the mask."""
+    logic, k = ctx["logic"], ctx["k"]
+    run = start(ctx, policy="scripted", reference_segment_id=None)
+    ys, xs = np.nonzero(ctx["liver"][k])
+    box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+    _place_box(run, box)
+    logic.wait()
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox"]
+    box_state = scene_state(ctx, run)
+    box_mask = run.session.mask.copy()
+
+    outside = (box[0] + 2.0, box[1] + 2.0)  # a corner of the box: background
+    inside = (float(np.median(xs)), float(np.median(ys)))
+    logic.add_click(run.geom.pixel_to_ras(*outside), positive=False)
+    logic.wait()
+    neg_state = scene_state(ctx, run)
+    logic.add_click(run.geom.pixel_to_ras(*inside), positive=True)
+    logic.wait()
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox", "add_point", "add_point"]
+
+    assert logic.undo()
+    assert_same_state(scene_state(ctx, run), neg_state)
+    shown = _markups_prompts(run)
+    assert len(shown.points) == 1 and np.allclose(shown.points, run.session.prompts.points, atol=1e-6)
+    assert logic.reject()
+    assert_same_state(scene_state(ctx, run), box_state)
+    assert len(markups_positions(run.prompts.positive)) == 0 and len(markups_positions(run.prompts.negative)) == 0
+
+    logic.add_click(run.geom.pixel_to_ras(*inside), positive=True)
+    logic.wait()
+    last = run.session.turns[-1]
+    assert last.action["name"] == "add_point", last.action
+    assert len(last.prompts.points) == 1 and np.allclose(last.prompts.points[0], inside, atol=1e-6)
+    assert last.used_prev_logits  # refines the box's mask, not a re-run from scratch
+    assert len(run.records) == 2 and not errors(ctx), errors(ctx)
+    # the click refined the box turn's mask: most of it is still there
+    assert (last.mask & box_mask).sum() >= 0.8 * box_mask.sum()
+
+
+def test_a_hand_edit_is_a_turn_that_undo_takes_back_exactly_and_the_next_click_refines(ctx):
+    """Paint / erase in an editor writes the segment itself; record_hand_edit makes it one turn of the session (a
+    person's, replayable from its mask), Undo puts every segment on the slice back, and a click continues from it."""
+    logic, seg, k, m = ctx["logic"], ctx["seg"], ctx["k"], ctx["m"]
+    run = start(ctx, policy="scripted", reference_segment_id=None)
+    ys, xs = np.nonzero(ctx["liver"][k])
+    _place_box(run, (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())))
+    logic.wait()
+    before = scene_state(ctx, run)
+    assert logic.record_hand_edit("paint") is False  # nothing drawn yet: no turn
+
+    painted = segment_array(seg, run.segment_id, ctx["shape"])
+    painted[k, :10, :10] = True  # a stroke in a corner, as the Paint effect leaves it
+    other = segment_array(seg, ctx["other"], ctx["shape"])
+    other_after = other.copy()
+    other_after[k, :10, :10] = False  # the editor's overwrite took it from the other segment
+    set_segment(seg, run.segment_id, painted, m)
+    set_segment(seg, ctx["other"], other_after, m)
+    assert logic.record_hand_edit("paint") is True
+    last = run.session.turns[-1]
+    assert last.action == {"name": "hand_edit", "arguments": {"tool": "paint"}} and last.source == "user"
+    assert np.array_equal(last.mask, painted[k]) and run.recorder.count == len(run.records) == 2
+    assert any(t.startswith("Turn 2 (You): painted") for t in (mm.text for mm in ctx["messages"]))
+
+    assert logic.undo()
+    assert_same_state(scene_state(ctx, run), before)
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox"]
+
+    # paint again, then a click refines the painted mask (fed back as the previous logits)
+    set_segment(seg, run.segment_id, painted, m)
+    assert logic.record_hand_edit("paint")
+    logic.add_click(run.geom.pixel_to_ras(float(np.median(xs)), float(np.median(ys))), positive=True)
+    logic.wait()
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox", "hand_edit", "add_point"]
+    assert run.session.turns[-1].used_prev_logits and not errors(ctx), errors(ctx)
+
+
+def test_a_saved_session_with_a_hand_edit_replays_bit_for_bit(ctx, lite_engine):
+    from MedAgentSegLib.session import replay
+
+    logic, seg, k, m = ctx["logic"], ctx["seg"], ctx["k"], ctx["m"]
+    run = start(ctx, policy="scripted", reference_segment_id=None)
+    ys, xs = np.nonzero(ctx["liver"][k])
+    _place_box(run, (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())))
+    logic.wait()
+    erased = segment_array(seg, run.segment_id, ctx["shape"])
+    erased[k, int(np.median(ys)):, :] = False
+    set_segment(seg, run.segment_id, erased, m)
+    assert logic.record_hand_edit("erase")
+    logic.add_click(run.geom.pixel_to_ras(float(np.median(xs)), float(ys.max() - 3)), positive=True)
+    logic.wait()
+    data = run.session.to_dict()
+    again = replay(data, lite_engine, run.image_rgb)
+    assert [t.action["name"] for t in again.turns] == ["add_bbox", "hand_edit", "add_point"]
+    for a, b in zip(again.turns, run.session.turns):
+        assert np.array_equal(a.mask, b.mask)

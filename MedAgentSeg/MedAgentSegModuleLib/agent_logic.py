@@ -51,7 +51,7 @@ import slicer
 from MedAgentSegLib.engines.base import Prompts
 from MedAgentSegLib.images import extract_slice
 from MedAgentSegLib.propagation import Propagation, PropagationConfig, PropagationError, propagate, repropagate
-from MedAgentSegLib.session import Session, Turn
+from MedAgentSegLib.session import HAND_TOOLS, SCENE_TRAJECTORY_FORMAT, Session, Turn
 
 from .autostart import CHOICES as FIRST_CHOICES
 from .autostart import FirstTurn, StartPlan, find_first_turn, lps_geometry
@@ -72,6 +72,7 @@ from .mrml_writer import (
     view_slice,
     volume_array_kji,
 )
+from .words import SLICER, Words
 from .worker import JobResult, SessionExecutor
 
 __all__ = ["AgentError", "ChatMessage", "TurnRecord", "TargetRun", "AgentSegLogic", "TRAJECTORY_FILE",
@@ -84,7 +85,7 @@ POLICY_CHOICES = ("learned", "heuristic", "oracle", "scripted", "mllm")
 GT_FREE = ("heuristic", "learned", "mllm")  # as MedAgentSegLib.policies.GT_FREE_POLICIES
 _BUILT_ON_WORKER = ("learned", "mllm")  # they load weights or a model: built on the worker thread
 TRAJECTORY_FILE = "trajectory.json"
-SLICER_TRAJECTORY_FORMAT = "medagentseg-slicer-trajectory/1"
+SLICER_TRAJECTORY_FORMAT = SCENE_TRAJECTORY_FORMAT  # the library reads it too (`medagentseg replay`)
 MARKUP_EVENTS = ("PointRemovedEvent", "PointPositionDefinedEvent")  # a drag's end has its own observer
 AXIS_NAMES = {"K": "axial", "J": "coronal", "I": "sagittal"}  # the library's names for the KJI array's axes 0, 1, 2
 _NOUN = {"propagate": "propagation", "repropagate": "re-propagation"}
@@ -111,14 +112,13 @@ class ChatMessage:
 class TurnRecord:
     """What MRML needs to revert one mask-producing turn exactly.
 
-    segments_before: segment ID -> (H, W) bool slice of every segment before the turn.
-    markups_before: content copies of the box / positive / negative nodes before the turn.
+    segments_before: segment ID -> (H, W) bool slice of every segment before the turn. The markups need no copy:
+    they always show the session's prompt state, so reverting writes the session's prompts after its undo.
     """
 
     number: int
     session_index: int
     segments_before: dict[str, np.ndarray]
-    markups_before: list[Any]
     record: dict[str, Any]
 
 
@@ -189,6 +189,10 @@ class TargetRun:
     metadata: dict[str, Any] = field(default_factory=dict)  # read from MRML on the main thread, for the worker
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"checkpoint": PATH} for SAM
     start_plan: StartPlan | None = None  # the agent's own first turn (issue #16), for the worker; None: the person's
+    # every segment on the session's slice as the logic last left it (after a write or a revert): what a person's
+    # paint stroke is undone to
+    shown: dict[str, np.ndarray] | None = None
+    records_at_run: int = -1  # len(records) when Run / Step was pressed: a stop with none added says so
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -271,20 +275,33 @@ def _to_engine_rgb(plane: np.ndarray, modality: str, window: Any) -> np.ndarray:
     return to_engine_rgb(np.ascontiguousarray(plane), modality=modality, window=window)
 
 
-def describe_action(action: dict[str, Any]) -> str:
-    """A chat-friendly rendering of a tool call, in its 0..999 grid units."""
+def describe_action(action: dict[str, Any], prompts: dict[str, Any] | None = None) -> str:
+    """A chat-friendly rendering of a turn in the slice's image pixels (x = column, y = row, as the person's box and
+    clicks are placed). prompts: the turn's prompt state after it (`Prompts.to_dict()`), where the agent's grid
+    action gives no pixels."""
     name, args = action.get("name"), action.get("arguments", {})
+    prompts = prompts or {}
+
+    def xy(v: Any) -> str:
+        return f"({float(v[0]):.0f}, {float(v[1]):.0f})"
+
     if name == "add_bbox":
-        return f"add_bbox {args.get('bbox_2d')}"
+        box = action.get("pixels") or prompts.get("box")
+        return f"box {xy(box[:2])}-{xy(box[2:])} px" if box else "box"
     if name == "add_point":
-        return f"add_point {args.get('point_2d')} {args.get('point_type')}"
+        point = action.get("pixels") or (prompts.get("points") or [None])[-1]
+        sign = "positive" if args.get("point_type") == "positive" else "negative"
+        return f"{sign} click at {xy(point)} px" if point else f"{sign} click"
     if name == "edit_prompts":
         return f"re-ran from your edited prompts ({len(args.get('points', []))} clicks, " \
                f"{'a box' if args.get('box') else 'no box'})"
     if name == "stop_action":
-        return "stop_action"
+        return "stop"
     if name == "specialist":
         return f"the specialist {args.get('model')}'s mask (licence: {args.get('licence')})"
+    if name == "hand_edit":
+        return {"paint": "your painting", "erase": "your erasing", "scissors": "your scissors cut"}.get(
+            args.get("tool"), "your edit by hand")
     return str(name)
 
 
@@ -303,8 +320,10 @@ class AgentSegLogic:
                  engine_factory: Callable[[str], Any] | None = None,
                  policy_factory: Callable[[str, np.ndarray | None], Any] | None = None,
                  sequences_logic: Any = None, device: str = "auto",
-                 locator_factory: Callable[[], Any] | None = None, library: str | None = None):
+                 locator_factory: Callable[[], Any] | None = None, library: str | None = None,
+                 words: Words = SLICER):
         self.scene = scene
+        self.words = words  # the front end's names for its controls, in every message that points to one
         self.locator_factory = locator_factory  # () -> Locator, called on the worker (default: the shipped one)
         self.library = library  # model-library folder for specialists (default: $MEDAGENTSEG_LIBRARY, Resources/Models)
         self._locator: Any = None  # loaded once, on the worker
@@ -476,8 +495,8 @@ class AgentSegLogic:
         segment_id = segmentation.GetSegmentIdBySegmentName(name) or (name if segmentation.GetSegment(name) else "")
         if segment_id and is_segment_locked(segmentation.GetSegment(segment_id)):
             raise AgentError(f"Segment '{name}' is locked (accepted or marked Completed), so the agent will not change "
-                             "it. Choose another segment name, or clear the lock: set its status to 'In progress' "
-                             "in the Segmentations module.")
+                             "it. Choose another segment name, or clear the lock: "
+                             f"{self.words.unlock_segment}.")
         key = (segmentation_node.GetID(), segment_id, axis, int(slice_index))
         existing = self.runs.get(key) if segment_id else None
         if existing is not None and existing.status != "accepted":
@@ -514,7 +533,14 @@ class AgentSegLogic:
         run = TargetRun(volume_node, segmentation_node, segment_id, target, geom, image, engine, policy_obj,
                         writer, prompts, recorder, max_turns=int(max_turns), policy_name=policy_name,
                         modality=modality, window=window)
-        run.metadata = {"volume": volume_node.GetName(), "slice": f"{axis}={slice_index}", "policy": policy_name}
+        # in the library's vocabulary, so `medagentseg replay VOLUME` finds the slice and its pixels
+        run.metadata = {"volume": volume_node.GetName(), "axis": AXIS_NAMES[axis], "slice": int(slice_index),
+                        "modality": modality, "policy": policy_name}
+        if window is not None:
+            run.metadata["window"] = list(window) if isinstance(window, tuple) else window
+        storage = volume_node.GetStorageNode()
+        if storage is not None and storage.GetFileName():
+            run.metadata["image"] = storage.GetFileName()
         run.engine_options = engine_options
         if first is not None and policy_name in GT_FREE:  # the worker gets copies: it never reads MRML
             run.start_plan = StartPlan(np.array(arr, copy=True), lps_geometry(geom.ijk_to_ras),
@@ -742,7 +768,7 @@ class AgentSegLogic:
             first = find_first_turn(engine, run.start_plan, run.geom, run.modality, run.window, run.target,
                                     _to_engine_rgb, self._load_locator)
             if first.image is not None:  # the start slice moved: the session is opened there
-                image, metadata["slice"] = first.image, f"{run.geom.axis}={first.slice_index}"
+                image, metadata["slice"] = first.image, int(first.slice_index)
         session = Session(engine, image, run.target, max_turns=run.max_turns, metadata=metadata)
         return session, policy, first, self._first_turn(session, first)
 
@@ -826,7 +852,8 @@ class AgentSegLogic:
         self._set_tags(other)
         self._jump_slice_views(other)
         self._say("info", f"The {'specialist' if who == 'specialist' else 'locator'} starts on slice "
-                          f"{other.metadata['slice']}, where '{other.target}' already has a session: resuming it "
+                          f"{other.geom.axis}={other.geom.index}, where '{other.target}' already has a session: "
+                          "resuming it "
                           f"({len(other.records)} turn(s) so far).")
         self._changed()
 
@@ -836,9 +863,9 @@ class AgentSegLogic:
         old = run.key
         run.geom = slice_geometry(run.volume_node, run.geom.axis, index)
         run.image_rgb = image
-        run.metadata["slice"] = f"{run.geom.axis}={index}"
+        run.metadata["slice"] = int(index)
         for node in run.prompts.nodes:
-            node.SetAttribute(TAG_PREFIX + "Slice", run.metadata["slice"])
+            node.SetAttribute(TAG_PREFIX + "Slice", f"{run.geom.axis}={index}")
         if self.runs.get(old) is run:
             del self.runs[old]
         replaced = self.runs.get(run.key)
@@ -848,7 +875,7 @@ class AgentSegLogic:
         self._jump_slice_views(run)
         what = "the specialist's mask is largest" if who == "specialist" else \
             f"the locator finds the {run.target} most clearly"
-        self._say("info", f"Starting on slice {run.metadata['slice']}, where {what}; the slice views show it.")
+        self._say("info", f"Starting on slice {run.geom.axis}={index}, where {what}; the slice views show it.")
 
     def _discard_run(self, run: TargetRun) -> None:
         """Main thread: drop `run` and its markups / sequence nodes; the segment is never touched (what it wrote, an
@@ -882,11 +909,11 @@ class AgentSegLogic:
         if isinstance(err, AgentError):  # already says what happened and what to do
             self._say("error", str(err))
         elif isinstance(err, ImportError):
-            self._say("error", f"{what}: {err}. Install the missing packages with the 'Install dependencies' "
-                               "button, then try again.")
+            self._say("error", f"{what}: {err}. Install the missing packages ({self.words.install}), then try "
+                               "again.")
         else:
             self._say("error", f"{what}: {err}. Nothing was changed; fix the cause and try again "
-                               "(details in the Python console).")
+                               f"(details in {self.words.details}).")
         print(result.trace)  # noqa: T201 - the full traceback belongs in Slicer's Python console
         self._changed()
 
@@ -910,6 +937,7 @@ class AgentSegLogic:
             return  # starts when the engine is ready / the turn in flight continues with these turns
         if run.session.status == "stopped":
             run.session.undo()  # continue after a stop: the stop turn wrote nothing
+        run.records_at_run = len(run.records)
         self._submit_agent_turn(run)
 
     def _queue_unrun_prompts(self, run: TargetRun) -> bool:
@@ -1022,15 +1050,20 @@ class AgentSegLogic:
             self._say("agent", f"The agent took back turn {taken_back.number}: {why}. The segment, box and clicks "
                                f"are {kept}.", taken_back.number)
         why = f": {decision}" if decision and taken_back is None else ""
+        if taken_back is None and run.records and len(run.records) == run.records_at_run:
+            # Run added nothing: telling the person to press Run again would send them round in circles
+            self._say("agent", f"The agent has nothing to add to turn {len(run.records)}{why}. Accept it, or correct "
+                               f"it with a click, the box or {self.words.edit_by_hand}.")
+            return
         self._say("agent", f"The agent stopped after {len(run.records)} turn(s) "
-                           f"(score {self._last_score(run)}){why}. Accept, Reject the last turn, add a click, "
+                           f"(predicted IoU {self._last_score(run)}){why}. Accept, Reject the last turn, add a click, "
                            "or press Run to let it continue.")
 
     def _ask_for_box(self, run: TargetRun, question: str) -> None:
         """The agent does not guess: it says why, and the next placement in a slice view draws the session's box."""
         self._say("agent", question)
         armed = self._arm_box_placement(run)
-        how = "the slice views are ready to place it" if armed else "Markups toolbar > ROI"
+        how = "the slice views are ready to place it" if armed else self.words.place_box
         self._say("info", f"Draw the box ('{run.prompts.roi.GetName()}', {how}) around the {run.target} on "
                           f"slice {run.geom.axis}={run.geom.index}, or place a positive click on it, then press Run.")
 
@@ -1077,10 +1110,13 @@ class AgentSegLogic:
         self._writing = True
         try:
             run.writer.restore(rec.segments_before, run.geom)
-            run.prompts.restore(rec.markups_before)
+            # The markups show the session's prompts, never a copy taken when the turn was written: for a person's
+            # click that copy already held the new click, so Undo left it in view and the next edit re-ran with it.
+            run.prompts.write(run.session.prompts, run.geom)
             run.recorder.remove_last()
             run.records.pop()
             self._set_tags(run)
+            run.shown = run.writer.read_all(run.geom)
         finally:
             self._writing = False
         return rec
@@ -1100,8 +1136,7 @@ class AgentSegLogic:
             run.session.undo()
             raise MRMLInputError(f"segment '{run.segment_id}' was deleted")
         number = len(run.records) + 1
-        rec = TurnRecord(number, turn.index, run.writer.read_all(run.geom), run.prompts.snapshot(),
-                         self._turn_record(number, turn))
+        rec = TurnRecord(number, turn.index, run.writer.read_all(run.geom), self._turn_record(number, turn))
         self._writing = True
         try:
             stored = run.writer.write_slice(run.segment_id, turn.mask, run.geom)
@@ -1110,36 +1145,41 @@ class AgentSegLogic:
             run.records.append(rec)
             self._set_tags(run)
             run.recorder.record(number, run.segmentation_node, run.segment_id, run.prompts, rec.record)
+            run.shown = run.writer.read_all(run.geom)
         except Exception:
             if run.records and run.records[-1] is rec:
                 run.records.pop()
+            run.session.undo()
             run.writer.restore(rec.segments_before, run.geom)
-            run.prompts.restore(rec.markups_before)
+            run.prompts.write(run.session.prompts, run.geom)
             while run.recorder.count > len(run.records):
                 run.recorder.remove_last()
             self._set_tags(run)
-            run.session.undo()
             raise
         finally:
             self._writing = False
-        extra = f"; the Segment Editor's mask kept {rec.record['masked_voxels']} voxel(s) unchanged" \
+        extra = f"; the editor's masking kept {rec.record['masked_voxels']} voxel(s) unchanged" \
             if rec.record["masked_voxels"] else ""
         if turn.update == "disk":  # tell the user the model did not follow the click
             extra += "; the model ignored this click, so only a small disk around it was changed"
         score = "n/a" if turn.score is None else f"{turn.score:.2f}"
         who = "You" if turn.source == "user" else "Agent"
         decision = describe_decision(turn.action) if turn.source == "agent" else None
-        stats = f"score {score}, {turn.timings.get('engine_s', 0.0):.2f} s, {int(turn.mask.sum())} px{extra}"
+        # "predicted IoU": the engine's own estimate of its mask; the agent's confidence is said beside its reason
+        stats = f"predicted IoU {score}, {turn.timings.get('engine_s', 0.0):.2f} s, {int(turn.mask.sum())} px{extra}"
         if decision:
-            self._say("agent", f"Turn {number} ({who}): {decision} ({describe_action(turn.action)}; {stats}).",
+            what = describe_action(turn.action, turn.prompts.to_dict())
+            self._say("agent", f"Turn {number} ({who}): {decision} ({what}; {stats}).",
                       number)
         else:
-            self._say("agent", f"Turn {number} ({who}): {describe_action(turn.action)} - {stats}.", number)
+            what = describe_action(turn.action, turn.prompts.to_dict())
+            self._say("agent", f"Turn {number} ({who}): {what} - {stats}.", number)
         return rec
 
     @staticmethod
     def _turn_record(number: int, turn: Turn) -> dict[str, Any]:
         return {"turn": number, "session_index": turn.index, "source": turn.source, "action": turn.action,
+                "prompts": turn.prompts.to_dict(),
                 "score": None if turn.score is None else round(float(turn.score), 4),
                 "timings": {k: round(float(v), 4) for k, v in turn.timings.items()},
                 "area_px": int(turn.mask.sum()), "update": turn.update, "created": turn.created}
@@ -1191,7 +1231,8 @@ class AgentSegLogic:
             run.session.undo()  # a stop after the mask turn
         run.session.undo()
         self._unwrite_last(run)
-        self._say("info", f"{what}: turn {rec.number} reverted ({describe_action(rec.record['action'])}).",
+        undone = describe_action(rec.record["action"], rec.record.get("prompts"))
+        self._say("info", f"{what}: turn {rec.number} reverted ({undone}).",
                   rec.number)
         self._changed()
         return True
@@ -1226,6 +1267,49 @@ class AgentSegLogic:
         node = run.prompts.positive if positive else run.prompts.negative
         node.AddControlPoint(float(ras[0]), float(ras[1]), float(ras[2]))  # fires PointAdded only
         self._on_markups_edited(None, None)
+
+    def record_hand_edit(self, tool: str = "editor") -> bool:
+        """Record what the person drew on the session's slice (paint, erase, scissors; main thread, after the stroke)
+        as one turn of the session: the segment's slice is read from MRML, the box and clicks stay, the next click
+        refines the drawn mask, and Undo puts every segment on the slice back as it was before the stroke. False if
+        the segment's slice is what the session already holds (nothing to record)."""
+        run = self._require_run()
+        self._require_idle("Recording your edit")
+        self._require_writable(run, "Recording your edit")
+        if run.session is None:
+            raise AgentError("The slice is still being prepared; draw again once the chat says it is ready.")
+        if tool not in HAND_TOOLS:
+            raise AgentError(f"Unknown hand tool '{tool}': use one of {', '.join(HAND_TOOLS)}.")
+        mask = run.writer.read_slice(run.segment_id, run.geom)
+        if np.array_equal(mask, run.session.mask):
+            return False
+        before = run.shown
+        if before is None:  # nothing written yet: the segments as they are, with this segment as the session had it
+            before = run.writer.read_all(run.geom)
+            before[run.segment_id] = run.session.mask
+        if run.session.status == "stopped":
+            run.session.undo()
+        turn = run.session.add_edit(mask, tool, source="user")
+        number = len(run.records) + 1
+        rec = TurnRecord(number, turn.index, before, self._turn_record(number, turn))
+        run.records.append(rec)
+        try:
+            self._set_tags(run)
+            run.recorder.record(number, run.segmentation_node, run.segment_id, run.prompts, rec.record)
+        except Exception:
+            run.records.pop()
+            run.session.undo()
+            while run.recorder.count > len(run.records):
+                run.recorder.remove_last()
+            self._set_tags(run)
+            raise
+        run.shown = run.writer.read_all(run.geom)
+        run.auto_turns_left = 0
+        verb = {"paint": "painted", "erase": "erased", "scissors": "cut with scissors"}.get(tool, "edited by hand")
+        self._say("agent", f"Turn {number} (You): {verb} on slice {run.geom.axis}={run.geom.index} - "
+                           f"{int(mask.sum())} px. Undo takes it back; a click or Run refines from it.", number)
+        self._changed()
+        return True
 
     def sync_prompts_from_markups(self) -> None:
         """Re-run the engine from the prompt state now shown in the markups (after edits by script)."""
@@ -1323,8 +1407,8 @@ class AgentSegLogic:
         self._require_idle("Re-propagate")
         self._require_writable(run, "Re-propagate")
         if not run.propagations:
-            self._say("error", "Nothing to re-propagate yet: press Propagate first, then correct a slice with the "
-                               "Segment Editor and re-propagate from it.")
+            self._say("error", "Nothing to re-propagate yet: press Propagate first, then correct a slice with "
+                               f"{self.words.edit_by_hand} and re-propagate from it.")
             return False
         index = self._view_slice_index(run, view) if slice_index is None else int(slice_index)
         try:
@@ -1522,8 +1606,7 @@ class AgentSegLogic:
                "empty or too unsure, so the structure seems to end there. The segment is unchanged; check this " \
                "slice's mask, or start from a slice nearer the structure's middle."
 
-    @staticmethod
-    def _describe_propagation(run: TargetRun, step: PropagationStep) -> str:
+    def _describe_propagation(self, run: TargetRun, step: PropagationStep) -> str:
         prop, axis = step.result, run.geom.axis
         made = [k for k in step.written if extract_slice(prop.mask, k, prop.axis).any()]
         span = f"{axis}={made[0]}..{made[-1]}" if made else "none"
@@ -1531,7 +1614,7 @@ class AgentSegLogic:
         extra = f"; the earlier propagation's voxels were removed from {cleared} slice(s) where it found nothing " \
                 "(your own painting there stays)" if cleared else ""
         if step.masked_voxels:
-            extra += f"; the Segment Editor's mask kept {step.masked_voxels} voxel(s) unchanged"
+            extra += f"; the editor's masking kept {step.masked_voxels} voxel(s) unchanged"
         if prop.stopped:
             head = f"The {_NOUN[step.kind]} was stopped after {len(made)} slice(s) ({span}){extra}. The slices " \
                    "done so far are kept; Propagate runs it again."
@@ -1541,8 +1624,8 @@ class AgentSegLogic:
         else:
             head = f"Propagated '{run.target}' from slice {axis}={prop.start} to {len(made)} more slice(s) " \
                    f"({span}){extra}."
-        return f"{head} Undo reverts it in one step; to fix a slice, correct it with the Segment Editor and say " \
-               "'re-propagate' with the view on that slice."
+        return f"{head} Undo reverts it in one step; to fix a slice, correct it with {self.words.edit_by_hand} " \
+               "and say 're-propagate' with the view on that slice."
 
     # -- trajectory ----------------------------------------------------------------------------------------
     def trajectory_dict(self) -> dict[str, Any]:

@@ -452,7 +452,8 @@ class PromptNodes:
         of staying pending until the next modification, a drag, which would then run a turn mid-drag."""
         was = [node.StartModify() for node in self.nodes]
         try:
-            if prompts.box is None:
+            if prompts.box is None:  # as a new ROI node: no point, no placement left from an earlier box
+                self.roi.GetObjectToNodeMatrix().Identity()
                 self.roi.RemoveAllControlPoints()
             else:
                 set_roi_box(self.roi, prompts.box, geom)
@@ -491,31 +492,6 @@ class PromptNodes:
                 entries.append((order, len(entries), geom.clamp_pixel(x, y), label))
         entries.sort()
         return Prompts(box=box, points=[e[2] for e in entries], labels=[e[3] for e in entries])
-
-    def snapshot(self) -> list[Any]:
-        """Exact copies: ROI as (defined, object-to-node matrix, size) in doubles; clicks as node content."""
-        m = self.roi.GetObjectToNodeMatrix()
-        roi_state = (self.roi.GetNumberOfControlPoints(),
-                     [[m.GetElement(r, c) for c in range(4)] for r in range(4)],
-                     tuple(self.roi.GetCenter()), tuple(self.roi.GetSize()))
-        copies: list[Any] = [roi_state]
-        for node in (self.positive, self.negative):
-            copy = node.CreateNodeInstance()
-            copy.CopyContent(node, True)
-            copies.append(copy)
-        return copies
-
-    def restore(self, snapshot: list[Any]) -> None:
-        n, matrix, centre, size = snapshot[0]
-        if n == 0:
-            self.roi.RemoveAllControlPoints()
-            self.roi.GetObjectToNodeMatrix().DeepCopy(vtk_matrix(np.array(matrix)))
-        else:
-            self.roi.GetObjectToNodeMatrix().DeepCopy(vtk_matrix(np.array(matrix)))
-            self.roi.SetCenter(*centre)
-            self.roi.SetSize(*size)
-        for node, copy in zip((self.positive, self.negative), snapshot[1:]):
-            node.CopyContent(copy, True)
 
     def set_locked(self, locked: bool) -> None:
         for node in self.nodes:
