@@ -34,7 +34,8 @@ TRAJECTORY_FORMAT = "medagentseg-trajectory/1"
 SCENE_TRAJECTORY_FORMAT = "medagentseg-slicer-trajectory/1"
 SPECIALIST = "specialist"  # a turn whose mask a specialist model made (Session.add_mask); replayed from its RLE
 HAND_EDIT = "hand_edit"  # a turn whose mask the person drew (Session.add_edit); replayed from its RLE
-HAND_TOOLS = ("paint", "erase", "scissors", "editor")  # "editor": any other Segment Editor effect (Slicer)
+# "editor": any other Segment Editor effect (Slicer); "existing": what the segment held when the session began
+HAND_TOOLS = ("paint", "erase", "scissors", "editor", "existing")
 
 
 class SessionError(RuntimeError):
@@ -257,13 +258,15 @@ class Session:
         self.turns.append(turn)
         return turn
 
-    def add_edit(self, mask: np.ndarray, tool: str, source: str = "user") -> Turn:
+    def add_edit(self, mask: np.ndarray, tool: str, source: str = "user", box: bool = False) -> Turn:
         """A mask the person drew by hand (paint, erase, scissors in an editor) as one turn of the history.
 
         mask: (H, W) bool, the whole mask after the edit (may be empty: everything erased). The engine does not
         run; the box and clicks stay as they were, and the next click refines this mask (its logits are the mask
         in the engine's frame). Replay takes the mask from the trajectory's RLE, so it is bit-exact. Undo removes
-        it as any turn."""
+        it as any turn. tool "existing": the mask a segment already held when the session began (a pre-label, an
+        earlier session's); box: the prompt state becomes a box around the mask (as a first turn, so the agent, which
+        refines from a box, can go on from it)."""
         self._require_open()
         mask = np.asarray(mask)
         if mask.shape != (self.height, self.width):
@@ -273,7 +276,13 @@ class Session:
             raise SessionError(f"unknown hand tool {tool!r}; use one of {', '.join(HAND_TOOLS)}")
         mask = mask.astype(bool)
         prompts = self.prompts
-        turn = Turn(index=len(self.turns), action={"name": HAND_EDIT, "arguments": {"tool": tool}}, source=source,
+        arguments: dict[str, Any] = {"tool": tool}
+        if box and mask.any():
+            from .agent.common import mask_box
+
+            prompts = Prompts(mask_box(mask))
+            arguments["box"] = [float(v) for v in prompts.box]
+        turn = Turn(index=len(self.turns), action={"name": HAND_EDIT, "arguments": arguments}, source=source,
                     prompts=prompts, prompts_grid=_grid_prompts(prompts, self.height, self.width), mask=mask,
                     score=None, timings={}, logits=mask_logits(mask), update=HAND_EDIT,
                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -535,7 +544,8 @@ def replay(trajectory: dict[str, Any] | str | Path, engine: Engine, image: np.nd
         elif name == SPECIALIST:  # no model runs: the recorded mask is the turn (its logits follow from it)
             turn = session.add_mask(rle.decode(rec["mask_rle"]), act["arguments"], source=src)
         elif name == HAND_EDIT:  # the person's drawing: the recorded mask is the turn
-            turn = session.add_edit(rle.decode(rec["mask_rle"]), act["arguments"]["tool"], source=src)
+            turn = session.add_edit(rle.decode(rec["mask_rle"]), act["arguments"]["tool"], source=src,
+                                    box="box" in act["arguments"])
         elif name == "add_bbox" and "pixels" in act:
             turn = session.add_box(*act["pixels"], source=src)
         elif name == "add_point" and "pixels" in act:

@@ -26,6 +26,7 @@ for _path in (_REPO / "MedAgentSeg", _REPO):  # the Slicer module's logic is not
 
 from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic  # noqa: E402
 from MedAgentSegModuleLib.mrml_writer import MRMLInputError  # noqa: E402
+from MedAgentSegModuleLib.words import WEB  # noqa: E402
 from trame.app import TrameApp  # noqa: E402
 from trame.widgets import client, html  # noqa: E402
 from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
@@ -112,7 +113,7 @@ class WebApp(TrameApp):
         self.layout_manager = LayoutManager(self.scene, self.slicer_app.view_manager, self.server)
         self.views.install(self.layout_manager)
         self.logic = AgentSegLogic(self.scene, engine_factory=engine_factory, policy_factory=policy_factory,
-                                   device=device)
+                                   device=device, words=WEB)
         self.volume_node: Any = None
         self.segmentation_node: Any = None
         self._clients = self._polls = 0

@@ -575,3 +575,30 @@ def test_a_saved_session_with_a_hand_edit_replays_bit_for_bit(ctx, lite_engine):
     assert [t.action["name"] for t in again.turns] == ["add_bbox", "hand_edit", "add_point"]
     for a, b in zip(again.turns, run.session.turns):
         assert np.array_equal(a.mask, b.mask)
+
+
+def test_a_request_on_a_segment_that_holds_a_mask_goes_on_from_it(ctx):
+    """Issue #24 finding 6: a request on a reviewed case (or any segment already drawn) started a new, empty
+    session (the locator's box replaced the pre-label). The mask already there is the session's first turn, on the
+    slice where it is largest; the agent refines from it, and undoing everything gives the pre-label back."""
+    from scipy import ndimage
+
+    logic, seg, m = ctx["logic"], ctx["seg"], ctx["m"]
+    prelabel = ndimage.binary_erosion(ctx["liver"], iterations=2)
+    k = int(np.argmax(prelabel.sum(axis=(1, 2))))
+    liver_id = seg.GetSegmentation().AddEmptySegment("liver", "liver")
+    set_segment(seg, liver_id, prelabel, m)
+    before = {sid: segment_array(seg, sid, ctx["shape"]) for sid in seg.GetSegmentation().GetSegmentIDs()}
+    logic.request("segment the liver", ctx["vol"], seg)
+    logic.wait()
+    run = logic.active
+    assert not errors(ctx), errors(ctx)
+    assert run.segment_id == liver_id and run.geom.index == k
+    first = run.session.turns[0]
+    assert first.action["name"] == "hand_edit" and first.action["arguments"]["tool"] == "existing"
+    assert np.array_equal(first.mask, prelabel[k]) and first.prompts.box is not None
+    assert len(run.records) >= 2, "the agent goes on from the pre-label"
+    while logic.undo():
+        pass
+    after = {sid: segment_array(seg, sid, ctx["shape"]) for sid in seg.GetSegmentation().GetSegmentIDs()}
+    assert all(np.array_equal(before[sid], after[sid]) for sid in before)

@@ -143,6 +143,12 @@ def scene_report(app) -> dict[str, Any]:
             "points": [] if run.session is None else [list(p) for p in run.session.prompts.points],
             "roi_points": roi.GetNumberOfControlPoints(), "positive": markups_positions(run.prompts.positive).tolist(),
             "negative": markups_positions(run.prompts.negative).tolist(), "locked": bool(run.prompts.roi.GetLocked()),
+            # the prompt state the markups show (read back from MRML, pixels) and the session's own: Undo must keep
+            # them equal, or a stale click enters the next turn
+            "shown_prompts": run.prompts.read(run.geom).to_dict(),
+            "session_prompts": None if run.session is None else run.session.prompts.to_dict(),
+            "session_mask_sha": None if run.session is None else _sha(run.session.mask),
+            "turn_names": [] if run.session is None else [t.action["name"] for t in run.session.turns],
             "turn_shas": [_sha(m) for m in _turn_masks(run)],
             "reviewed": seg.GetAttribute("MedAgentSeg.ReviewedTurn") or None,
             "review_mask_sha": _review_sha(run),

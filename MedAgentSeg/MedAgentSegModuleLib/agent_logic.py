@@ -68,6 +68,7 @@ from .mrml_writer import (
     ensure_scene_logics,
     is_segment_locked,
     node_to_world,
+    segment_kji,
     slice_geometry,
     view_slice,
     volume_array_kji,
@@ -193,6 +194,8 @@ class TargetRun:
     # paint stroke is undone to
     shown: dict[str, np.ndarray] | None = None
     records_at_run: int = -1  # len(records) when Run / Step was pressed: a stop with none added says so
+    start_mask: np.ndarray | None = None  # what the segment held on the slice at a request: the session's first turn
+    opened: float = field(default_factory=time.monotonic)  # when the request came: the chat says how long it took
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -300,8 +303,9 @@ def describe_action(action: dict[str, Any], prompts: dict[str, Any] | None = Non
     if name == "specialist":
         return f"the specialist {args.get('model')}'s mask (licence: {args.get('licence')})"
     if name == "hand_edit":
-        return {"paint": "your painting", "erase": "your erasing", "scissors": "your scissors cut"}.get(
-            args.get("tool"), "your edit by hand")
+        return {"paint": "your painting", "erase": "your erasing", "scissors": "your scissors cut",
+                "existing": "the mask the segment already held, to go on from"}.get(args.get("tool"),
+                                                                                    "your edit by hand")
     return str(name)
 
 
@@ -497,6 +501,13 @@ class AgentSegLogic:
             raise AgentError(f"Segment '{name}' is locked (accepted or marked Completed), so the agent will not change "
                              "it. Choose another segment name, or clear the lock: "
                              f"{self.words.unlock_segment}.")
+        start_mask = None
+        if segment_id and first is not None:  # a request on a segment that already holds a mask: go on from it
+            found = _largest_slice(segment_kji(segmentation_node, segment_id, volume_node), axis)
+            if found is not None:
+                slice_index, first = found, None
+                geom = slice_geometry(volume_node, axis, int(slice_index))
+                start_mask = True
         key = (segmentation_node.GetID(), segment_id, axis, int(slice_index))
         existing = self.runs.get(key) if segment_id else None
         if existing is not None and existing.status != "accepted":
@@ -542,6 +553,8 @@ class AgentSegLogic:
         if storage is not None and storage.GetFileName():
             run.metadata["image"] = storage.GetFileName()
         run.engine_options = engine_options
+        if start_mask:
+            run.start_mask = writer.read_slice(segment_id, geom)
         if first is not None and policy_name in GT_FREE:  # the worker gets copies: it never reads MRML
             run.start_plan = StartPlan(np.array(arr, copy=True), lps_geometry(geom.ijk_to_ras),
                                        str(first).strip().lower(), self.library, self.device)
@@ -561,11 +574,13 @@ class AgentSegLogic:
         self.runs[(segmentation_node.GetID(), segment_id, axis, int(slice_index))] = run
         self.active = run
         self._jump_slice_views(run)
+        # the CT window is worth saying; "MR intensities" on a photo (an endoscopy frame) is only noise
+        seen = " (CT intensities, abdomen window)" if modality == "CT" and window is None else ""
         self._say("info", f"Preparing '{target}' on slice {axis}={slice_index} of '{volume_node.GetName()}' "
-                          f"with {engine} ({modality} intensities)...")
+                          f"with {engine}{seen}...")
         if isinstance(policy, str) and policy == "scripted":
-            self._say("info", f"You drive this one: place the box ('{base} box') around the {target} or a click "
-                              "in the positive/negative click nodes; the engine runs on every prompt you place.")
+            self._say("info", f"You drive this one: place the box ({self._box_tool(run)}) around the {target} or a "
+                              "click; the engine runs on every prompt you place.")
         elif run.start_plan is not None:
             self._say("info", f"Agent: {policy} (GT-free, no reference needed). It starts on its own: "
                               + ("an installed specialist model, else " if run.start_plan.choice != "locator" else "")
@@ -573,7 +588,7 @@ class AgentSegLogic:
                               "takes any turn back; edit the box or the clicks at any turn to take over.")
         elif isinstance(policy, str) and policy in GT_FREE:
             self._say("info", f"Agent: {policy} (GT-free, no reference needed). It refines from your box: place "
-                              f"the box ('{prompts.roi.GetName()}') around the {target}, then press Run. Edit the "
+                              f"the box ({self._box_tool(run)}) around the {target}, then press Run. Edit the "
                               "box or the clicks at any turn to take over.")
         self._submit(run, "open session", self._open_session_job, run, deferred,
                      callback=lambda r: self._on_session_open(run, r))
@@ -770,6 +785,8 @@ class AgentSegLogic:
             if first.image is not None:  # the start slice moved: the session is opened there
                 image, metadata["slice"] = first.image, int(first.slice_index)
         session = Session(engine, image, run.target, max_turns=run.max_turns, metadata=metadata)
+        if run.start_mask is not None:  # the mask already there (a pre-label, a finished slice) is the first turn
+            return session, policy, None, session.add_edit(run.start_mask, "existing", box=True)
         return session, policy, first, self._first_turn(session, first)
 
     def _load_locator(self) -> Any:  # worker thread
@@ -809,6 +826,8 @@ class AgentSegLogic:
             self._changed()
             return
         session, policy, first, first_turn = result.value
+        if first is None and first_turn is not None:  # the segment's own mask: written as a turn, then the agent
+            first = FirstTurn("existing", message="")
         if policy is not None:
             run.policy = policy
         if first is not None and first.image is not None:
@@ -821,8 +840,8 @@ class AgentSegLogic:
         run.segment().SetTag(TAG_PREFIX + "Status", "open")
         device = str(getattr(session.engine, "device", "cpu"))
         self.engine_device = device
-        self._say("info", f"Engine ready: {session.engine.name} on {device}, "
-                          f"image encoded in {session.encode_s:.1f} s.")
+        # the whole wait the person saw (engine load, the locator's look at the slices, encoding), not the last step
+        self._say("info", f"Engine ready: {session.engine.name} on {device}, in {time.monotonic() - run.opened:.1f} s.")
         if device == "cpu":
             self._say("warning", "Running on CPU: each turn takes about 0.1-2 s and the first one longer. "
                                  "A CUDA GPU makes it interactive.")
@@ -1063,9 +1082,15 @@ class AgentSegLogic:
         """The agent does not guess: it says why, and the next placement in a slice view draws the session's box."""
         self._say("agent", question)
         armed = self._arm_box_placement(run)
-        how = "the slice views are ready to place it" if armed else self.words.place_box
-        self._say("info", f"Draw the box ('{run.prompts.roi.GetName()}', {how}) around the {run.target} on "
-                          f"slice {run.geom.axis}={run.geom.index}, or place a positive click on it, then press Run.")
+        how = "the view is ready: click two opposite corners" if armed else self.words.place_box
+        self._say("info", f"Draw the box ({how}) around the {run.target} on slice {run.geom.axis}={run.geom.index}, "
+                          "or place a positive click on it.")
+
+    def _box_tool(self, run: TargetRun) -> str:
+        """Where the person finds the box: Slicer names the markups node, the page its Box button."""
+        if self.words.front == "slicer":
+            return f"'{run.prompts.roi.GetName()}'"
+        return self.words.place_box
 
     def arm_placement(self, role: str = "box") -> bool:
         """The next click in a slice view places the active session's box ("box") or a "positive" / "negative"
@@ -1715,6 +1740,12 @@ def _slices_to_write(prop: Propagation, propagated: dict[int, np.ndarray]) -> di
         if beyond(k) and k not in out and old.any():
             out[k] = (np.zeros_like(old), old)
     return out
+
+
+def _largest_slice(mask_kji: np.ndarray, axis: str) -> int | None:
+    """The index along IJK `axis` of the slice where the (K, J, I) mask is largest; None if it is empty."""
+    area = mask_kji.sum(axis={"K": (1, 2), "J": (0, 2), "I": (0, 1)}[axis])
+    return int(np.argmax(area)) if area.any() else None
 
 
 def _same_points(a: list[tuple[float, float]], b: list[tuple[float, float]], tol: float = 1e-3) -> bool:

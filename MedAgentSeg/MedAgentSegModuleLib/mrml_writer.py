@@ -34,7 +34,7 @@ __all__ = [
     "MRMLInputError", "ensure_scene_logics", "check_volume", "volume_array_kji", "volume_ijk_to_ras",
     "slice_geometry", "SegmentSliceWriter", "PromptNodes", "TrajectoryRecorder", "POSITIVE_COLOR",
     "NEGATIVE_COLOR", "BOX_COLOR", "TAG_PREFIX", "is_segment_locked", "vtk_matrix", "SliceReviewRecorder",
-    "slice_image", "view_slice", "set_roi_box", "world_to_node", "node_to_world", "check_same_transform",
+    "segment_kji", "slice_image", "view_slice", "set_roi_box", "world_to_node", "node_to_world", "check_same_transform",
 ]
 
 POSITIVE_COLOR = (0.10, 0.85, 0.20)
@@ -392,6 +392,27 @@ class SegmentSliceWriter:
 
 
 # -- markups ----------------------------------------------------------------------------------------------
+def segment_kji(segmentation: Any, segment_id: str, volume: Any) -> np.ndarray:
+    """The segment as a (K, J, I) bool array on the volume's voxel grid (resampled if the editor changed its
+    geometry). Both nodes must be under the same transform."""
+    check_same_transform(segmentation, volume)
+    ni, nj, nk = volume.GetImageData().GetDimensions()
+    labelmap = slicer.vtkOrientedImageData()
+    segmentation.GetBinaryLabelmapRepresentation(segment_id, labelmap)
+    e = labelmap.GetExtent()
+    if e[0] > e[1] or e[2] > e[3] or e[4] > e[5] or labelmap.GetPointData().GetScalars() is None:
+        return np.zeros((nk, nj, ni), bool)
+    ref = slicer.vtkOrientedImageData()
+    ref.SetExtent(0, ni - 1, 0, nj - 1, 0, nk - 1)
+    m = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(m)
+    ref.SetImageToWorldMatrix(m)
+    out = slicer.vtkOrientedImageData()
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, ref, out, False, True)
+    arr = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars())
+    return arr.reshape(nk, nj, ni) > 0
+
+
 def set_roi_box(roi: Any, box: tuple[float, float, float, float], geom: SliceGeometry) -> None:
     """Place `roi` on the pixel box (x1, y1, x2, y2) of the slice of `geom`, oriented with the volume axes."""
     centre, size, axes = geom.box_to_roi(box)

@@ -34,9 +34,9 @@ from .mrml_writer import (
     PromptNodes,
     SliceReviewRecorder,
     TrajectoryRecorder,
-    check_same_transform,
     check_volume,
     ensure_scene_logics,
+    segment_kji,
     slice_geometry,
     slice_image,
     vtk_matrix,
@@ -83,27 +83,6 @@ def load_segmentation(scene: Any, path: Any, volume: Any, name: str) -> Any:
     node.CreateDefaultDisplayNodes()
     node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     return node
-
-
-def segment_kji(segmentation: Any, segment_id: str, volume: Any) -> np.ndarray:
-    """The segment as a (K, J, I) bool array on the volume's voxel grid (resampled if the editor changed its
-    geometry). Both nodes must be under the same transform."""
-    check_same_transform(segmentation, volume)
-    ni, nj, nk = volume.GetImageData().GetDimensions()
-    labelmap = slicer.vtkOrientedImageData()
-    segmentation.GetBinaryLabelmapRepresentation(segment_id, labelmap)
-    e = labelmap.GetExtent()
-    if e[0] > e[1] or e[2] > e[3] or e[4] > e[5] or labelmap.GetPointData().GetScalars() is None:
-        return np.zeros((nk, nj, ni), bool)
-    ref = slicer.vtkOrientedImageData()
-    ref.SetExtent(0, ni - 1, 0, nj - 1, 0, nk - 1)
-    m = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(m)
-    ref.SetImageToWorldMatrix(m)
-    out = slicer.vtkOrientedImageData()
-    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(labelmap, ref, out, False, True)
-    arr = numpy_support.vtk_to_numpy(out.GetPointData().GetScalars())
-    return arr.reshape(nk, nj, ni) > 0
 
 
 def trajectory_sequence(scene: Any, volume: Any, segmentation: Any, segment_id: str, trajectory: dict[str, Any],
