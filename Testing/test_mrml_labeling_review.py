@@ -393,3 +393,44 @@ def test_on_a_volume_paint_on_another_slice_is_human_and_a_propagation_the_agent
     final = seg_kji(out / "cases" / "vol" / "final.seg.nrrd")
     assert final[0, 1:4, 1:4].all() and final[3, 12:25, 12:29].all()
     agent.cleanup()
+
+
+def test_a_needs_prompt_case_is_segmented_in_the_review_and_saved(out, scene):
+    """Issue #24 finding 6: a case the batch could not start on ("needs prompt") could only be prompted back on the
+    command line. It opens with an empty segment of its target; the reviewer's box runs the engine; Save edit writes
+    final.seg.nrrd on the image's grid (read back here) and the case is "edited"; Accept before a mask is refused."""
+    from MedAgentSegLib.labeling.manifest import new_record, write_manifest
+
+    Image.fromarray(gray_image(seed=7)).save(out / "c3.png")
+    records = read_manifest(out)
+    records["c3"] = {**new_record("c3", str(out / "c3.png"), "polyp"), "status": "needs prompt",
+                     "reason": "the locator could not find the polyp"}
+    write_manifest(out, records)
+    agent = AgentSegLogic(scene, engine_factory=lambda name, **kw: BoxEngine())
+    logic = LabelingReviewLogic(scene, "alice", agent=agent)
+    logic.open_folder(str(out))
+    case = logic.open_case("c3")
+    assert case.original is None and status(out)["c3"] == "needs prompt"
+    assert logic.segmentation.GetSegmentation().GetSegment(logic.segment_id).GetName() == "polyp"
+    assert not segment_kji(logic.segmentation, logic.segment_id, logic.volume).any()
+    with pytest.raises(ReviewError, match="has no mask yet"):
+        logic.accept()
+
+    run = agent.start(logic.volume, logic.segmentation, "polyp", segment_name="polyp", axis="K", slice_index=0,
+                      engine="fake", policy="scripted")
+    agent.wait()
+    run.prompts.write(Prompts(box=(20.0, 10.0, 40.0, 30.0)), run.geom)  # the person's box on the page
+    agent.sync_prompts_from_markups()
+    agent.wait()
+    assert [r.record["action"]["name"] for r in run.records] == ["add_bbox"]
+    drawn = segment_kji(logic.segmentation, logic.segment_id, logic.volume)
+    assert drawn.sum() == 21 * 21
+    rec = logic.save_edit("segmented from a box")
+    assert rec["status"] == "edited" == status(out)["c3"] and rec["provenance"] == {"agent": 0, "human": 1}
+    assert np.array_equal(seg_kji(out / "cases" / "c3" / "final.seg.nrrd"), drawn)
+    logic.open_case("c0")
+    logic.open_case("c3")  # opened again: its final mask
+    assert np.array_equal(segment_kji(logic.segmentation, logic.segment_id, logic.volume), drawn)
+    logic.accept("right")
+    assert status(out)["c3"] == "accepted"
+    agent.cleanup()

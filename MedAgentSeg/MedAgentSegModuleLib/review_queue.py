@@ -16,8 +16,10 @@ Threading: everything here is MRML work on the main thread; the agent's model wo
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,6 +85,28 @@ def load_segmentation(scene: Any, path: Any, volume: Any, name: str) -> Any:
     node.CreateDefaultDisplayNodes()
     node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
     return node
+
+
+def empty_segmentation(scene: Any, volume: Any, name: str, target: str) -> Any:
+    """A segmentation node on the volume's grid with one empty segment named `target` (a case with no pre-label)."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    node.GetSegmentation().AddEmptySegment(target, target)
+    return node
+
+
+def write_segmentation(scene: Any, segmentation: Any, path: Path) -> Path:
+    """The segment as a .seg.nrrd on its reference grid (not cropped to the segment), through Slicer's writer."""
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    try:
+        storage.SetFileName(str(path))
+        storage.SetCropToMinimumExtent(False)
+        if not storage.WriteData(segmentation):
+            raise ReviewError(f"could not write the segment to {path}: is the disk full?")
+    finally:
+        scene.RemoveNode(storage)
+    return path
 
 
 def trajectory_sequence(scene: Any, volume: Any, segmentation: Any, segment_id: str, trajectory: dict[str, Any],
@@ -284,8 +308,12 @@ class LabelingReviewLogic:
         except (images.ImageError, ValueError) as exc:
             raise ReviewError(f"case {case.case_id}: cannot show its image ({exc})") from None
         self._nodes.append(self.volume)
-        name = f"{case.case_id} {'final' if case.final else 'pre-label'}"
-        self.segmentation = load_segmentation(self.scene, case.mask, self.volume, name)
+        if case.mask is None:  # "needs prompt": an empty segment of the target, which the reviewer segments
+            self.segmentation = empty_segmentation(self.scene, self.volume, f"{case.case_id} to segment",
+                                                   str(case.record.get("target") or "target"))
+        else:
+            name = f"{case.case_id} {'final' if case.final else 'pre-label'}"
+            self.segmentation = load_segmentation(self.scene, case.mask, self.volume, name)
         self._nodes.append(self.segmentation)
         self.segment_id = self.segmentation.GetSegmentation().GetNthSegmentID(0)
         self._explained = segment_kji(self.segmentation, self.segment_id, self.volume)
@@ -365,7 +393,13 @@ class LabelingReviewLogic:
         if not provenance:
             raise ReviewError(f"case {cid} has not been edited since it was opened or saved: edit the mask first, "
                               "or accept it as it is")
-        rec = self._queue().save_edit(cid, mask, provenance, note=(note or "").strip() or None)
+        note = (note or "").strip() or None
+        if self.case.original is None and self.case.final is None:  # no grid to write on but the scene's own
+            with tempfile.TemporaryDirectory(prefix="medagentseg-review-") as tmp:
+                path = write_segmentation(self.scene, self.segmentation, Path(tmp) / "edit.seg.nrrd")
+                rec = self._queue().save_edit(cid, str(path), provenance, note=note)
+        else:
+            rec = self._queue().save_edit(cid, mask, provenance, note=note)
         self._pending, self._explained = [], mask
         return self._done(rec)
 

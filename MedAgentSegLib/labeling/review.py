@@ -43,8 +43,10 @@ from .manifest import NAME, ManifestError, manifest_lock, read_manifest, write_m
 __all__ = ["ReviewError", "LeaseTaken", "LeaseHeldElsewhere", "Lease", "ReviewCase", "ReviewQueue", "REVIEWABLE",
            "UNREVIEWED"]
 
-REVIEWABLE = ("pre-labelled", "in review", "accepted", "edited", "rejected")  # the cases with a pre-label
-UNREVIEWED = ("pre-labelled", "in review")
+# the cases a reviewer may open: those with a pre-label, and those the batch could not start on ("needs prompt"),
+# which the reviewer segments from nothing (a box or a click on the page, or paint) and keeps with Save edit
+REVIEWABLE = ("pre-labelled", "in review", "accepted", "edited", "rejected", "needs prompt")
+UNREVIEWED = ("pre-labelled", "in review", "needs prompt")  # what still waits for a person
 BY = ("agent", "human")
 _PLAIN_ID = re.compile(r"^[^/\\\x00]+$")
 
@@ -94,15 +96,15 @@ class ReviewCase:
     record: dict[str, Any]
     lease: Lease
     image: str
-    original: Path
+    original: Path | None  # None: the batch could not start on it ("needs prompt")
     final: Path | None
     trajectory: Path | None
     propagation: Path | None
     review: Path | None
 
     @property
-    def mask(self) -> Path:
-        """The mask to show: the final one once edited, else the agent's."""
+    def mask(self) -> Path | None:
+        """The mask to show: the final one once edited, else the agent's (None: neither yet)."""
         return self.final or self.original
 
 
@@ -279,7 +281,16 @@ class ReviewQueue:
             self._held(case_id)
             paths = self._paths(rec)
             self._read_review(rec)  # a broken review.json refuses here, before final.seg.nrrd is replaced
-            seg = slicerio.read_segmentation(str(paths["original"]))
+            template = paths["original"]
+            if template is None:  # no pre-label ("needs prompt"): the reviewed .seg.nrrd is its own grid
+                if not isinstance(mask, (str, os.PathLike)):
+                    raise ReviewError(f"case {case_id!r} has no pre-label, so its grid comes from the reviewed mask: "
+                                      "give it as a .seg.nrrd written on the case's image")
+                template = mask
+            try:
+                seg = slicerio.read_segmentation(str(template))
+            except Exception as exc:  # pynrrd raises its own kinds
+                raise ReviewError(f"cannot read {template} as a .seg.nrrd ({exc})") from None
             segment = dict(seg["segments"][0])
             grid = slicerio.segment_mask(seg, segment).shape
             ijk = self._mask_ijk(mask, grid, seg, segment["name"])
@@ -288,6 +299,7 @@ class ReviewQueue:
             segment["extent"] = _extent(ijk)  # Slicer crops the segment to it when reading the file
             seg["segments"] = [segment]
             final = self.folder / "cases" / case_id / "final.seg.nrrd"
+            final.parent.mkdir(parents=True, exist_ok=True)  # a "needs prompt" case has no folder yet
             tmp = final.with_name(f".final.{uuid.uuid4().hex[:8]}.tmp.seg.nrrd")
             try:
                 slicerio.write_segmentation(str(tmp), seg)
@@ -301,7 +313,10 @@ class ReviewQueue:
         with self._locked() as records:
             rec = self._record(records, case_id)
             self._held(case_id)
-            self._paths(rec)
+            paths = self._paths(rec)
+            if status == "accepted" and paths["original"] is None and paths["final"] is None:
+                raise ReviewError(f"case {case_id!r} has no mask yet: segment it (a box or a click, or paint) and "
+                                  "press Save edit, or reject it with a note")
             return self._decision(records, rec, status, note, [])
 
     def _decision(self, records: dict[str, dict[str, Any]], rec: dict[str, Any], status: str, note: str | None,
@@ -314,6 +329,7 @@ class ReviewQueue:
             review["turns"].append({"turn": len(review["turns"]) + 1, "by": t["by"], "action": t["action"],
                                     "reviewer": self.reviewer, "at": t.get("at") or _iso(now), "mask": "final"})
         review["decisions"].append({"status": status, "reviewer": self.reviewer, "at": _iso(now), "note": note})
+        (self.folder / "cases" / cid).mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.folder / "cases" / cid / "review.json", json.dumps(review, indent=1))
         lease = self._read_lease(cid)
         rec.update(status=status, reviewer=self.reviewer, reviewed_at=_iso(now), review_note=note,
@@ -363,7 +379,7 @@ class ReviewQueue:
             if path is None or not path.is_relative_to(root):
                 raise ReviewError(f"{where}: outputs.{key} = {rel!r} is not a path inside the folder; fix the line")
             paths[key] = path if path.is_file() else None
-        if paths["original"] is None:
+        if paths["original"] is None and outs.get("original") is not None:  # recorded, but the file is gone
             raise ReviewError(f"{where}: its pre-label {outs.get('original')} is missing; run `medagentseg label` "
                               "again for it (delete its line first) or restore the file")
         return paths
