@@ -88,7 +88,9 @@ class Server:
         pytest.fail(f"the app's server did not answer within {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
 
     def scene(self) -> dict:
-        with urllib.request.urlopen(self.url + "__scene__", timeout=10) as r:
+        # the report is made on the event loop: it answers once a write in progress there (a propagation's
+        # slices on a busy machine) is done
+        with urllib.request.urlopen(self.url + "__scene__", timeout=60) as r:
             return json.loads(r.read())
 
     def wait_for(self, predicate, what: str, timeout: float = 30.0) -> dict:

@@ -55,6 +55,10 @@ class ViewsFeature:
         vr = sa.volume_rendering.get_vr_display_node(volume)
         if vr is not None:
             vr.SetVisibility(False)
+        for tag in SLICE_VIEWS:  # a margin: the slice slider along the view's bottom edge takes the clicks there
+            view = sa.view_manager.get_view(tag)
+            if view is not None:
+                view.zoom(-0.25)
         red = sa.view_manager.get_view("Red")
         if red is not None:
             red.set_visible_in_3d(True)

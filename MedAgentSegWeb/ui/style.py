@@ -13,5 +13,6 @@ CSS = """
                    text-shadow: 0 0 3px #000, 0 0 2px #000; }
 .mas-tools { display: flex; flex-wrap: wrap; align-items: center; gap: 6px; padding: 2px 6px; font-size: 13px; }
 .mas-tools select { border: 1px solid #bbb; border-radius: 4px; padding: 1px 4px; }
-.mas-keys { font-size: 12px; columns: 2; } .mas-keys kbd { font-family: monospace; font-weight: bold; }
+.mas-keys { font-size: 12px; columns: 2; }
+.mas-keys kbd { font-family: monospace; font-weight: bold; margin-right: 6px; }
 """
