@@ -44,3 +44,25 @@ def square_mask(shape=(64, 64), box=(10, 20, 30, 40)) -> np.ndarray:
     m = np.zeros(shape, dtype=bool)
     m[box[0]:box[1], box[2]:box[3]] = True
     return m
+
+
+# -- the fast subset ------------------------------------------------------------------------------------------------
+# `pytest -m "not slow"` is the inner loop (a few minutes on 2 cores); CI runs everything. Slow: the browser sessions
+# (a server and Chromium each, the real engine), a Ray cluster, training runs, the labeling batches and the real data
+# benchmarks. Measured with `pytest --durations=0` on the full suite.
+SLOW_MODULES = {
+    "test_web", "test_web_labeling", "test_web_workstation", "test_scenarios", "test_web_cli", "test_labeling_ray",
+    "test_training_engine", "test_agent_learned", "test_labeling", "test_mrml_labeling_review", "test_locator",
+    "test_eval_harness", "test_fast_encoder", "test_specialists_nnunet",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a browser session, a cluster, training or a benchmark on real data "
+                                       "(left out of the inner loop: pytest -m 'not slow')")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -15,6 +15,8 @@ the session's mask, and the page's axial view shows an image. What each scenario
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ browser = test_web.browser  # its Chromium fixture
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "Resources" / "Samples" / "lits117_liver_ct.nrrd"
 VIEWPORT = {"width": 1366, "height": 768}
+SHOTS = Path(os.environ["MEDAGENTSEG_SCENARIO_SHOTS"]) if os.environ.get("MEDAGENTSEG_SCENARIO_SHOTS") else None
 SLOW = 300  # seconds a real-engine step may take on 2 busy cores (the first loads the engine)
 
 
@@ -100,6 +103,10 @@ def check(server: Server, page, what: str, before: int | None = None) -> dict:
     bb = page.locator("#view-Red").bounding_box()
     img = shot(page)[int(bb["y"]):int(bb["y"] + bb["height"]), int(bb["x"]):int(bb["x"] + bb["width"])]
     assert img.std() > 20, f"{what}: the axial view shows no image"
+    if SHOTS:  # MEDAGENTSEG_SCENARIO_SHOTS=DIR keeps each step's page, to look at
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        name = f"{len(list(SHOTS.iterdir())):03d}-{re.sub(r'[^a-z0-9]+', '-', what.lower())}.png"
+        page.screenshot(path=str(SHOTS / name))
     return report
 
 
@@ -290,7 +297,9 @@ def test_a_long_session_replays_bit_for_bit(session, labels):
     ys, xs = np.nonzero(liver)
     inside = interior(liver)
     box = (float(xs.min() - 2), float(ys.min() - 2), float(xs.max() + 2), float(ys.max() + 2))
-    right = (float(xs.max() + 8), float(np.median(ys)))  # beside the liver
+    room = np.zeros_like(liver)
+    room[8:-8, 8:-8] = True
+    right = interior(~liver & room)  # off the liver, away from the image's edge: the stroke adds there
     corner = (box[0] + 3.0, box[3] - 3.0)
 
     def do(what: str, fn, *args, quiet: bool = False) -> dict:
