@@ -30,6 +30,7 @@ def engine_names() -> list[str]:
 
 
 _ENGINES: dict[tuple, Engine] = {}
+CLICK_ENGINES = ("litemedsam-click", "litemedsam-click-global", "litemedsam-click-noboxes")
 
 
 def create_engine(name: str | None = None, checkpoint: str | Path | None = None, device: str = "auto",
@@ -39,6 +40,9 @@ def create_engine(name: str | None = None, checkpoint: str | Path | None = None,
     'litemedsam-click-global' is the click-aware engine without click-local updates (the decoder's answer
     replaces the whole mask on every click), kept to measure what the local updates add; 'litemedsam-local' is
     the original LiteMedSAM with the click-local updates, to measure what the fine-tuning adds.
+    'litemedsam-click-noboxes' (not listed: a measuring variant, not offered to users) is the click-aware engine
+    without reading clicks through boxes (`click_boxes`): a lone click answered by LiteMedSAM's own decoder and
+    an ignored corrective click painted as a disk, as before issue #24; `eval` compares the two.
 
     checkpoint: for SAM, the path of Meta's checkpoint (required); for LiteMedSAM, an optional full state dict.
     click_weights: for the click-aware engines, another overlay written by `train-engine` (its model card .json
@@ -82,7 +86,7 @@ def _read_card(path: Path) -> dict:
 
 def _build(name: str, checkpoint: str | Path | None, device: str, click_weights: str | Path | None,
            encoder: str = "torch") -> Engine:
-    if click_weights is not None and name not in ("litemedsam-click", "litemedsam-click-global"):
+    if click_weights is not None and name not in CLICK_ENGINES:
         raise EngineError(f"click weights only apply to litemedsam-click and litemedsam-click-global, not {name!r}")
     if name == "litemedsam":
         from .litemedsam import LiteMedSAMEngine
@@ -93,7 +97,7 @@ def _build(name: str, checkpoint: str | Path | None, device: str, click_weights:
 
         return LiteMedSAMEngine(checkpoint=checkpoint, device=device, name=name, click_update="local",
                                 encoder=encoder)
-    if name in ("litemedsam-click", "litemedsam-click-global"):
+    if name in CLICK_ENGINES:
         weights = CLICK_WEIGHTS if click_weights is None else Path(click_weights)
         if not _click_weights_available(weights):
             fix = ("reinstall MedAgentSeg or use --engine litemedsam" if click_weights is None else
@@ -109,7 +113,7 @@ def _build(name: str, checkpoint: str | Path | None, device: str, click_weights:
                                 base_first_turn=card.get("first_turn") == "base",
                                 click_update="global" if name.endswith("-global") else card.get("click_update",
                                                                                                  "local"),
-                                encoder=encoder)
+                                encoder=encoder, click_boxes=not name.endswith("-noboxes"))
     if name.startswith("sam_"):
         from .sam import SAMEngine
 

