@@ -18,11 +18,14 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="evaluate an engine on datasets in the dataset.json format",
                               description="Evaluate an interactive engine with simulated users (seeded).")
     p.add_argument("datasets", nargs="+", metavar="DATASET_DIR", help="folder(s) holding a dataset.json")
-    p.add_argument("--protocol", choices=["box", "clicks", "noc", "agent", "propagate", "auto"], default="clicks",
+    p.add_argument("--protocol", choices=["box", "clicks", "noc", "agent", "propagate", "auto", "lone"],
+                   default="clicks",
                    help="propagate (3D datasets): box on the largest slice, --clicks refinement turns there, then "
                         "propagation through the volume; reports dice_3d and seconds_per_volume. auto: the request "
                         "only, the locator's first box then --policy (default learned); reports box_iou_median, "
-                        "asked_rate (scored from the reference box when the agent asked) and dice_final")
+                        "asked_rate (scored from the reference box when the agent asked) and dice_final. lone: a "
+                        "positive click at the target's interior with no box (dice_lone), then the clicks protocol; "
+                        "reports the share of clicks the network's own answer was kept")
     p.add_argument("--engine", default=None, help="engine name (default: the default engine)")
     p.add_argument("--policy", default=None, choices=["oracle", "heuristic", "learned", "mllm"],
                    help="policy for --protocol agent (default oracle: uses the reference) or auto (default learned)")
@@ -38,6 +41,8 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--jitter", type=float, default=0.1, help="box edge jitter, fraction of the box size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N instances in dataset order")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="N instances per dataset drawn at random (seeded by --seed) from those listed")
     p.add_argument("--labels", default=None, help="comma-separated label names or ids")
     p.add_argument("--min-area", type=int, default=0, help="skip targets smaller than this (pixels)")
     p.add_argument("--mode", choices=["2d", "3d"], default="2d")
@@ -80,7 +85,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           min_area=args.min_area, mode=args.mode, split=None if args.split == "all" else args.split,
                           embedding_cache=args.embedding_cache, policy_kwargs=policy_kwargs,
                           propagation=propagation_config(args), fix_slices=args.fix_slices,
-                          locator_weights=args.locator_weights)
+                          locator_weights=args.locator_weights, sample=args.sample)
     except ValueError as exc:
         return _fail(str(exc))
     if args.click_weights:

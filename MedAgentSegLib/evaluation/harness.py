@@ -89,6 +89,12 @@ def summarize(cases: list[dict[str, Any]], protocol: str) -> dict[str, Any]:
     # How the engine applied the clicks (engines.base.Prediction.update): shares over all click turns.
     kinds = [u for c in ok for u in c.get("updates", [])]
     out["click_updates"] = {k: round(kinds.count(k) / len(kinds), 4) for k in sorted(set(kinds))} if kinds else {}
+    # The network's own answer kept (model or local, not a painted disk): the share issue #26 asks >= 80% for.
+    out["network_kept"] = round(sum(1 for k in kinds if k != "disk") / len(kinds), 4) if kinds else None
+    if any("dice_lone" in c for c in ok):  # lone protocol: one positive click at the interior, no box
+        lone = [c["dice_lone"] for c in ok if "dice_lone" in c]
+        out["dice_lone"] = _mean(lone)
+        out["lone_ge_0.6"] = round(float(np.mean(np.array(lone) >= 0.6)), 4)
     if any("asked" in c for c in ok):  # auto protocol (issue #16): the locator's first box, or the agent asked
         ious = [c["box_iou"] for c in ok if c.get("box_iou") is not None]
         out["box_iou_median"] = round(float(np.median(ious)), 4) if ious else None
@@ -309,12 +315,16 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
              labels: list[str] | None = None, min_area: int = 0, mode: str = "2d", split: str | None = None,
              embedding_cache: str | Path | None = None, log: Any = None, progress: bool = True,
              policy_kwargs: dict[str, Any] | None = None, propagation: Any = None,
-             fix_slices: int = 0, locator_weights: str | Path | None = None) -> dict[str, Any]:
+             fix_slices: int = 0, locator_weights: str | Path | None = None,
+             sample: int | None = None) -> dict[str, Any]:
     """Evaluate one engine on one or more dataset folders; returns {"summary", "cases", "skipped", "config"}.
 
     summary also holds "per_dataset" (one summary per dataset). split: "val"/"train" to restrict to that side
-    of the patient split (evaluation.dataset.split_patients), None for every case.
+    of the patient split (evaluation.dataset.split_patients), None for every case. sample: N instances per
+    dataset drawn at random (seeded by `seed`) from those listed, kept in dataset order.
     """
+    if sample is not None and sample < 1:
+        raise ValueError(f"--sample must be at least 1, got {sample}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
     if mode not in ("2d", "3d"):
@@ -348,6 +358,9 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
         remaining = None if limit is None else max(0, limit - len(cases))
         insts, sk = list_instances(ds, labels=labels, min_area=min_area, mode=mode, split=split, limit=remaining,
                                    seed=2026)
+        if sample is not None and len(insts) > sample:
+            pick = np.random.default_rng(seed).choice(len(insts), size=sample, replace=False)
+            insts = [insts[i] for i in sorted(pick)]
         for s in sk:
             log(f"skipped {s}")
         skipped.extend(sk)
@@ -395,16 +408,20 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
     config = {"protocol": protocol, "engine": getattr(engine, "name", str(engine_name)),
               "encoder": getattr(engine, "encoder_path", "torch"), "policy": policy,
               "clicks": clicks, "jitter": jitter, "seed": seed, "limit": limit, "labels": labels,
-              "min_area": min_area, "mode": mode, "split": split, "click_rule": "ritm", "fix_slices": fix_slices,
+              "min_area": min_area, "mode": mode, "sample": sample, "split": split, "click_rule": "ritm",
+              "fix_slices": fix_slices,
               "noc_definition": f"clicks after the box to reach IoU >= t; {MAX_NOC_CLICKS} (a failure) if never",
               "datasets": [str(d) for d in dataset_dirs], "elapsed_s": round(time.perf_counter() - t0, 1)}
     return {"summary": summary, "cases": cases, "skipped": [s.to_dict() for s in skipped], "config": config}
 
 
 def format_table(result: dict[str, Any], steps: tuple[int, ...] = (0, 1, 3, 5)) -> str:
-    """A readable text table: one row per dataset (and the total), Dice at the given steps, NoC, degraded."""
+    """A readable text table: one row per dataset (and the total), Dice at the given steps, NoC, degraded.
+    The lone protocol adds the lone click's Dice first and the share of clicks the network's answer was kept."""
     summ = result["summary"]
     rows = [(k, v) for k, v in summ.get("per_dataset", {}).items()] + [("all", summ)]
+    if "dice_lone" in summ:
+        return _lone_table(result, rows)
     head = f"{'dataset':<24}{'n':>5}" + "".join(f"{('box' if s == 0 else f'+{s}'):>8}" for s in steps)
     head += f"{'final':>8}{'NoC85':>7}{'NoC90':>7}{'fail90':>7}{'degr.':>7}"
     lines = [f"engine {result['config']['engine']}, protocol {result['config']['protocol']}, "
@@ -426,6 +443,27 @@ def format_table(result: dict[str, Any], steps: tuple[int, ...] = (0, 1, 3, 5)) 
                        "disk = it ignored the click)")
     if result.get("skipped"):
         lines.append(f"skipped: {len(result['skipped'])} (see 'skipped' in the JSON)")
+    return "\n".join(lines)
+
+
+def _lone_table(result: dict[str, Any], rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """--protocol lone: lone-click Dice (and share >= 0.6), box, +1..+clicks, and the network's kept share."""
+    n = result["config"]["clicks"]
+    head = (f"{'dataset':<24}{'n':>5}{'lone':>8}{'>=0.6':>7}{'box':>8}" + "".join(f"{f'+{s}':>8}" for s in
+                                                                               range(1, n + 1)) + f"{'kept':>7}")
+    lines = [f"engine {result['config']['engine']}, protocol lone (a positive click at the target's interior, "
+             f"no box; then box jitter {result['config']['jitter']} and {n} oracle clicks), seed "
+             f"{result['config']['seed']}", head, "-" * len(head)]
+    for name, s in rows:
+        d = s.get("dice_by_step") or []
+        line = f"{name:<24}{s['n']:>5}" + "".join("       -" if s.get(k) is None else f"{s[k]:>8.3f}"
+                                                  for k in ("dice_lone",))
+        line += "      -" if s.get("lone_ge_0.6") is None else f"{s['lone_ge_0.6']:>7.0%}"
+        line += "".join(f"{d[k]:>8.3f}" if k < len(d) else "       -" for k in range(n + 1))
+        line += "      -" if s.get("network_kept") is None else f"{s['network_kept']:>7.0%}"
+        lines.append(line)
+    lines.append("kept = clicks after the box applied from the network's own answer (model or local), not a painted "
+                 "disk")
     return "\n".join(lines)
 
 

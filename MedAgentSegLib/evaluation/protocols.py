@@ -10,6 +10,8 @@ the `OraclePolicy` simulated user (RITM click rule). Step 0 is the box; step i i
   clicks after the box needed to reach IoU >= t (0 if the box already does; 20 if never: a failure).
 - agent: box, then the given policy acts until it stops (at most K mask-producing turns after the box). The
   steps are the masks the session kept (a turn the agent took back is not a step, but counts in "turns").
+- lone: a lone positive click at the target's interior (the maximum of its distance transform), no box: its
+  Dice is "dice_lone" and how the engine applied it "update_lone". Then the clicks protocol from the box.
 - auto: the request only (issue #16): the locator places the first box (no prompt from the reference), then the
   policy acts as in `agent`. Where the locator does not know the target or is below its threshold, the agent
   asks; it is then scored as if the person drew the reference box (the agent runs from that box).
@@ -22,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PROTOCOLS", "run_instance", "run_auto", "instance_seed", "noc_from_ious", "MAX_NOC_CLICKS"]
+__all__ = ["PROTOCOLS", "run_instance", "run_auto", "instance_seed", "noc_from_ious", "interior_point",
+           "MAX_NOC_CLICKS"]
 
-PROTOCOLS = ("box", "clicks", "noc", "agent", "propagate", "auto")
+PROTOCOLS = ("box", "clicks", "noc", "agent", "propagate", "auto", "lone")
 MAX_NOC_CLICKS = 20
 
 
@@ -66,6 +69,7 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
     gt = np.asarray(gt).astype(bool)
     if not gt.any():
         raise ValueError("the reference mask is empty: nothing to segment")
+    lone = _lone_click(engine, image, gt, target) if protocol == "lone" else {}
     rng = np.random.default_rng(seed)
     box = box_from_mask(gt, jitter, rng) if box is None else box
     session = Session(engine, image, target, max_turns=MAX_NOC_CLICKS + 1)
@@ -73,9 +77,9 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
     dices, ious = [dice(session.mask, gt)], [iou(session.mask, gt)]
     out: dict[str, Any] = {"box": [round(float(v), 2) for v in box], "noc85": None, "noc90": None,
                            "reached90": None}
-    if protocol in ("clicks", "noc"):
+    if protocol in ("clicks", "noc", "lone"):
         oracle = OraclePolicy(gt, first="box", rule=rule, seed=seed)
-        limit = clicks if protocol == "clicks" else MAX_NOC_CLICKS
+        limit = MAX_NOC_CLICKS if protocol == "noc" else clicks
         while len(dices) - 1 < limit:
             if protocol == "noc" and ious[-1] >= 0.90 and len(dices) - 1 >= clicks:
                 break
@@ -115,7 +119,27 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
         out["noc90"], out["reached90"] = noc_from_ious(ious, 0.90)
     out["dice_by_step"] = [round(v, 6) for v in dices]
     out["iou_by_step"] = [round(v, 6) for v in ious]
+    out.update(lone)
     return out
+
+
+def interior_point(gt: np.ndarray) -> tuple[float, float]:
+    """(x, y) pixel of a non-empty (H, W) bool mask farthest from its edge (the distance transform's maximum)."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(np.pad(gt, 1))[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(dist)), gt.shape)
+    return float(c), float(r)
+
+
+def _lone_click(engine: Any, image: np.ndarray, gt: np.ndarray, target: str) -> dict[str, Any]:
+    """--protocol lone's first part: one positive click at the target's interior in a new session, no box."""
+    from ..metrics import dice
+    from ..session import Session
+
+    x, y = interior_point(gt)
+    turn = Session(engine, image, target).add_click(x, y, positive=True, source="agent")
+    return {"dice_lone": round(dice(turn.mask, gt), 6), "update_lone": turn.update, "lone_click": [x, y]}
 
 
 def run_auto(engine: Any, image: np.ndarray, gt: np.ndarray, locator: Any, concept: str | None, clicks: int = 4,
