@@ -14,7 +14,7 @@ import numpy as np
 
 from .engines.base import Prompts
 
-__all__ = ["Observation", "Decision", "UndoTurn"]
+__all__ = ["Observation", "Decision", "UndoTurn", "overlay_observation"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +90,14 @@ class UndoTurn:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "arguments": {}}
+
+
+def overlay_observation(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """MedSAM-Agent's observation: the image with the current mask as a semi-transparent green overlay.
+
+    image: (H, W, 3) uint8; mask: (H, W) bool. Returns (H, W, 3) uint8.
+    """
+    out = image.astype(np.float32).copy()
+    green = np.array([0, 255, 0], dtype=np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * green
+    return np.clip(out, 0, 255).astype(np.uint8)

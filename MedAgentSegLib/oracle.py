@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["box_from_mask", "clip_box", "next_click", "interior_point", "Click", "CLICK_RULES"]
+__all__ = ["box_from_mask", "clip_box", "mask_box", "next_click", "interior_point", "Click", "CLICK_RULES"]
 
 CLICK_RULES = ("ritm", "cvpr25")
 
@@ -99,3 +99,13 @@ def next_click(pred: np.ndarray, gt: np.ndarray, rule: str = "ritm") -> Click | 
             best = (int(sizes[k - 1]), labels == k, positive)
     _, r, c = interior_point(best[1])
     return Click(c, r, best[2])
+
+
+def mask_box(mask: np.ndarray, margin: float = 0.05) -> tuple[float, float, float, float] | None:
+    """(x1, y1, x2, y2) pixels around a (H, W) bool mask, each side grown by `margin` of the box size; None if empty."""
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        return None
+    x1, x2, y1, y2 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+    mx, my = margin * max(x2 - x1, 1.0), margin * max(y2 - y1, 1.0)
+    return clip_box(x1 - mx, y1 - my, x2 + mx, y2 + my, *mask.shape)

@@ -15,6 +15,7 @@ import numpy as np
 
 from .actions import Action, AddBBox, AddPoint, StopAction, parse_tool_call, pixel_to_grid, tool_schemas
 from .metrics import iou
+from .observation import overlay_observation  # kept here too: the factory's callers import it from policies
 from .oracle import box_from_mask, next_click
 
 __all__ = ["Policy", "OraclePolicy", "ScriptedPolicy", "TextPolicy", "create_policy", "POLICY_NAMES",
@@ -81,17 +82,6 @@ class ScriptedPolicy:
             return StopAction()
         self._i += 1
         return self._actions[self._i - 1]
-
-
-def overlay_observation(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """MedSAM-Agent's observation: the image with the current mask as a semi-transparent green overlay.
-
-    image: (H, W, 3) uint8; mask: (H, W) bool. Returns (H, W, 3) uint8.
-    """
-    out = image.astype(np.float32).copy()
-    green = np.array([0, 255, 0], dtype=np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * green
-    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 class TextPolicy:

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from . import rle
-from .agent.common import mask_box
 from .engines.base import Engine, Prompts
 from .images import AXES, extract_slice, insert_slice, to_engine_rgb
+from .oracle import mask_box
 
 __all__ = ["PropagationConfig", "SliceRecord", "Propagation", "propagate", "replay_propagation",
            "PropagationError", "PROPAGATION_FORMAT", "repropagate"]

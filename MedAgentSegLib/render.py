@@ -14,7 +14,7 @@ _POS, _NEG, _BOX = (40, 220, 40), (235, 50, 50), (255, 200, 0)
 def _panel(image: np.ndarray, turn, gt: np.ndarray | None, size: int, caption: str):
     from PIL import Image, ImageDraw
 
-    from .policies import overlay_observation
+    from .observation import overlay_observation
 
     base = overlay_observation(image, turn.mask if turn is not None else np.zeros(image.shape[:2], bool))
     h, w = image.shape[:2]

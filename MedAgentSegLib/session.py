@@ -237,7 +237,7 @@ class Session:
         (JSON values). The engine does not run: the turn's mask is `mask` itself (the trajectory's RLE replays it
         bit for bit), its prompt state is a box around it (as the agent's own re-box draws one) and its logits are
         the mask in the engine's frame, so the next click refines this mask instead of starting over."""
-        from .agent.common import mask_box
+        from .oracle import mask_box
 
         self._require_open()
         mask = np.asarray(mask)
@@ -278,7 +278,7 @@ class Session:
         prompts = self.prompts
         arguments: dict[str, Any] = {"tool": tool}
         if box and mask.any():
-            from .agent.common import mask_box
+            from .oracle import mask_box
 
             prompts = Prompts(mask_box(mask))
             arguments["box"] = [float(v) for v in prompts.box]

@@ -7,19 +7,9 @@ from typing import Any
 import numpy as np
 
 from ..actions import AddBBox, AddPoint, pixel_to_grid
-from ..oracle import clip_box
+from ..oracle import mask_box  # re-exported: every GT-free policy uses it
 
 __all__ = ["mask_box", "box_iou", "box_action", "click_action", "near_clicks", "mask_iou", "last_agent_turn"]
-
-
-def mask_box(mask: np.ndarray, margin: float = 0.05) -> tuple[float, float, float, float] | None:
-    """(x1, y1, x2, y2) pixels around a (H, W) bool mask, each side grown by `margin` of the box size; None if empty."""
-    ys, xs = np.nonzero(mask)
-    if xs.size == 0:
-        return None
-    x1, x2, y1, y2 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
-    mx, my = margin * max(x2 - x1, 1.0), margin * max(y2 - y1, 1.0)
-    return clip_box(x1 - mx, y1 - my, x2 + mx, y2 + my, *mask.shape)
 
 
 def box_iou(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> float:

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..actions import Action, AddBBox, AddPoint, StopAction, ToolCallError, parse_tool_call, tool_schemas
-from ..observation import Decision, Observation
-from ..policies import overlay_observation
+from ..observation import Decision, Observation, overlay_observation
 
 __all__ = ["MLLMPolicy", "SUPPORTED_MODEL_TYPES", "SYSTEM_PROMPT", "check_model_folder"]
 

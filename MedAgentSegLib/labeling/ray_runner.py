@@ -24,7 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .batch import LabelError, _cores, _init_worker, label_case
+from .case import LabelError, label_case
+from .case import cores as _cores
+from .case import init_worker as _init_worker
 from .manifest import new_record
 
 __all__ = ["check_address", "run_on_ray", "local_head"]
