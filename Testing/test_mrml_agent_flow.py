@@ -16,7 +16,6 @@ What is checked:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,6 @@ vtk = pytest.importorskip("vtk")
 from vtk.util import numpy_support  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "MedAgentSeg"))
-sys.path.insert(0, str(REPO))
 
 from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic  # noqa: E402
 from MedAgentSegModuleLib.geometry import SliceGeometry  # noqa: E402

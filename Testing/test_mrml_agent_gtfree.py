@@ -13,7 +13,6 @@ anisotropic IJKToRAS. What is checked:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,6 @@ vtk = pytest.importorskip("vtk")
 from vtk.util import numpy_support  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "MedAgentSeg"))
-sys.path.insert(0, str(REPO))
 
 from MedAgentSegModuleLib import agent_logic  # noqa: E402
 from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic, default_policy  # noqa: E402

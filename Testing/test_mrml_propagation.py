@@ -20,7 +20,6 @@ person draws the box on slice K=10 (scripted policy), then asks for the whole vo
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from pathlib import Path
 
@@ -32,8 +31,6 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed: pip
 vtk = pytest.importorskip("vtk")
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "MedAgentSeg"))
-sys.path.insert(0, str(REPO))
 
 from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic, chat_command  # noqa: E402
 from MedAgentSegModuleLib.mrml_writer import ensure_scene_logics  # noqa: E402

@@ -34,8 +34,6 @@ vtk = pytest.importorskip("vtk")
 from vtk.util import numpy_support  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "MedAgentSeg"))
-sys.path.insert(0, str(REPO))
 
 from MedAgentSegModuleLib import deps  # noqa: E402
 from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic, default_engine, engine_choices  # noqa: E402

@@ -164,8 +164,6 @@ def test_code_in_a_chat_line_of_the_slicer_module_is_not_run(text, no_eval):
     """The module's chat line goes to chat_command (propagation words), then to the request parser; where the logic
     has its own chat entry (`AgentSegLogic.request`, no Qt), the line goes through it on a real MRML scene."""
     slicer = pytest.importorskip("slicer", reason="slicer-core is not installed: pip install -e '.[test]'")
-    if str(REPO / "MedAgentSeg") not in sys.path:
-        sys.path.insert(0, str(REPO / "MedAgentSeg"))
     from fakes import BoxEngine
     from MedAgentSegModuleLib.agent_logic import AgentSegLogic, chat_command
 
