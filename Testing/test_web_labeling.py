@@ -12,6 +12,7 @@ final mask with its provenance.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,6 @@ from MedAgentSegLib.labeling.review import ReviewQueue
 PROMPTS = {"c0": {"box": [5, 6, 30, 40], "clicks": [[40, 20, 1]]},
            "c1": {"box": [10, 4, 50, 20], "clicks": [[20, 30, 1]]},
            "v2": {"box": [10, 8, 30, 25], "clicks": [[36, 16, 1]], "slice": 3}}
-EDIT_BOX = (8.0, 8.0, 40.0, 30.0)  # the box the reviewer draws on v2's slice
 
 browser = test_web.browser  # its Chromium fixture
 
@@ -211,41 +211,58 @@ def test_07_reject_needs_a_note(served, folder):
     expect(page.locator("#review-note")).to_have_value("")  # not carried to the next case
 
 
-def edit_with_the_box(server: Server, page) -> np.ndarray:
-    """Ask the agent for the liver on the open case and draw EDIT_BOX on the slice in view; the edited slice."""
-    asked = sum("Draw the box" in t for t in chat(server.scene()))
+def edit_by_hand(server: Server, page, folder: Path) -> tuple[np.ndarray, dict]:
+    """Ask for the liver on the open case: the session goes on from the pre-label (its first turn, on the slice the
+    logic picks) and the agent may add turns; once it is idle, erase a stroke through the mask's middle with the
+    page's eraser (a 2 mm brush). Returns the edited slice and the run's report."""
     page.fill("#request", "segment the liver")
     page.locator("#send").click()
-    report = server.wait_for(lambda r: r["run"] is not None and sum("Draw the box" in t for t in chat(r)) > asked,
-                             "the agent to ask for a box")
-    assert report["run"]["slice"] == 3 and report["run"]["segment"]["name"] == "liver"
-    a, b = page_xy(page, report, *EDIT_BOX[:2]), page_xy(page, report, *EDIT_BOX[2:])
-    page.mouse.click(*a)
-    page.mouse.move(*b, steps=5)
-    page.mouse.click(*b)
-    return unpack(server.wait_for(turns_are(1), "the box's turn")["run"]["segment"])
+    report = server.wait_for(lambda r: r["run"] is not None and r["run"]["status"] != "loading" and not r["busy"]
+                             and r["run"]["turns"] >= 1, "the session to go on from the pre-label")
+    time.sleep(1.0)  # the agent's turns, if any, are done
+    report = server.wait_for(lambda r: not r["busy"], "the agent to finish")
+    run = report["run"]
+    assert run["segment"]["name"] == "liver" and run["sources"][0] == "user"
+    ys, xs = np.nonzero(unpack(run["segment"]))
+    x, y = float(np.median(xs)), float(np.median(ys))
+    page.locator("#brush-size").evaluate("e => { e.value = 2; e.dispatchEvent(new Event('input')); }")
+    click(page, "erase")
+    server.wait_for(lambda r: r["display"]["tool"] == "erase", "the eraser")
+    page.mouse.move(*page_xy(page, report, x - 4.0, y))
+    page.mouse.down()
+    page.mouse.move(*page_xy(page, report, x + 4.0, y), steps=8)
+    page.mouse.up()
+    after = server.wait_for(turns_are(run["turns"] + 1), "the eraser's turn")["run"]
+    assert after["actions"][-1] == "hand_edit" and after["sources"][-1] == "user"
+    edited = unpack(after["segment"])
+    assert not (edited & ~unpack(run["segment"])).any() and edited.sum() < unpack(run["segment"]).sum()  # erased
+    click(page, "erase")  # put it down
+    server.wait_for(lambda r: r["display"]["tool"] == "", "the eraser put down")
+    return edited, after
 
 
 def test_08_an_edit_is_kept_until_saved_or_dropped_with_reload(served, folder):
     server, page = served
     click(page, "case-next-unreviewed")  # c0 accepted, c1 rejected: v2
     server.wait_for(on_case("v2"), "case v2")
-    original = original_slice(folder, "v2", 3)
-    assert not np.array_equal(edit_with_the_box(server, page), original)
+    edited, run = edit_by_hand(server, page, folder)
+    original = original_slice(folder, "v2", run["slice"])
+    assert not np.array_equal(edited, original)
     errors = len(chat(server.scene(), "error"))
     click(page, "case-next")  # moving on would lose the edit
     line = error_after(server, errors, "leaving an unsaved edit refused")
     assert "not saved" in line and "Save edit" in line and "Reload case" in line, line
     assert server.scene()["labeling"]["case"] == "v2" and server.scene()["labeling"]["dirty"]
     click(page, "case-reload")
-    server.wait_for(lambda r: r["labeling"]["case"] == "v2" and not r["labeling"]["dirty"]
-                    and np.array_equal(unpack(r["labeling"]["mask"]), original), "Reload to drop the edit")
+    server.wait_for(lambda r: r["labeling"]["case"] == "v2" and not r["labeling"]["dirty"] and np.array_equal(
+        unpack(r["labeling"]["mask"]), original_slice(folder, "v2", r["labeling"]["slice"])), "Reload to drop the edit")
     assert statuses(folder)["v2"] == "in review"
 
 
 def test_09_save_edit_writes_the_final_mask_with_its_provenance(served, folder):
     server, page = served
-    edited = edit_with_the_box(server, page)
+    edited, run = edit_by_hand(server, page, folder)
+    k = run["slice"]
     click(page, "case-save-edit")
     page.wait_for_selector('#cases [data-case="v2"][data-status="edited"]')
     rec = manifest(folder)["v2"]
@@ -253,14 +270,14 @@ def test_09_save_edit_writes_the_final_mask_with_its_provenance(served, folder):
     final = slicerio.read_segmentation(str(folder / rec["outputs"]["final"]))
     voxels = np.asarray(final["voxels"]) > 0
     original = np.asarray(slicerio.read_segmentation(str(folder / rec["outputs"]["original"]))["voxels"]) > 0
-    assert np.array_equal(voxels[:, :, 3].T, edited)  # the slice as edited
-    others = [k for k in range(voxels.shape[2]) if k != 3]
+    assert np.array_equal(voxels[:, :, k].T, edited)  # the slice as edited
+    others = [i for i in range(voxels.shape[2]) if i != k]
     assert np.array_equal(voxels[:, :, others], original[:, :, others])  # the propagated slices kept
     review = json.loads((folder / rec["outputs"]["review"]).read_text())
-    assert [(t["by"], t["action"], t["mask"]) for t in review["turns"]][-1] == ("human", "add_bbox", "final")
-    # the pre-label's three prompt turns (box, click, stop from the prompts file: a person's) and the reviewer's box;
-    # the agent only asked for that box, so it made none
-    assert rec["provenance"] == {"agent": 0, "human": 4} and rec["reviewer"] == "alice"
+    assert [(t["by"], t["action"], t["mask"]) for t in review["turns"]][-1] == ("human", "hand_edit", "final")
+    # the pre-label's three prompt turns (box, click, stop from the prompts file: a person's), then the session's
+    users, agents = run["sources"].count("user"), run["sources"].count("agent")
+    assert rec["provenance"] == {"agent": agents, "human": 3 + users} and rec["reviewer"] == "alice"
     assert not server.scene()["labeling"]["dirty"]
 
 
