@@ -98,7 +98,7 @@ def find_first_turn(engine: Any, plan: StartPlan, geom: Any, modality: str, wind
         return FirstTurn("ask", message=f"I cannot find the {target} on my own here ({why}): draw a box around it.",
                          notes=notes)
     if locator.asks(loc):  # one sentence: the confidence is in FirstTurn.confidence, not in the question
-        where = "in this image" if plan.pick_slice and n > 1 else "on this slice"
+        where = "on this slice" if n > 1 and not plan.pick_slice else "in this image"  # one slice looked at
         return FirstTurn("ask", confidence=loc.confidence, notes=notes,
                          message=f"I could not find the {target} {where}: draw a box around it.")
     k = geom.index if loc.slice is None else int(loc.slice)

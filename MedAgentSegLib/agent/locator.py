@@ -242,7 +242,7 @@ def _down64(mask256: np.ndarray) -> np.ndarray:
 
 def build_samples(data_root: str | Path, datasets: tuple[str, ...], split: str, cache: Any, engine: Any,
                   max_images: dict[str, int], new_budget: int, empty_slices: int = 1, seed: int = 0,
-                  n_blank: int = 0, views: dict[str, float] | None = None, reverse: bool = False,
+                  n_blank: int = 0, views: dict[str, float] | None = None, gray: float = 0.0, reverse: bool = False,
                   log: Any = print) -> dict[str, Any]:
     """Images of `split` with every label's target map on the 64 grid; cached embeddings first, then at most
     `new_budget` new encodings in all. Returns {"keys", "targets" (N, C, 64, 64) f16, "known" (N, C) bool,
@@ -250,11 +250,11 @@ def build_samples(data_root: str | Path, datasets: tuple[str, ...], split: str, 
     slices (often without some of the targets). views: {dataset: n} adds about n other fields of view per image
     (`locator_views`: zoomed in, zoomed out, cut), encoded into the cache too (they are not in `new_budget`); their
     dataset is "<dataset>:views". reverse: the same images, encoded last first (a second process filling the cache
-    from the other end)."""
+    from the other end). gray: the share of colour (endoscopy) images also given as their grey luminance."""
     from ..evaluation.dataset import Case, _read_label_map, read_dataset, split_patients
     from ..images import extract_slice, to_engine_rgb
     from ..training.cache import image_key, to_input_frame
-    from .locator_views import views_of
+    from .locator_views import gray_view, views_of
 
     rng = np.random.default_rng(seed)
     concepts: list[str] = []
@@ -333,6 +333,11 @@ def build_samples(data_root: str | Path, datasets: tuple[str, ...], split: str, 
             for view, vlab, _kind in views_of(rgb, lb, (views or {}).get(name, 0.0), vrng):
                 add(view, vlab, image_key(view, engine), name, f"{name}:views")
                 n_views += 1
+            # a colour frame also as one grey component (its own draw, so the views above stay the same)
+            if kind[name] == "endoscopy" and np.random.default_rng([seed, int(key[:12], 16), 1]).random() < gray:
+                view = gray_view(rgb)
+                add(view, lb, image_key(view, engine), name, f"{name}:views")
+                n_views += 1
             if n % 50 == 0:
                 log(f"[locator] {name} {split} {n + 1}/{len(items)} ({len(extra)} newly encoded, {n_views} views) "
                     f"{time.perf_counter() - t0:.0f}s")
@@ -376,7 +381,7 @@ def _blank_images(n: int, seed: int) -> list[np.ndarray]:
 
 def train_locator(samples: dict[str, Any], cache: Any, epochs: int = 12, batch: int = 16, lr: float = 3e-3,
                   width: int = 32, seed: int = 0, repeat: dict[str, int] | None = None, shift: int = 0,
-                  log: Any = print) -> Any:
+                  init: dict[str, Any] | None = None, log: Any = print) -> Any:
     """Train the head with BCE + soft Dice on the concepts known for each image; returns the head (eval mode).
     repeat: {dataset: k} shows that dataset's images k times per epoch (few images, many concepts: BTCV).
     shift: each batch moved by up to this many grid cells (embedding and targets together, zero-filled)."""
@@ -388,6 +393,8 @@ def train_locator(samples: dict[str, Any], cache: Any, epochs: int = 12, batch: 
     tgt = samples["targets"]
     known = samples["known"]
     head = _torch_head(len(samples["concepts"]), width)
+    if init is not None:  # fine-tune a trained head (its outputs in the same order)
+        head.load_state_dict(init)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     base = np.concatenate([np.full((repeat or {}).get(d, 1), i) for i, d in enumerate(samples["dataset"])])
     steps = epochs * int(np.ceil(len(base) / batch))
@@ -464,7 +471,8 @@ def validate(locator: Locator, data_root: str | Path, datasets: tuple[str, ...],
         for inst in insts:
             concept = concept_name(inst.label_name)
             if not locator.knows(concept):
-                rows.append({"dataset": name, "concept": concept, "known": False})
+                rows.append({"dataset": name, "concept": concept, "known": False, "case": inst.case_id,
+                             "patient": inst.patient})
                 continue
             rgb, gt = load_instance(inst)
             key = image_key(rgb, engine)
@@ -601,6 +609,9 @@ def add_train_locator_command(subparsers: Any) -> Any:
     p.add_argument("--shift", type=int, default=0, help="augmentation: move each batch by up to this many cells")
     p.add_argument("--views", default="kvasir-seg=0.25,btcv-slices=1.5,acdc=0.3",
                    help="per dataset, other fields of view per training image (zoomed in / out, cut; encoded too)")
+    p.add_argument("--gray", type=float, default=0.3,
+                   help="share of colour training images also shown as their grey luminance (as a one-component "
+                        "viewer loads them)")
     p.add_argument("--max-val", default="kvasir-seg=80",
                    help="per dataset, the most validation instances (the first ones; each is encoded once)")
     p.add_argument("--encode-only", action="store_true",
@@ -611,6 +622,8 @@ def add_train_locator_command(subparsers: Any) -> Any:
     p.add_argument("--repeat", default="btcv-slices=3,blank=4",
                    help="per dataset, times its images are shown per epoch")
     p.add_argument("--width", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--init", default=None, help="start from these locator weights (fine-tune) instead of at random")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--embedding-cache", default=str(repo / ".cache" / "litemedsam"))
@@ -673,14 +686,23 @@ def run_train_locator(args: Any) -> int:
         return _calibrate(args, names, cache, engine)
     views = _per_dataset(args.views, float)
     samples = build_samples(args.data, names, "train", cache, engine, max_images, args.new_budget, seed=args.seed,
-                            n_blank=args.blank, views=views, reverse=args.encode_only)
+                            n_blank=args.blank, views=views, gray=args.gray, reverse=args.encode_only)
     if args.encode_only:
         print(f"[locator] encoded {len(samples['keys'])} training images and views into {args.embedding_cache}")
         return 0
     t_data = time.perf_counter() - t0
     repeat = {k: int(v) for k, v in (kv.split("=") for kv in args.repeat.split(",") if kv)}
-    head = train_locator(samples, cache, epochs=args.epochs, width=args.width, seed=args.seed, repeat=repeat,
-                         shift=args.shift)
+    init = None
+    if args.init:
+        init_card = json.loads(Path(args.init).with_suffix(".json").read_text())
+        if init_card["outputs"] != samples["concepts"]:
+            raise ValueError(f"{args.init} has other outputs ({init_card['outputs']}) than these datasets give "
+                             f"({samples['concepts']}); train from scratch (leave out --init)")
+        from ..engines.litemedsam import load_verified_state
+
+        init = load_verified_state(Path(args.init), init_card.get("sha256"))
+    head = train_locator(samples, cache, epochs=args.epochs, lr=args.lr, width=args.width, seed=args.seed,
+                         repeat=repeat, shift=args.shift, init=init)
     t_train = time.perf_counter() - t0 - t_data
     trained = sorted({c for row, kn in zip(samples["targets"], samples["known"])
                       for c, k, t in zip(samples["concepts"], kn, row) if k and t.any()})
@@ -697,10 +719,12 @@ def run_train_locator(args: Any) -> int:
         "data": {"root": "../shared/data", "split": "train (split_patients, seed 0)", "images": samples["counts"],
                  "targets": "every label of the image; 3D: largest slice of each label + 1 random slice; "
                             "negatives: the other kind's concepts (endoscopy vs CT/MR) and images of nothing",
-                 "views": views, "views_kinds": "locator_views.py: zoom in (50%), zoom out (25%), cut (25%); "
-                                                "half with another contrast"},
+                 "views": views, "gray": args.gray,
+                 "views_kinds": "locator_views.py: zoom in (50%), zoom out (25%), cut (25%); half with another "
+                                "contrast; gray: colour frames as their grey luminance"},
         "command": "medagentseg train-locator " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-        "seed": args.seed, "epochs": args.epochs, "repeat": repeat, "shift": args.shift, "threads": args.threads,
+        "seed": args.seed, "epochs": args.epochs, "init": args.init, "lr": args.lr, "repeat": repeat,
+        "shift": args.shift, "threads": args.threads,
         "time_s": {"data": round(t_data), "train": round(t_train), "total": round(time.perf_counter() - t0)},
         "validation": val, "encoder": engine.encoder_tag,
         "licence": "weights: trained on ../shared/data; follow each dataset's terms (research use)"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["random_view", "views_of", "KINDS"]
+__all__ = ["random_view", "views_of", "gray_view", "KINDS"]
 
 KINDS = ("zoom_in", "zoom_out", "cut")
 
@@ -83,6 +83,16 @@ def random_view(rgb: np.ndarray, lab: np.ndarray, rng: np.random.Generator, kind
     if rng.random() < 0.5:
         view = _contrast(view, rng)
     return view, vlab, kind
+
+
+def gray_view(rgb: np.ndarray) -> np.ndarray:
+    """An RGB frame as a viewer that keeps one component shows it to the engine: its luminance, stretched to its
+    0.5-99.5 percentiles (the review queue loads a Kvasir JPEG this way, and the locator asked there on frames whose
+    colour version it found)."""
+    from ..images import to_engine_rgb
+
+    lum = np.tensordot(rgb[..., :3].astype(np.float32), np.float32([0.299, 0.587, 0.114]), axes=1)
+    return to_engine_rgb(lum, "MR")
 
 
 def views_of(rgb: np.ndarray, lab: np.ndarray, per_image: float, rng: np.random.Generator
