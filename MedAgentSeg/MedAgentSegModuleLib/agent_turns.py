@@ -12,7 +12,7 @@ from .context import AgentError, Context
 from .factories import GT_FREE
 from .markups_sync import MarkupsSync
 from .propagation import ScenePropagation
-from .runs import TargetRun, TurnRecord, set_tags
+from .runs import TargetRun, TurnRecord, box_tool, set_tags
 from .turn_writer import TurnWriter
 from .wording import describe_decision, last_score, sentence
 from .worker import JobResult
@@ -171,5 +171,6 @@ class AgentTurns:
         self.ctx.say("agent", question)
         armed = self.markups.arm(run.prompts.roi)
         how = "the view is ready: click two opposite corners" if armed else self.ctx.words.place_box
-        self.ctx.say("info", f"Draw the box ({how}) around the {run.target} on slice {run.geom.axis}={run.geom.index}, "
-                             "or place a positive click on it.")
+        name = f"{box_tool(self.ctx.words, run)}, " if self.ctx.words.front == "slicer" else ""
+        self.ctx.say("info", f"Draw the box ({name}{how}) around the {run.target} on slice "
+                             f"{run.geom.axis}={run.geom.index}, or place a positive click on it, then press Run.")
