@@ -171,6 +171,18 @@ def shot(page) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB")).astype(np.int16)
 
 
+def until_shot(page, check, what: str, timeout: float = 20.0) -> np.ndarray:
+    """The page's screenshot once `check(img)` holds: the views' frames reach the page some time after the scene
+    changed (four views to render on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        img = shot(page)
+        if check(img):
+            return img
+        if time.monotonic() > deadline:
+            pytest.fail(f"the page never showed {what}")
+
+
 def patch(img: np.ndarray, centre: tuple[float, float], r: int = 4) -> np.ndarray:
     x, y = int(round(centre[0])), int(round(centre[1]))
     return img[y - r:y + r + 1, x - r:x + r + 1].reshape(-1, 3)
@@ -241,10 +253,10 @@ def test_03_place_a_box_with_the_mouse(fake):
     assert run["actions"] == ["add_bbox"] and run["sources"] == ["user"]
     x1, y1, x2, y2 = (int(round(v)) for v in run["box"])
     assert run["segment"]["area"] == (x2 - x1 + 1) * (y2 - y1 + 1)  # the fake engine's mask is the box
-    after = shot(page)
     inside = page_xy(page, report, (BOX[0] + BOX[2]) / 2 - 10, (BOX[1] + BOX[3]) / 2 + 10)
     outside = page_xy(page, report, 10.0, 120.0)
-    assert tint(patch(after, inside)) > tint(patch(before, inside)) + 15, "the segment's colour is not in the box"
+    after = until_shot(page, lambda img: tint(patch(img, inside)) > tint(patch(before, inside)) + 15,
+                       "the segment's colour in the box")
     assert abs(tint(patch(after, outside)) - tint(patch(before, outside))) < 5
     STATE["turn1"] = run["segment"]["sha"]
 
@@ -261,7 +273,8 @@ def test_04_step_adds_a_click_and_the_mask_changes(fake):
     x, y = run["points"][0]
     assert x > BOX[2]  # beside the box: the mask grew there
     where = page_xy(page, report, x - 2.0, y)
-    assert tint(patch(shot(page), where, 2)) > tint(patch(before_img, where, 2)) + 15, "no segment colour at the click"
+    until_shot(page, lambda img: tint(patch(img, where, 2)) > tint(patch(before_img, where, 2)) + 15,
+               "the segment's colour at the click")
     STATE.update(turn2=run["segment"]["sha"], click=(x, y))
 
 
@@ -314,7 +327,8 @@ def test_08_the_turn_slider_shows_turn_1_again(fake):
     report = server.wait_for(lambda r: r["run"]["reviewed"] == "1", "the slider to show turn 1")
     run = report["run"]
     assert run["review_mask_sha"] == run["turn_shas"][0] == STATE["turn1"] and not run["live_visible"]
-    assert tint(patch(shot(page), click_at, 2)) < tint(patch(before, click_at, 2)) - 15, "turn 1 had no click there"
+    until_shot(page, lambda img: tint(patch(img, click_at, 2)) < tint(patch(before, click_at, 2)) - 15,
+               "turn 1's mask, with no click there")
     page.keyboard.press("End")
     report = server.wait_for(lambda r: r["run"]["reviewed"] is None, "the slider back at the last turn")
     assert report["run"]["live_visible"] and report["run"]["segment"]["sha"] == STATE["turn2"]
