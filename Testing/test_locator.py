@@ -74,6 +74,57 @@ def test_box_from_heatmap_maps_cells_to_image_pixels():
     assert heatmap_box(np.zeros((GRID, GRID)), 0.5, (512, 512)) is None
 
 
+@pytest.mark.parametrize("kind", ["zoom_in", "zoom_out", "cut"])
+def test_training_views_keep_the_labels_on_their_pixels(kind):
+    """Each other field of view moves the label map with the pixels (a bright square labelled 1 on black): every
+    labelled pixel of the view is brighter than every unlabelled one, whatever contrast the view got."""
+    from MedAgentSegLib.agent.locator_views import gray_view, random_view
+
+    lab = np.zeros((120, 160), np.uint8)
+    lab[30:70, 50:110] = 1
+    rgb = np.repeat((lab * 200 + 20)[:, :, None], 3, axis=2).astype(np.uint8)
+    for seed in range(6):
+        view, vlab, got = random_view(rgb, lab, np.random.default_rng(seed), kind)
+        assert got == kind and view.shape[:2] == vlab.shape and view.dtype == np.uint8
+        bigger = view.shape[0] * view.shape[1] > rgb.shape[0] * rgb.shape[1]
+        assert bigger == (kind == "zoom_out")
+        if vlab.any() and (vlab == 0).any():
+            assert view[vlab == 1].min() > view[vlab == 0].max()
+    grey = gray_view(np.dstack([rgb[..., 0], rgb[..., 0] // 2, rgb[..., 0] // 4]))
+    assert grey.shape == rgb.shape and (grey[..., 0] == grey[..., 2]).all() and grey.max() == 255
+
+
+def test_an_unknown_view_is_refused():
+    from MedAgentSegLib.agent.locator_views import random_view
+
+    with pytest.raises(ValueError, match="unknown view 'rotate'; use one of zoom_in, zoom_out, cut"):
+        random_view(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8), np.random.default_rng(0), "rotate")
+
+
+def test_calibration_splits_the_validation_patients_and_reports_the_other_half():
+    """The thresholds come from one half of each dataset's validation patients; the asked and wrong-box rates are
+    those of the other half, which the thresholds never saw."""
+    from MedAgentSegLib.agent.locator import calibrate, calibration_parts, choose_thresholds
+
+    rng = np.random.default_rng(0)
+    rows = [{"dataset": "d", "concept": "polyp", "known": True, "patient": f"p{i % 10}",
+             "confidence": float(c), "box_iou": float(c > 0.55)} for i, c in enumerate(rng.uniform(0.4, 1, 200))]
+    rows.append({"dataset": "one", "concept": "polyp", "known": True, "patient": "only", "confidence": 0.9,
+                 "box_iou": 0.0})
+    parts = calibration_parts(rows)
+    seen = {r["patient"] for r in parts["threshold"]}
+    held = {r["patient"] for r in parts["held-out"]}
+    assert len(seen) == 5 and not seen & held and "only" in held  # one patient: held out, never a threshold's
+    threshold, per, val = calibrate(rows)
+    assert (threshold, per) == choose_thresholds(parts["threshold"])  # from that half alone
+    assert 0.45 < per["polyp"] < 0.6  # boxes below 0.55 confidence are all wrong here
+    rs = parts["held-out"]
+    asked = np.mean([r["confidence"] < per["polyp"] for r in rs])
+    wrong = np.mean([r["box_iou"] < 0.5 for r in rs if r["confidence"] >= per["polyp"]])
+    assert val["held-out"]["pooled"] == {"n": len(rs), "asked_rate": round(float(asked), 3),
+                                         "wrong_box_rate": round(float(wrong), 3)}
+
+
 def _write_locator(path: Path, threshold: float, concepts=("polyp",)) -> Path:
     torch.manual_seed(0)
     head = _torch_head(len(concepts), 8)
