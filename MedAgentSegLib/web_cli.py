@@ -14,7 +14,6 @@ from pathlib import Path
 
 __all__ = ["add_web_command", "cmd_web", "load_web_app"]
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def add_web_command(sub: argparse._SubParsersAction) -> None:
@@ -38,15 +37,13 @@ def add_web_command(sub: argparse._SubParsersAction) -> None:
 
 def load_web_app():
     """The MedAgentSegWeb.app module; ImportError saying what to install when the web extra or the source is missing."""
-    if not (REPO / "MedAgentSegWeb" / "app.py").is_file() or not (REPO / "MedAgentSeg").is_dir():
-        raise ImportError("the browser app needs MedAgentSeg's source tree (MedAgentSegWeb/ and MedAgentSeg/ beside "
-                          "MedAgentSegLib): clone the repository and install it with pip install -e '.[web]'")
+    if importlib.util.find_spec("MedAgentSegWeb") is None or importlib.util.find_spec("MedAgentSegModuleLib") is None:
+        raise ImportError("the browser app is not installed (MedAgentSegWeb, MedAgentSegModuleLib): clone the "
+                          "repository and install it with pip install -e '.[web]'")
     missing = [m for m in ("trame_slicer", "trame_vuetify", "slicer") if importlib.util.find_spec(m) is None]
     if missing:
         raise ImportError(f"the browser app needs the 'web' extra ({', '.join(missing)} not installed): run "
                           "pip install -e '.[web]' (or bash scripts/setup.sh)")
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from MedAgentSegWeb import app
 
     return app

@@ -14,44 +14,38 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-_REPO = Path(__file__).resolve().parent.parent
-for _path in (_REPO / "MedAgentSeg", _REPO):  # the Slicer module's logic is not an installed package
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic
+from MedAgentSegModuleLib.mrml_writer import MRMLInputError
+from MedAgentSegModuleLib.words import WEB
+from trame.app import TrameApp
+from trame.widgets import client, html
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
+from trame_vuetify.widgets import vuetify3 as v3
+from wslink.websocket import LinkProtocol
 
-from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic  # noqa: E402
-from MedAgentSegModuleLib.mrml_writer import MRMLInputError  # noqa: E402
-from MedAgentSegModuleLib.words import WEB  # noqa: E402
-from trame.app import TrameApp  # noqa: E402
-from trame.widgets import client, html  # noqa: E402
-from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
-from trame_slicer.rca_view import register_rca_factories  # noqa: E402
-from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout  # noqa: E402
-from trame_vuetify.widgets import vuetify3 as v3  # noqa: E402
-from wslink.websocket import LinkProtocol  # noqa: E402
-
-from .features.display import DisplayFeature  # noqa: E402
-from .features.hand_edit import HandEditFeature  # noqa: E402
-from .features.page_state import PageState  # noqa: E402
-from .features.review_queue import CASES_EVERY, ReviewQueueActions  # noqa: E402
-from .features.session import SAMPLE, VIEW, SessionActions  # noqa: E402
-from .features.shortcuts import Shortcuts  # noqa: E402
-from .features.views import ViewsFeature  # noqa: E402
-from .files import OutsideError, SaveError, within  # noqa: E402
-from .labeling import EXPECTED as LABELING_ERRORS  # noqa: E402
-from .labeling import LabelingPanel  # noqa: E402
-from .ui.panel import session_panel  # noqa: E402
-from .ui.review_queue import review_queue_panel  # noqa: E402
-from .ui.shortcuts import key_list, key_listener  # noqa: E402
-from .ui.style import CSS  # noqa: E402
-from .ui.toolbar import toolbar  # noqa: E402
-from .ui.view_overlay import slice_view_ui, threed_view_ui  # noqa: E402
-from .ui.view_tools import view_tools  # noqa: E402
+from .features.display import DisplayFeature
+from .features.hand_edit import HandEditFeature
+from .features.page_state import PageState
+from .features.review_queue import CASES_EVERY, ReviewQueueActions
+from .features.session import SAMPLE, VIEW, SessionActions
+from .features.shortcuts import Shortcuts
+from .features.views import ViewsFeature
+from .files import OutsideError, SaveError, within
+from .labeling import EXPECTED as LABELING_ERRORS
+from .labeling import LabelingPanel
+from .ui.panel import session_panel
+from .ui.review_queue import review_queue_panel
+from .ui.shortcuts import key_list, key_listener
+from .ui.style import CSS
+from .ui.toolbar import toolbar
+from .ui.view_overlay import slice_view_ui, threed_view_ui
+from .ui.view_tools import view_tools
 
 __all__ = ["WebApp", "main", "SAMPLE", "VIEW"]
 

@@ -153,6 +153,11 @@ class LabelingPanel:
         return node_to_world(review.volume, geom.pixel_to_ras((geom.width - 1) / 2.0, (geom.height - 1) / 2.0))
 
     def _opened(self, case: Any) -> str:
+        if case.mask is None:  # the batch could not start on it: the reviewer gives the first prompt here
+            target = case.record.get("target") or "the target"
+            why = f" ({case.record['reason']})" if case.record.get("reason") else ""
+            return (f"Case {case.case_id} needs a prompt{why}. Type 'segment the {target}' and draw the box (or "
+                    "place a positive click), or paint it; then Save edit.")
         turns = self.turn_count()
         slider = f"; the case's turn slider shows its {turns} turn(s)" if turns > 1 else ""
         mask = "the edited mask" if case.final else "the pre-label"

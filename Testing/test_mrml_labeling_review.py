@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,6 @@ sitk = pytest.importorskip("SimpleITK")
 from vtk.util import numpy_support  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # MedAgentSegWeb (the browser app) is not an installed package
 
 from MedAgentSegModuleLib.agent_logic import AgentError, AgentSegLogic  # noqa: E402
 from MedAgentSegModuleLib.mrml_writer import ensure_scene_logics  # noqa: E402

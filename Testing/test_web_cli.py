@@ -37,7 +37,6 @@ def test_a_missing_image_or_a_bad_port_is_one_line(capsys, tmp_path):
 
 
 def test_a_path_from_the_page_must_resolve_inside_a_served_folder(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(web_cli.REPO))  # MedAgentSegWeb lives in the source tree, not the package
     from MedAgentSegWeb.files import OutsideError, within
 
     served = tmp_path / "served"

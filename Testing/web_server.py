@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from fakes import BoxEngine  # noqa: E402  (this script's own folder)
 
