@@ -431,3 +431,25 @@ def test_a_needs_prompt_case_is_segmented_in_the_review_and_saved(out, scene):
     logic.accept("right")
     assert status(out)["c3"] == "accepted"
     agent.cleanup()
+
+
+def test_the_agent_reads_a_colour_case_in_colour_as_the_batch_did(out, scene):
+    """The review shows a colour frame as grey (one component), but the engine must see the colours `label` saw: on
+    the grey luminance the locator missed polyps it had found in the batch."""
+    from MedAgentSegLib.labeling.manifest import new_record, write_manifest
+
+    rgb = np.random.default_rng(3).integers(0, 255, (48, 64, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(out / "colour.png")
+    records = read_manifest(out)
+    records["colour"] = {**new_record("colour", str(out / "colour.png"), "polyp"), "status": "needs prompt"}
+    write_manifest(out, records)
+    agent = AgentSegLogic(scene, engine_factory=lambda name, **kw: BoxEngine())
+    logic = LabelingReviewLogic(scene, "alice", agent=agent)
+    logic.open_folder(str(out))
+    logic.open_case("colour")
+    assert logic.volume.GetImageData().GetNumberOfScalarComponents() == 1  # the view is grey
+    run = agent.start(logic.volume, logic.segmentation, "polyp", segment_name="polyp", axis="K", slice_index=0,
+                      engine="fake", policy="scripted")
+    agent.wait()
+    assert np.array_equal(run.image_rgb, rgb) and np.array_equal(run.session.image, rgb)
+    agent.cleanup()

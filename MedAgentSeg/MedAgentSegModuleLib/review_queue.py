@@ -48,6 +48,7 @@ __all__ = ["LabelingReviewLogic", "ReviewError", "LeaseHeldElsewhere", "image_vo
            "segment_kji", "trajectory_sequence", "propagation_sequence"]
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+COLOUR_IMAGE = "MedAgentSeg.ColourImage"  # attribute of a grey volume shown for a colour 2D image: its file
 AXIS_IJK = {"axial": "K", "coronal": "J", "sagittal": "I", None: "K"}  # MedAgentSegLib.images.AXES
 
 
@@ -68,6 +69,8 @@ def image_volume(scene: Any, path: str, name: str) -> Any:
     node.SetIJKToRASMatrix(vtk_matrix(LPS_TO_RAS @ images.ijk_to_lps(img)))
     node.CreateDefaultDisplayNodes()
     check_volume(node)
+    if not img.is_3d and img.array.ndim == 3:  # the agent reads the colour frame, as `label` did, not the grey view
+        node.SetAttribute(COLOUR_IMAGE, str(path))
     return node
 
 

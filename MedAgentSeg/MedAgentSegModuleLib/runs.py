@@ -153,6 +153,25 @@ def require_writable(run: TargetRun, what: str) -> None:
                          "request to segment again.")
 
 
+def colour_frame(volume_node: Any, geom: Any) -> np.ndarray | None:
+    """The (H, W, 3) uint8 colour frame behind a one-slice grey volume made for a 2D colour image (an endoscopy
+    frame in the review queue; attribute MedAgentSeg.ColourImage), or None. The engine must see the colours `label`
+    saw: on the grey luminance it found the polyp far less often."""
+    path = volume_node.GetAttribute("MedAgentSeg.ColourImage")
+    if not path:
+        return None
+    from MedAgentSegLib.images import ImageError, load_image
+
+    try:
+        img = load_image(path)
+    except (ImageError, OSError, ValueError):
+        return None
+    arr = np.asarray(img.array)
+    if arr.ndim != 3 or arr.shape[:2] != (geom.height, geom.width):
+        return None
+    return to_engine_rgb(arr, "RGB", None)
+
+
 def box_tool(words: Words, run: TargetRun) -> str:
     """Where the person finds the box: Slicer names the markups node, the page its Box button."""
     if words.front == "slicer":
@@ -270,7 +289,9 @@ class Runs:
         policy_name = policy if isinstance(policy, str) else type(policy).__name__
         arr = volume_array_kji(volume_node)
         modality = modality or guess_modality(arr)
-        image = to_engine_rgb(geom.extract(arr), modality, window)
+        image = colour_frame(volume_node, geom) if geom.axis == "K" and arr.shape[0] == 1 else None
+        if image is None:
+            image = to_engine_rgb(geom.extract(arr), modality, window)
         base = f"MedAgentSeg {name}"
         prompts = PromptNodes.create(self.ctx.scene, base, volume_node.GetTransformNodeID())
         recorder = TrajectoryRecorder(self.ctx.scene, base, self.sequences_logic)
