@@ -62,7 +62,17 @@ def pytest_configure(config):
                                        "(left out of the inner loop: pytest -m 'not slow')")
 
 
+# ... and single tests over 20 s in modules that are otherwise quick
+SLOW_TESTS = {
+    "test_segment_with_reference_box_on_20_kvasir_images", "test_the_shipped_locator_finds_the_liver_on_a_real_ct_slice"
+    "_and_the_learned_agent_refines", "test_sam_engine_predicts_on_the_image_grid",
+    "test_the_specialist_mask_is_turn_one_then_the_agent_refines_and_it_replays",
+    "test_a_failing_specialist_falls_back_to_the_locator_and_says_so",
+    "test_segment_mode_3d_writes_the_whole_structure_on_an_oblique_anisotropic_volume",
+}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)

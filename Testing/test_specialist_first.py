@@ -10,7 +10,6 @@ a target no locator or specialist knows asks for a prompt and names what it can 
 
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,8 +240,6 @@ def test_one_specialist_start_picks_the_largest_slice_and_says_each_failure(monk
 def test_the_command_line_and_the_slicer_chat_share_the_specialist_start(monkeypatch, tmp_path, capsys):
     """Both front ends go through first_mask.specialist_start and word its failure in their own way."""
     import SimpleITK as sitk
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "MedAgentSeg"))
     from MedAgentSegModuleLib import autostart
 
     mask = np.zeros(tiny_image().GetSize()[::-1], bool)  # the specialist finds nothing anywhere
