@@ -58,6 +58,8 @@ class PromptNodes:
                 disp.SetSelectedColor(*color)
                 disp.SetColor(*color)
                 disp.SetActiveColor(*color)
+                if hasattr(disp, "SetPropertiesLabelVisibility"):
+                    disp.SetPropertiesLabelVisibility(False)  # the node's internal name, drawn on the image
                 if node is not roi:
                     disp.SetTextScale(3.0)
                     disp.SetGlyphScale(2.5)
