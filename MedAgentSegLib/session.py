@@ -24,6 +24,7 @@ from . import rle
 from .actions import Action, AddBBox, AddPoint, StopAction, action_from_dict, grid_to_pixel, pixel_to_grid
 from .engines.base import Engine, Prompts, as_rgb_uint8, image_digest, mask_logits
 from .observation import Observation, UndoTurn
+from .oracle import mask_box
 
 __all__ = ["Turn", "Session", "SessionError", "replay", "load_trajectory", "check_trajectory", "TRAJECTORY_FORMAT",
            "TRAJECTORY_SCHEMA", "SPECIALIST", "HAND_EDIT", "HAND_TOOLS",
@@ -237,8 +238,6 @@ class Session:
         (JSON values). The engine does not run: the turn's mask is `mask` itself (the trajectory's RLE replays it
         bit for bit), its prompt state is a box around it (as the agent's own re-box draws one) and its logits are
         the mask in the engine's frame, so the next click refines this mask instead of starting over."""
-        from .oracle import mask_box
-
         self._require_open()
         mask = np.asarray(mask)
         if mask.shape != (self.height, self.width):
@@ -250,10 +249,13 @@ class Session:
         if not isinstance(model.get("model"), str) or not model["model"]:
             raise SessionError("a specialist turn must name its model: give {'model': NAME, ...}")
         arguments = json.loads(json.dumps(model))  # a copy, and proof it is JSON
-        prompts = Prompts(mask_box(mask))
-        turn = Turn(index=len(self.turns), action={"name": SPECIALIST, "arguments": arguments}, source=source,
-                    prompts=prompts, prompts_grid=_grid_prompts(prompts, self.height, self.width), mask=mask,
-                    score=None, timings={}, logits=mask_logits(mask), update=SPECIALIST,
+        return self._drawn_turn({"name": SPECIALIST, "arguments": arguments}, source, Prompts(mask_box(mask)), mask)
+
+    def _drawn_turn(self, action: dict[str, Any], source: str, prompts: Prompts, mask: np.ndarray) -> Turn:
+        """A turn whose mask was made outside the engine; its logits are the mask in the engine's frame."""
+        turn = Turn(index=len(self.turns), action=action, source=source, prompts=prompts,
+                    prompts_grid=_grid_prompts(prompts, self.height, self.width), mask=mask, score=None, timings={},
+                    logits=mask_logits(mask), update=action["name"],
                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         self.turns.append(turn)
         return turn
@@ -278,16 +280,9 @@ class Session:
         prompts = self.prompts
         arguments: dict[str, Any] = {"tool": tool}
         if box and mask.any():
-            from .oracle import mask_box
-
             prompts = Prompts(mask_box(mask))
             arguments["box"] = [float(v) for v in prompts.box]
-        turn = Turn(index=len(self.turns), action={"name": HAND_EDIT, "arguments": arguments}, source=source,
-                    prompts=prompts, prompts_grid=_grid_prompts(prompts, self.height, self.width), mask=mask,
-                    score=None, timings={}, logits=mask_logits(mask), update=HAND_EDIT,
-                    created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        self.turns.append(turn)
-        return turn
+        return self._drawn_turn({"name": HAND_EDIT, "arguments": arguments}, source, prompts, mask)
 
     def set_prompts(self, prompts: Prompts, source: str = "user") -> Turn:
         """Re-run the engine from an edited prompt state (a moved or deleted click, a resized box).
