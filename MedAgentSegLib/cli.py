@@ -547,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("evaluation.encoder_check", "add_check_encoder_command"),
                        ("web_cli", "add_web_command"),
                        ("evaluation.bench", "add_bench_command"),
-                       ("agent.locator", "add_train_locator_command"),
+                       ("training.locator", "add_train_locator_command"),
                        ("labeling.cli", "add_label_command"), ("labeling.cli", "add_export_command"),
                        ("labeling.bench", "add_bench_label_command")):
         try:

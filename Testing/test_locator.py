@@ -10,16 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[engine]'")
 
-from MedAgentSegLib.agent.locator import (  # noqa: E402
-    GRID,
-    Locator,
-    _torch_head,
-    box_iou,
-    heatmap_box,
-    load_locator,
-    train_locator,
-    write_card,
-)
+from MedAgentSegLib.agent.locator import GRID, Locator, _torch_head, box_iou, heatmap_box, load_locator  # noqa: E402
+from MedAgentSegLib.training.locator import train_locator, write_card  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -78,7 +70,7 @@ def test_box_from_heatmap_maps_cells_to_image_pixels():
 def test_training_views_keep_the_labels_on_their_pixels(kind):
     """Each other field of view moves the label map with the pixels (a bright square labelled 1 on black): every
     labelled pixel of the view is brighter than every unlabelled one, whatever contrast the view got."""
-    from MedAgentSegLib.agent.locator_views import gray_view, random_view
+    from MedAgentSegLib.training.locator_views import gray_view, random_view
 
     lab = np.zeros((120, 160), np.uint8)
     lab[30:70, 50:110] = 1
@@ -95,7 +87,7 @@ def test_training_views_keep_the_labels_on_their_pixels(kind):
 
 
 def test_an_unknown_view_is_refused():
-    from MedAgentSegLib.agent.locator_views import random_view
+    from MedAgentSegLib.training.locator_views import random_view
 
     with pytest.raises(ValueError, match="unknown view 'rotate'; use one of zoom_in, zoom_out, cut"):
         random_view(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8), np.random.default_rng(0), "rotate")
@@ -104,7 +96,7 @@ def test_an_unknown_view_is_refused():
 def test_calibration_splits_the_validation_patients_and_reports_the_other_half():
     """The thresholds come from one half of each dataset's validation patients; the asked and wrong-box rates are
     those of the other half, which the thresholds never saw."""
-    from MedAgentSegLib.agent.locator import calibrate, calibration_parts, choose_thresholds
+    from MedAgentSegLib.training.locator import calibrate, calibration_parts, choose_thresholds
 
     rng = np.random.default_rng(0)
     rows = [{"dataset": "d", "concept": "polyp", "known": True, "patient": f"p{i % 10}",

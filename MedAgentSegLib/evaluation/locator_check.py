@@ -11,7 +11,7 @@
 - the first N Kvasir-SEG validation cases cut around the polyp and zoomed out (inside a black frame twice its size):
   found (no question, box IoU >= 0.5) or not.
 
-    python -m MedAgentSegLib.agent.locator_check [--weights PATH] [--kvasir N] [--views N] [--data DIR]
+    python -m MedAgentSegLib.evaluation.locator_check [--weights PATH] [--kvasir N] [--views N] [--data DIR]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def check_sample(locator: Any, engine: Any, sample: Path = SAMPLE) -> dict[str, 
     """The liver on the bundled sample, as the chat finds it: {slice, confidence, threshold, asks, box_iou,
     liver_px (reference liver pixels on the start slice)}."""
     from .. import images
-    from .locator import box_iou
+    from ..agent.locator import box_iou
 
     img = images.load_image(sample)
     lab = images.load_image(sample.with_name(sample.name.replace(".nrrd", "_labels.nrrd"))).array
@@ -60,7 +60,7 @@ def kvasir_first(data: Path, n: int) -> list[Path]:
 def check_kvasir(locator: Any, engine: Any, paths: list[Path]) -> list[dict[str, Any]]:
     """Per image: confidence and asks on the colour frame (`label`) and on its grey luminance (the review queue)."""
     from .. import images
-    from .locator_views import gray_view
+    from ..training.locator_views import gray_view
 
     rows = []
     for path in paths:
@@ -109,7 +109,7 @@ def kvasir_val(data: Path, n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 def check_views(locator: Any, engine: Any, cases: list[tuple[str, np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
     """Per case and view ("crop", "zoomed out"): found = does not ask and box IoU >= 0.5 with the view's reference."""
-    from .locator import box_iou
+    from ..agent.locator import box_iou
 
     rows = []
     for case, rgb, mask in cases:
@@ -124,10 +124,10 @@ def check_views(locator: Any, engine: Any, cases: list[tuple[str, np.ndarray, np
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from ..agent.locator import load_locator
     from ..engines import create_engine
-    from .locator import load_locator
 
-    p = argparse.ArgumentParser(prog="python -m MedAgentSegLib.agent.locator_check", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m MedAgentSegLib.evaluation.locator_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=None, help="locator weights (default: the shipped ones)")
     p.add_argument("--kvasir", type=int, default=20, help="how many Kvasir-SEG images (0: none)")
