@@ -481,7 +481,8 @@ def trajectory_sessions(path: str | Path) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return [load_trajectory(path)]  # says what is wrong with the file
     if not isinstance(data, dict) or data.get("format") != SCENE_TRAJECTORY_FORMAT:
-        return [load_trajectory(path)]
+        check_trajectory(data, str(path))
+        return [data]
     runs = data.get("runs")
     if not isinstance(runs, list) or not all(isinstance(r, dict) and "session" in r for r in runs):
         raise ValueError(f"{path} is a scene trajectory without its sessions; re-save it from Slicer or the browser")

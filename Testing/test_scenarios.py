@@ -41,9 +41,7 @@ def session(browser, tmp_path):
     """(server, page, out) with the real engine; a new server per scenario, so each starts from nothing."""
     pytest.importorskip("torch", reason="the engine extra is not installed: pip install -e '.[engine]'")
     server = Server("real", tmp_path)
-    page = browser.new_page(viewport=VIEWPORT)
-    page.goto(server.url)
-    page.wait_for_selector("#send")
+    page = test_web._open(browser, server, VIEWPORT)
     yield server, page, tmp_path
     page.close()
     server.stop()

@@ -136,8 +136,9 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("web")
 
 
-def _open(browser, server: Server):
-    page = browser.new_page(viewport=VIEWPORT)
+def _open(browser, server: Server, viewport: dict | None = None):
+    """A new page on the server's app, once its request field is there."""
+    page = browser.new_page(viewport=viewport or VIEWPORT)
     page.goto(server.url)
     page.wait_for_selector("#send")
     return page

@@ -31,9 +31,7 @@ def real(browser, tmp_path_factory):
     pytest.importorskip("torch", reason="the engine extra is not installed: pip install -e '.[engine]'")
     out = tmp_path_factory.mktemp("workstation")
     server = Server("real", out)
-    page = browser.new_page(viewport=SMALL)
-    page.goto(server.url)
-    page.wait_for_selector("#send")
+    page = test_web._open(browser, server, SMALL)
     yield server, page, out
     page.close()
     server.stop()

@@ -171,6 +171,6 @@ class AgentTurns:
         self.ctx.say("agent", question)
         armed = self.markups.arm(run.prompts.roi)
         how = "the view is ready: click two opposite corners" if armed else self.ctx.words.place_box
-        name = f"{box_tool(self.ctx.words, run)}, " if self.ctx.words.front == "slicer" else ""
+        name = f"{box_tool(self.ctx.words, run)}, " if self.ctx.words.names_nodes else ""
         self.ctx.say("info", f"Draw the box ({name}{how}) around the {run.target} on slice "
                              f"{run.geom.axis}={run.geom.index}, or place a positive click on it, then press Run.")

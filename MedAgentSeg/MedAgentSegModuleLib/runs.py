@@ -174,7 +174,7 @@ def colour_frame(volume_node: Any, geom: Any) -> np.ndarray | None:
 
 def box_tool(words: Words, run: TargetRun) -> str:
     """Where the person finds the box: Slicer names the markups node, the page its Box button."""
-    if words.front == "slicer":
+    if words.names_nodes:
         return f"'{run.prompts.roi.GetName()}'"
     return words.place_box
 
@@ -255,11 +255,12 @@ class Runs:
                              f"{self.ctx.words.unlock_segment}.")
         start_mask = None
         if segment_id and first is not None:  # a request on a segment that already holds a mask: go on from it
-            found = largest_slice(segment_kji(segmentation_node, segment_id, volume_node), axis)
+            held = segment_kji(segmentation_node, segment_id, volume_node)
+            found = largest_slice(held, axis)
             if found is not None:
                 slice_index, first = found, None
                 geom = slice_geometry(volume_node, axis, int(slice_index))
-                start_mask = True
+                start_mask = np.array(geom.extract(held), dtype=bool)
         key = (segmentation_node.GetID(), segment_id, axis, int(slice_index))
         existing = self.runs.get(key) if segment_id else None
         if existing is not None and existing.status != "accepted":
@@ -307,8 +308,7 @@ class Runs:
         if storage is not None and storage.GetFileName():
             run.metadata["image"] = storage.GetFileName()
         run.engine_options = engine_options
-        if start_mask:
-            run.start_mask = writer.read_slice(segment_id, geom)
+        run.start_mask = start_mask
         if first is not None and policy_name in GT_FREE:  # the worker gets copies: it never reads MRML
             run.start_plan = StartPlan(np.array(arr, copy=True), lps_geometry(geom.ijk_to_ras),
                                        str(first).strip().lower(), self.library, self.factories.device)

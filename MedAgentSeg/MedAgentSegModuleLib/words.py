@@ -14,7 +14,7 @@ __all__ = ["Words", "SLICER", "WEB"]
 
 @dataclass(frozen=True)
 class Words:
-    front: str  # "slicer" | "web"
+    names_nodes: bool  # the person sees MRML node names (Slicer's Data module); the page shows none
     edit_by_hand: str  # how to correct a slice by hand
     place_box: str  # where the box tool is when the views are not armed
     unlock_segment: str  # how to clear an accepted segment's lock
@@ -24,7 +24,7 @@ class Words:
 
 
 SLICER = Words(
-    front="slicer",
+    names_nodes=True,
     edit_by_hand="the Segment Editor",
     place_box="Markups toolbar > ROI",
     unlock_segment="set its status to 'In progress' in the Segmentations module",
@@ -34,7 +34,7 @@ SLICER = Words(
 )
 
 WEB = Words(
-    front="web",
+    names_nodes=False,
     edit_by_hand="Paint, Erase or Scissors",
     place_box="the Box button",
     unlock_segment="start a new request with another segment name",
