@@ -66,7 +66,7 @@ def test_box_from_heatmap_maps_cells_to_image_pixels():
     assert heatmap_box(np.zeros((GRID, GRID)), 0.5, (512, 512)) is None
 
 
-@pytest.mark.parametrize("kind", ["zoom_in", "zoom_out", "cut"])
+@pytest.mark.parametrize("kind", ["zoom_in", "zoom_out", "cut", "fill"])
 def test_training_views_keep_the_labels_on_their_pixels(kind):
     """Each other field of view moves the label map with the pixels (a bright square labelled 1 on black): every
     labelled pixel of the view is brighter than every unlabelled one, whatever contrast the view got."""
@@ -86,10 +86,39 @@ def test_training_views_keep_the_labels_on_their_pixels(kind):
     assert grey.shape == rgb.shape and (grey[..., 0] == grey[..., 2]).all() and grey.max() == 255
 
 
+def test_fill_views_show_one_structure_filling_the_frame_mostly_the_large_ones():
+    """A "fill" view is one labelled structure's box grown by at most 20% (or cut by at most 15%) on each side, so a
+    large organ fills the frame as the liver fills the bundled sample; the structure is drawn by its area; the same
+    seed gives the same view; an image without labels gives none."""
+    from MedAgentSegLib.training.locator_views import fill_views, random_view
+
+    lab = np.zeros((400, 500), np.uint8)
+    lab[100:300, 60:360] = 1  # a large organ (60,000 px)
+    lab[350:370, 420:440] = 2  # a small one (400 px)
+    rgb = np.repeat((lab * 90 + 20)[:, :, None], 3, axis=2).astype(np.uint8)
+    picked = []
+    for seed in range(40):
+        view, vlab, _ = random_view(rgb, lab, np.random.default_rng(seed), "fill")
+        k = 1 if (vlab == 1).sum() > (vlab == 2).sum() else 2
+        picked.append(k)
+        ys, xs = np.nonzero(vlab == k)
+        h, w = (200, 300) if k == 1 else (20, 20)
+        if k == 1:  # the organ's box covers most of the view, and the view holds most of the organ
+            assert (ys.max() - ys.min() + 1) >= 0.7 * vlab.shape[0] and (xs.max() - xs.min() + 1) >= 0.7 * vlab.shape[1]
+            assert vlab.shape[0] <= 1.4 * h + 1 and vlab.shape[1] <= 1.4 * w + 1
+            assert len(ys) >= 0.7 * 0.7 * h * w
+        assert view.shape[:2] == vlab.shape and view[vlab == k].min() > view[vlab == 0].max()
+    assert picked.count(1) >= 35
+    a, b = (random_view(rgb, lab, np.random.default_rng(7), "fill") for _ in range(2))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert len(fill_views(rgb, lab, 2.0, np.random.default_rng(0))) == 2
+    assert fill_views(rgb, np.zeros_like(lab), 2.0, np.random.default_rng(0)) == []
+
+
 def test_an_unknown_view_is_refused():
     from MedAgentSegLib.training.locator_views import random_view
 
-    with pytest.raises(ValueError, match="unknown view 'rotate'; use one of zoom_in, zoom_out, cut"):
+    with pytest.raises(ValueError, match="unknown view 'rotate'; use one of zoom_in, zoom_out, cut, fill"):
         random_view(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8), np.random.default_rng(0), "rotate")
 
 

@@ -24,18 +24,19 @@ def _down64(mask256: np.ndarray) -> np.ndarray:
 def build_samples(data_root: str | Path, datasets: tuple[str, ...], split: str, cache: Any, engine: Any,
                   max_images: dict[str, int], new_budget: int, empty_slices: int = 1, seed: int = 0,
                   n_blank: int = 0, views: dict[str, float] | None = None, gray: float = 0.0, reverse: bool = False,
-                  log: Any = print) -> dict[str, Any]:
+                  fill: dict[str, float] | None = None, log: Any = print) -> dict[str, Any]:
     """Images of `split` with every label's target map on the 64 grid; cached embeddings first, then at most
     `new_budget` new encodings in all. Returns {"keys", "targets" (N, C, 64, 64) f16, "known" (N, C) bool,
     "concepts", "dataset", "counts"}; 3D volumes give the largest slice of each label plus `empty_slices` random
     slices (often without some of the targets). views: {dataset: n} adds about n other fields of view per image
     (`locator_views`: zoomed in, zoomed out, cut), encoded into the cache too (they are not in `new_budget`); their
     dataset is "<dataset>:views". reverse: the same images, encoded last first (a second process filling the cache
-    from the other end). gray: the share of colour (endoscopy) images also given as their grey luminance."""
+    from the other end). gray: the share of colour (endoscopy) images also given as their grey luminance.
+    fill: {dataset: n}, about n views per image of one structure (drawn by area) filling the frame."""
     from ..evaluation.dataset import Case, _read_label_map, read_dataset, split_patients
     from ..images import extract_slice, to_engine_rgb
     from ..training.cache import image_key, to_input_frame
-    from .locator_views import gray_view, views_of
+    from .locator_views import fill_views, gray_view, views_of
 
     rng = np.random.default_rng(seed)
     concepts: list[str] = []
@@ -118,6 +119,10 @@ def build_samples(data_root: str | Path, datasets: tuple[str, ...], split: str, 
             if kind[name] == "endoscopy" and np.random.default_rng([seed, int(key[:12], 16), 1]).random() < gray:
                 view = gray_view(rgb)
                 add(view, lb, image_key(view, engine), name, f"{name}:views")
+                n_views += 1
+            frng = np.random.default_rng([seed, int(key[:12], 16), 2])  # its own draw: the views above stay the same
+            for view, vlab, _kind in fill_views(rgb, lb, (fill or {}).get(name, 0.0), frng):
+                add(view, vlab, image_key(view, engine), name, f"{name}:views")
                 n_views += 1
             if n % 50 == 0:
                 log(f"[locator] {name} {split} {n + 1}/{len(items)} ({len(extra)} newly encoded, {n_views} views) "
@@ -370,8 +375,8 @@ def add_train_locator_command(subparsers: Any) -> Any:
                               description="Trains the locator head on the train split, picks its confidence "
                                           "threshold on the validation split, writes the weights and card.")
     p.add_argument("--data", default=str(repo.parent / "shared" / "data"), help="folder holding the datasets")
-    p.add_argument("--datasets", default="kvasir-seg,btcv-slices,acdc,lits-117")
-    p.add_argument("--max-images", default="kvasir-seg=400,btcv-slices=700,acdc=400",
+    p.add_argument("--datasets", default="kvasir-seg,btcv-slices,acdc,chaos-t2,lits-117")
+    p.add_argument("--max-images", default="kvasir-seg=400,btcv-slices=700,acdc=400,chaos-t2=400",
                    help="per dataset, the most training images (cached embeddings are used first)")
     p.add_argument("--new-budget", type=int, default=250, help="the most training images to encode anew in all")
     p.add_argument("--blank", type=int, default=24, help="images of nothing (flat, noise, ramps) as negatives")
@@ -379,6 +384,9 @@ def add_train_locator_command(subparsers: Any) -> Any:
     p.add_argument("--shift", type=int, default=0, help="augmentation: move each batch by up to this many cells")
     p.add_argument("--views", default="kvasir-seg=0.25,btcv-slices=1.5,acdc=0.3",
                    help="per dataset, other fields of view per training image (zoomed in / out, cut; encoded too)")
+    p.add_argument("--fill", default="btcv-slices=1,chaos-t2=2,acdc=0.3",
+                   help="per dataset, views per training image of one structure (drawn by its area, so mostly the "
+                        "large organs) filling the frame, as the liver fills the bundled sample")
     p.add_argument("--gray", type=float, default=0.3,
                    help="share of colour training images also shown as their grey luminance (as a one-component "
                         "viewer loads them)")
@@ -455,8 +463,10 @@ def run_train_locator(args: Any) -> int:
     if args.calibrate_only:
         return _calibrate(args, names, cache, engine)
     views = _per_dataset(args.views, float)
+    fill = _per_dataset(args.fill, float)
     samples = build_samples(args.data, names, "train", cache, engine, max_images, args.new_budget, seed=args.seed,
-                            n_blank=args.blank, views=views, gray=args.gray, reverse=args.encode_only)
+                            n_blank=args.blank, views=views, gray=args.gray, reverse=args.encode_only,
+                            fill=fill)
     if args.encode_only:
         print(f"[locator] encoded {len(samples['keys'])} training images and views into {args.embedding_cache}")
         return 0
@@ -489,9 +499,10 @@ def run_train_locator(args: Any) -> int:
         "data": {"root": "../shared/data", "split": "train (split_patients, seed 0)", "images": samples["counts"],
                  "targets": "every label of the image; 3D: largest slice of each label + 1 random slice; "
                             "negatives: the other kind's concepts (endoscopy vs CT/MR) and images of nothing",
-                 "views": views, "gray": args.gray,
-                 "views_kinds": "locator_views.py: zoom in (50%), zoom out (25%), cut (25%); half with another "
-                                "contrast; gray: colour frames as their grey luminance"},
+                 "views": views, "gray": args.gray, "fill": fill,
+                 "views_kinds": "locator_views.py: zoom in (50%), zoom out (25%), cut (25%); fill: one structure "
+                                "(drawn by area) filling the frame; half with another contrast; gray: colour frames "
+                                "as their grey luminance"},
         "command": "medagentseg train-locator " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         "seed": args.seed, "epochs": args.epochs, "init": args.init, "lr": args.lr, "repeat": repeat,
         "shift": args.shift, "threads": args.threads,

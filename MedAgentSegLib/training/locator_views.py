@@ -1,4 +1,5 @@
-"""Other fields of view of a training image for the locator (issue #24): zoomed in, zoomed out, cut by the frame.
+"""Other fields of view of a training image for the locator (issue #24): zoomed in, zoomed out, cut by the frame,
+and one structure filling the frame.
 
 The locator learned from whole BTCV slices and whole Kvasir frames, so it did not find the liver on a 128 x 128
 crop that the liver fills (the bundled LiTS sample) nor a polyp on a cropped frame. Each view is a new image for
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["random_view", "views_of", "gray_view", "KINDS"]
+__all__ = ["random_view", "views_of", "fill_views", "gray_view", "KINDS"]
 
-KINDS = ("zoom_in", "zoom_out", "cut")
+KINDS = ("zoom_in", "zoom_out", "cut", "fill")
+_DRAWN = ("zoom_in", "zoom_out", "cut")  # random_view's own draw (fill is asked for: `fill_views`)
 
 
 def _crop(rgb: np.ndarray, lab: np.ndarray, y0: int, x0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +63,30 @@ def _cut(rgb: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tuple[np
     return _crop(rgb, lab, int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)), h, w)
 
 
+def _fill(rgb: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One labelled structure, drawn by its area (large organs most often), filling the frame: its box grown by
+    0-20% of its size on each side, or (a third of the time) one or two sides cut by up to 15% of it. The
+    bundled sample is such a view: the liver fills its 128 x 128 crop."""
+    H, W = lab.shape
+    ids, areas = np.unique(lab[lab != 0], return_counts=True)
+    if len(ids) == 0:
+        return _cut(rgb, lab, rng)
+    k = ids[int(rng.choice(len(ids), p=areas / areas.sum()))]
+    ys, xs = np.nonzero(lab == k)
+    y1, y2, x1, x2 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    h, w = y2 - y1, x2 - x1
+    m = rng.uniform(0.0, 0.2, 4)  # top, bottom, left, right, as a share of the structure's size
+    if rng.random() < 1 / 3:
+        m[rng.choice(4, int(rng.integers(1, 3)), replace=False)] = -rng.uniform(0.0, 0.15)
+    y0, y3 = int(np.clip(round(y1 - m[0] * h), 0, H)), int(np.clip(round(y2 + m[1] * h), 0, H))
+    x0, x3 = int(np.clip(round(x1 - m[2] * w), 0, W)), int(np.clip(round(x2 + m[3] * w), 0, W))
+    if y3 - y0 < 16 or x3 - x0 < 16:  # a tiny structure: at least 16 px around its centre
+        cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+        y0, x0 = int(np.clip(cy - 8, 0, max(H - 16, 0))), int(np.clip(cx - 8, 0, max(W - 16, 0)))
+        y3, x3 = min(H, max(y3, y0 + 16)), min(W, max(x3, x0 + 16))
+    return _crop(rgb, lab, y0, x0, y3 - y0, x3 - x0)
+
+
 def _contrast(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Another intensity window: 8-bit windowed CT (BTCV) and a HU window (the sample) differ in contrast."""
     lo, hi = rng.uniform(0, 60), rng.uniform(170, 255)
@@ -71,15 +97,15 @@ def _contrast(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def random_view(rgb: np.ndarray, lab: np.ndarray, rng: np.random.Generator, kind: str | None = None
                 ) -> tuple[np.ndarray, np.ndarray, str]:
     """(view (h, w, 3) uint8, its label map (h, w), kind). rgb: (H, W, 3) uint8; lab: (H, W) int label map.
-    kind: one of KINDS, else drawn (zoom in 50%, zoom out 25%, cut 25%); half the views also get another
-    contrast."""
+    kind: one of KINDS, else drawn (zoom in 50%, zoom out 25%, cut 25%; fill only when asked for); half the views
+    also get another contrast."""
     if rgb.ndim != 3 or rgb.shape[:2] != lab.shape:
         raise ValueError(f"a view needs an (H, W, 3) image and an (H, W) label map, got {rgb.shape} and {lab.shape}")
     if kind is None:
-        kind = str(rng.choice(KINDS, p=[0.5, 0.25, 0.25]))
+        kind = str(rng.choice(_DRAWN, p=[0.5, 0.25, 0.25]))
     if kind not in KINDS:
         raise ValueError(f"unknown view {kind!r}; use one of {', '.join(KINDS)}")
-    view, vlab = {"zoom_in": _zoom_in, "zoom_out": _zoom_out, "cut": _cut}[kind](rgb, lab, rng)
+    view, vlab = {"zoom_in": _zoom_in, "zoom_out": _zoom_out, "cut": _cut, "fill": _fill}[kind](rgb, lab, rng)
     if rng.random() < 0.5:
         view = _contrast(view, rng)
     return view, vlab, kind
@@ -100,3 +126,13 @@ def views_of(rgb: np.ndarray, lab: np.ndarray, per_image: float, rng: np.random.
     """floor(per_image) views, plus one more with probability per_image's fraction."""
     n = int(per_image) + int(rng.random() < per_image - int(per_image))
     return [random_view(rgb, lab, rng) for _ in range(n)]
+
+
+def fill_views(rgb: np.ndarray, lab: np.ndarray, per_image: float, rng: np.random.Generator
+               ) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """floor(per_image) "fill" views (one structure filling the frame), plus one more with probability per_image's
+    fraction; none for an image without labels."""
+    if not lab.any():
+        return []
+    n = int(per_image) + int(rng.random() < per_image - int(per_image))
+    return [random_view(rgb, lab, rng, "fill") for _ in range(n)]
