@@ -4,6 +4,9 @@
 - `ScriptedPolicy`: plays a fixed list of actions (the user's own prompts from the command line).
 - `TextPolicy`: wraps any text generator (a local multimodal LLM) that answers in MedSAM-Agent's
   tool-call form; the observation and the tool schemas are built here, the reply is parsed strictly.
+
+Building a policy by name (the GT-free agents included) is `MedAgentSegLib.agent.registry.create_policy`: the agents
+sit above this module, so it names none of them.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from .metrics import iou
 from .observation import overlay_observation  # kept here too: the factory's callers import it from policies
 from .oracle import box_from_mask, next_click
 
-__all__ = ["Policy", "OraclePolicy", "ScriptedPolicy", "TextPolicy", "create_policy", "POLICY_NAMES",
-           "overlay_observation", "GT_FREE_POLICIES"]
+__all__ = ["Policy", "OraclePolicy", "ScriptedPolicy", "TextPolicy", "POLICY_NAMES", "overlay_observation",
+           "GT_FREE_POLICIES"]
 
 POLICY_NAMES = ("oracle", "scripted", "heuristic", "learned", "mllm")
 GT_FREE_POLICIES = ("heuristic", "learned", "mllm")
@@ -111,44 +114,3 @@ class TextPolicy:
     def next_action(self, obs: Any) -> Action:
         observation = overlay_observation(obs.image, obs.mask)
         return parse_tool_call(self.generate(self.messages(obs), observation))
-
-
-_MLLM_LOADED: dict[tuple[str, str], Any] = {}
-
-
-def create_policy(name: str, gt: np.ndarray | None = None, actions: Iterable[Action] = (), **kwargs: Any) -> Policy:
-    """Build a policy by name.
-
-    'oracle' (needs gt; kwargs go to OraclePolicy), 'scripted' (plays `actions`), and the GT-free agents:
-    'heuristic' (fixed rules), 'learned' (the shipped controller; kwargs: weights=PATH, device), 'mllm' (a local
-    multimodal LLM; kwargs: mllm_path=PATH, device). GT-free policies never receive gt.
-    """
-    if name == "oracle":
-        if gt is None:
-            raise ValueError("the oracle policy needs a reference mask: pass --gt MASK (or use --policy scripted "
-                             "with --box/--click, or a GT-free agent: --policy learned or heuristic)")
-        return OraclePolicy(gt, **kwargs)
-    if name == "scripted":
-        return ScriptedPolicy(actions)
-    if name == "heuristic":
-        from .agent.heuristic import HeuristicPolicy
-
-        return HeuristicPolicy(**kwargs)
-    if name == "learned":
-        from .agent.learned import LearnedPolicy
-
-        return LearnedPolicy(**kwargs)
-    if name == "mllm":
-        from .agent.mllm import MLLMPolicy
-
-        path = kwargs.pop("mllm_path", None)
-        if not path:
-            raise ValueError("the mllm policy needs a local model folder: pass --mllm-path DIR (a Qwen2-VL / "
-                             "Qwen2.5-VL model saved with save_pretrained; nothing is downloaded)")
-        key = (str(path), str(kwargs.get("device", "auto")))
-        if key not in _MLLM_LOADED:  # a model is loaded once per process, a policy (its turn state) per session
-            _MLLM_LOADED[key] = MLLMPolicy(path, **kwargs)
-        first = _MLLM_LOADED[key]
-        kwargs.pop("device", None)
-        return MLLMPolicy.from_model(first.model, first.processor, **kwargs)
-    raise ValueError(f"unknown policy {name!r}; choose one of: {', '.join(POLICY_NAMES)}")

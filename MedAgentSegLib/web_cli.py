@@ -50,7 +50,7 @@ def load_web_app():
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from .cli import UsageError
+    from .pipeline.segment import UsageError
 
     if args.image and not Path(args.image).is_file():
         raise UsageError(f"there is no file {args.image}; give a volume file, or leave it out and open one in the page")

@@ -223,7 +223,7 @@ def test_reward_penalises_every_drop_each_turn_and_a_bad_stop():
 
 
 def test_eval_agent_protocol_counts_taken_back_turns_and_only_the_policys_own_time(monkeypatch):
-    import MedAgentSegLib.policies as policies
+    import MedAgentSegLib.agent.registry as registry
     from MedAgentSegLib.evaluation.protocols import run_instance
 
     gt = np.zeros((64, 64), bool)
@@ -235,7 +235,7 @@ def test_eval_agent_protocol_counts_taken_back_turns_and_only_the_policys_own_ti
         made.append(Spy([AddPoint((100, 100), "negative"), UndoTurn()]))
         return made[-1]
 
-    monkeypatch.setattr(policies, "create_policy", fake_policy)
+    monkeypatch.setattr(registry, "create_policy", fake_policy)
     out = run_instance(BoxEngine(), IMAGE, gt, "agent", clicks=4, jitter=0.0, policy="heuristic")
     assert out["turns"] == 2 and out["reverted"] == 1  # the box, and the click it took back
     assert len(out["dice_by_step"]) == 1  # the kept masks: the box's only
@@ -243,6 +243,6 @@ def test_eval_agent_protocol_counts_taken_back_turns_and_only_the_policys_own_ti
     assert len(made) == 1 and made[0].seen[0].max_turns == 5  # the box and 4 turns: what the policy is told
 
     capped = Spy([AddPoint((100, 100 + 50 * i), "positive") for i in range(9)])
-    monkeypatch.setattr(policies, "create_policy", lambda name, **kw: capped)
+    monkeypatch.setattr(registry, "create_policy", lambda name, **kw: capped)
     out = run_instance(BoxEngine(), IMAGE, gt, "agent", clicks=2, jitter=0.0, policy="heuristic")
     assert out["turns"] == 3 and out["actions"] == ["add_point", "add_point"]  # the forced stop is not the policy's

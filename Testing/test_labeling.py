@@ -19,7 +19,6 @@ from fakes import BOXES, BoxEngine, box_cases, gray_image
 from PIL import Image
 
 import MedAgentSegLib.engines as engines
-from MedAgentSegLib import cli
 from MedAgentSegLib.cli import main
 from MedAgentSegLib.labeling import batch, manifest
 from MedAgentSegLib.labeling.manifest import read_manifest
@@ -89,10 +88,23 @@ def test_needs_prompt_is_not_failed_and_a_later_prompt_is_used(engine, cases, tm
     src, prompts = cases
     out = tmp_path / "out"
 
-    def asks(info):
-        raise cli.NeedsPrompt("I am not sure where the polyp is (injected)")
+    from MedAgentSegLib.agent.locator import Location
+    from MedAgentSegLib.pipeline import start as first_module
 
-    monkeypatch.setattr(cli, "_load_locator", asks)
+    class Unsure:  # a locator that knows polyps and is never sure enough
+        def knows(self, concept):
+            return True
+
+        def locate(self, engine, rgb, concept):
+            return Location(concept, (1.0, 1.0, 5.0, 5.0), 0.1)
+
+        def asks(self, loc):
+            return True
+
+        def threshold_for(self, concept):
+            return 0.9
+
+    monkeypatch.setattr(first_module, "_shipped_locator", Unsure)
     assert _label(src, None, out) == 0
     assert set(_statuses(out).values()) == {"needs prompt"}
     assert "not sure" in read_manifest(out)["c0"]["reason"]

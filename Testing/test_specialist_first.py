@@ -241,6 +241,7 @@ def test_the_command_line_and_the_slicer_chat_share_the_specialist_start(monkeyp
     """Both front ends go through first_mask.specialist_start and word its failure in their own way."""
     import SimpleITK as sitk
     from MedAgentSegModuleLib import autostart
+    from MedAgentSegModuleLib.geometry import SliceGeometry
 
     mask = np.zeros(tiny_image().GetSize()[::-1], bool)  # the specialist finds nothing anywhere
     first_mask = _fake_specialists(monkeypatch, mask)
@@ -260,7 +261,8 @@ def test_the_command_line_and_the_slicer_chat_share_the_specialist_start(monkeyp
 
     plan = autostart.StartPlan(np.zeros(mask.shape, np.int16), ((1.0,) * 3, (0.0,) * 3, (1, 0, 0, 0, 1, 0, 0, 0, 1)),
                                choice="specialist", pick_slice=False)
-    geom = type("Geom", (), {"axis": "K", "index": 3})()
-    found, notes = autostart._specialist(plan, geom, "CT", "liver")
-    assert found is None and notes == ["The specialist TinyFake found no liver on slice K=3; nothing was written."]
+    geom = SliceGeometry("K", 3, mask.shape[::-1], np.eye(4))
+    first = autostart.find_first_turn(None, plan, geom, "CT", None, "liver", lambda *a: None)
+    assert first.asks and first.message == ("The specialist TinyFake found no liver on slice K=3; nothing was "
+                                            "written. Draw a box around the liver.")
     assert calls == [(0, 3), (0, 3)]  # the command line's axial slice 3, the chat's K=3: one code path

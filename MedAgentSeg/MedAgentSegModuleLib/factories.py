@@ -92,7 +92,7 @@ class Factories:
         options = dict(options or {})
         factory = self.policy_factory
         if factory is None:
-            from MedAgentSegLib.policies import create_policy
+            from MedAgentSegLib.agent.registry import create_policy
 
             if policy in BUILT_ON_WORKER and device is not None:
                 options.setdefault("device", device)  # the policy's tensors live where the engine's do

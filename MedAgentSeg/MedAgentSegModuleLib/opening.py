@@ -13,7 +13,7 @@ from typing import Any
 from MedAgentSegLib.session import Session, Turn
 
 from .agent_turns import AgentTurns
-from .autostart import FirstTurn, find_first_turn
+from .autostart import FirstTurn, chat_notes, find_first_turn
 from .context import Context
 from .factories import Factories, to_engine_rgb
 from .mrml_writer import TAG_PREFIX
@@ -82,7 +82,7 @@ class SessionOpening:
             return
         session, policy, first, first_turn = result.value
         if first is None and first_turn is not None:  # the segment's own mask: written as a turn, then the agent
-            first = FirstTurn("existing", message="")
+            first = FirstTurn("existing", run.target)
         if policy is not None:
             run.policy = policy
         if first is not None and first.image is not None:
@@ -110,7 +110,7 @@ class SessionOpening:
     def _start_on_its_own(self, run: TargetRun, first: FirstTurn, turn: Turn | None) -> None:
         """Main thread: write the agent's own first turn as any turn (then the agent continues), or ask."""
         run.start_plan = None  # done: the volume copy is not kept
-        for note in first.notes:
+        for note in chat_notes(first):
             self.ctx.say("warning", note)
         if turn is None:
             run.auto_turns_left = 0

@@ -15,7 +15,7 @@ import slicer
 from MedAgentSegLib.propagation import Propagation
 from MedAgentSegLib.session import Session
 
-from .autostart import CHOICES as FIRST_CHOICES
+from MedAgentSegLib.pipeline.start import CHOICES as FIRST_CHOICES
 from .autostart import StartPlan, lps_geometry
 from .context import AgentError, Context
 from .factories import (

@@ -128,9 +128,9 @@ def run_bench(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if args.json:
-        from ..cli import _check_out
+        from ..pipeline.segment import check_out
 
-        _check_out(Path(args.json).parent)
+        check_out(Path(args.json).parent)
     out: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "torch_threads": torch.get_num_threads(), "device": args.device,
                            "command": "medagentseg " + " ".join(sys.argv[1:])}
@@ -149,7 +149,7 @@ def run_bench(args: argparse.Namespace) -> int:
     out.update(_turns(engine, rgb, box, click, args.repeats * 2))
     out.update(_volume(engine, ct, organ))
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    from ..cli import SAMPLE_IMAGE, SAMPLE_LABELS
+    from ..sample import SAMPLE_IMAGE, SAMPLE_LABELS
 
     sample = load_image(SAMPLE_IMAGE)
     labels = load_image(SAMPLE_LABELS).array

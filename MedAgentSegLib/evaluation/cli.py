@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_eval_command", "add_report_command", "run_eval", "run_report", "REPORT_DATASETS", "policy_options"]
+__all__ = ["add_eval_command", "add_report_command", "run_eval", "run_report", "REPORT_DATASETS"]
 
 REPORT_DATASETS = ("kvasir-seg", "btcv-slices", "acdc", "lits-117")
 REPO = Path(__file__).resolve().parents[2]
@@ -79,6 +79,8 @@ def run_eval(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     labels = [s for s in args.labels.split(",") if s.strip()] if args.labels else None
     try:
+        from ..agent.registry import policy_options
+
         policy_kwargs = policy_options(args)
         result = evaluate(args.datasets, args.protocol, engine=engine, policy=args.policy, clicks=args.clicks,
                           jitter=args.jitter, seed=args.seed, limit=args.limit, labels=labels,
@@ -162,26 +164,6 @@ def propagation_config(args: argparse.Namespace) -> Any:
         return None
     return PropagationConfig(margin=args.margin, feed_logits=args.feed_logits, min_score=args.min_score,
                              patience=args.patience, refine_below=args.refine_below, max_shift=args.max_shift)
-
-
-def policy_options(args: argparse.Namespace) -> dict[str, Any]:
-    """create_policy keyword arguments from --policy-weights / --mllm-path / --device."""
-    out: dict[str, Any] = {}
-    if getattr(args, "policy_weights", None):
-        if args.policy != "learned":
-            raise ValueError("--policy-weights applies to --policy learned only")
-        out["weights"] = args.policy_weights
-    if getattr(args, "mllm_path", None):
-        if args.policy != "mllm":
-            raise ValueError("--mllm-path applies to --policy mllm only")
-        out["mllm_path"] = args.mllm_path
-    if getattr(args, "drop", None) is not None:
-        if args.policy != "learned":
-            raise ValueError("--drop applies to --policy learned only")
-        out["drop"] = args.drop
-    if args.policy in ("learned", "mllm"):
-        out["device"] = getattr(args, "device", "auto")
-    return out
 
 
 def add_report_command(subparsers: Any) -> argparse.ArgumentParser:

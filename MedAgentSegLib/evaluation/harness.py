@@ -175,10 +175,11 @@ def run_propagate(engine: Any, inst: Any, clicks: int, jitter: float, seed: int,
     not reach is erased with every slice beyond it); a GT-free policy refines the propagated slice with the lowest
     engine score.
     """
+    from ..agent.registry import create_policy
     from ..images import extract_slice, to_engine_rgb
     from ..metrics import dice, iou
     from ..oracle import box_from_mask
-    from ..policies import OraclePolicy, create_policy
+    from ..policies import OraclePolicy
     from ..propagation import propagate
     from ..session import Session
 
@@ -222,9 +223,10 @@ FIX_CLICKS = 2  # oracle clicks after the box on a corrected slice (it stops at 
 
 def _fix_worst_slice(engine, img, gt, res, policy, policy_kwargs, jitter, rng, fixed, store):
     """One correction of the propagation `res` (see run_propagate); returns (new result, slice) or (res, None)."""
+    from ..agent.registry import create_policy
     from ..images import to_engine_rgb
     from ..oracle import box_from_mask
-    from ..policies import OraclePolicy, create_policy
+    from ..policies import OraclePolicy
     from ..propagation import Propagation, repropagate
     from ..session import Session
 

@@ -90,7 +90,7 @@ def run_instance(engine: Any, image: np.ndarray, gt: np.ndarray, protocol: str, 
             dices.append(dice(session.mask, gt))
             ious.append(iou(session.mask, gt))
     elif protocol in ("agent", "auto"):
-        from ..policies import create_policy
+        from ..agent.registry import create_policy
 
         kwargs: dict[str, Any] = dict(policy_kwargs or {})
         if policy == "oracle":

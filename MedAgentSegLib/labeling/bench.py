@@ -45,9 +45,9 @@ def add_bench_label_command(sub: Any) -> argparse.ArgumentParser:
 
 def _inputs(data: Path, n: int, prompts: str, out: Path) -> tuple[Path, Path | None]:
     """OUT/input/dataset.json of the first n cases (absolute image paths) and, for `reference`, the prompts file."""
-    from ..cli import UsageError
     from ..evaluation.dataset import DatasetError, read_dataset
     from ..images import load_image, load_mask
+    from ..pipeline.segment import UsageError
 
     try:
         ds = read_dataset(data)
@@ -99,7 +99,7 @@ def _records(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def run_bench_label(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
+    from ..pipeline.segment import UsageError
     from .batch import _cores
 
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]

@@ -76,30 +76,31 @@ def _card_sha(name: str) -> str | None:
         return None
 
 
-def _segment_argv(task: dict[str, Any], work: Path, volume: bool) -> list[str]:
+def _request(task: dict[str, Any], work: Path, volume: bool) -> Any:
+    """The pipeline's request for one case: its options, and its prompt from the prompts file if it has one."""
+    from ..pipeline import SegmentRequest
+
     o = task["options"]
-    argv = ["segment", task["image"], "--target", task["target"], "--out", str(work), "--max-turns",
-            str(o.get("max_turns", 5)), "--device", o.get("device", "auto"), "--encoder", o.get("encoder", "auto")]
+    req = SegmentRequest(task["image"], task["target"], str(work), max_turns=int(o.get("max_turns", 5)),
+                         device=o.get("device", "auto"), encoder=o.get("encoder", "auto"),
+                         mode="3d" if volume else "2d")
     for key in ("engine", "policy", "window", "modality"):
         if o.get(key):
-            argv += [f"--{key}", str(o[key])]
-    prompt = task.get("prompt")
-    if prompt:
-        if prompt.get("box") is not None:
-            argv.append("--box=" + ",".join(str(float(v)) for v in prompt["box"]))
-        for x, y, positive in prompt.get("clicks") or []:
-            argv.append(f"--click={float(x)},{float(y)},{'+' if positive in (1, True, '+') else '-'}")
-        if prompt.get("slice") is not None:
-            argv += ["--slice", str(int(prompt["slice"]))]
-    if volume:
-        argv += ["--mode", "3d"]
-    return argv
+            setattr(req, key, str(o[key]))
+    prompt = task.get("prompt") or {}
+    if prompt.get("box") is not None:
+        req.box = ",".join(str(float(v)) for v in prompt["box"])
+    req.click = [f"{float(x)},{float(y)},{'+' if positive in (1, True, '+') else '-'}"
+                 for x, y, positive in prompt.get("clicks") or []]
+    if prompt.get("slice") is not None:
+        req.slice = int(prompt["slice"])
+    return req
 
 
 def label_case(task: dict[str, Any]) -> dict[str, Any]:
     """Pre-label one case (in this process) and return its manifest record; never raises for the case's own
     problems (they become status "failed" with the reason, or "needs prompt"). KeyboardInterrupt passes."""
-    from ..cli import NeedsPrompt, build_parser, run_segment
+    from ..pipeline import NeedsPrompt, segment
 
     cid = task["case_id"]
     cases = Path(task["out"]) / "cases"
@@ -110,15 +111,14 @@ def label_case(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         volume = _is_volume(task["image"])
-        args = build_parser().parse_args(_segment_argv(task, work, volume))
-        summary = run_segment(args)
+        summary = segment(_request(task, work, volume))
         rec.update(status="pre-labelled", turns=len(summary["turns"]), engine=summary["engine"],
-                   policy=args.policy, mode="3d" if volume else "2d", slice=summary["slice"])
+                   policy=summary["policy"], mode="3d" if volume else "2d", slice=summary["slice"])
         traj = json.loads((work / "trajectory.json").read_text())
         rec["encoder"] = traj.get("encoder")
         rec["versions"] = {"engine_weights": _card_sha("litemedsam_click.json")
                            if str(summary["engine"]).startswith("litemedsam-click") else None,
-                           "policy": _card_sha("policy_controller.json") if args.policy == "learned" else None,
+                           "policy": _card_sha("policy_controller.json") if summary["policy"] == "learned" else None,
                            "locator": _card_sha("locator.json") if rec["prompt"] == "agent" else None}
         os.replace(work / "segmentation.seg.nrrd", work / "original.seg.nrrd")
         rel = f"cases/{cid}/"

@@ -9,7 +9,7 @@ __all__ = ["add_label_command", "add_export_command"]
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from ..cli import UsageError, resolve_target
+    from ..pipeline.segment import UsageError, resolve_target
     from .batch import LabelError, read_prompts, run_batch
     from .manifest import ManifestError
 
@@ -33,7 +33,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
+    from ..pipeline.segment import UsageError
     from .export import export
     from .manifest import ManifestError
 
