@@ -1,4 +1,5 @@
-"""`medagentseg` command line: segment, demo, replay (+ route, eval, train-engine, report when installed).
+"""`medagentseg` command line: segment, demo, replay, and the subcommands of the subpackages (COMMANDS) and of the
+browser app (entry point group `medagentseg.commands`).
 
 Bad input ends with one line `medagentseg: error: <what was wrong and what to do>` and exit code 2,
 and leaves no partial output files; a crash inside the engine (a bug) keeps its traceback and exits 1.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import sys
 import traceback
+from importlib.metadata import entry_points
 from typing import Any
 
 from .pipeline.segment import UsageError
@@ -186,6 +189,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+# subcommands in the package's own modules: (module, function adding the subparser)
+COMMANDS = (("routing.cli", "add_route_command"), ("evaluation.cli", "add_eval_command"),
+            ("training.cli", "add_train_command"), ("evaluation.cli", "add_report_command"),
+            ("training.policy_cli", "add_trajectories_command"), ("training.policy_cli", "add_train_policy_command"),
+            ("evaluation.agent_report", "add_agent_report_command"),
+            ("evaluation.encoder_check", "add_check_encoder_command"), ("evaluation.bench", "add_bench_command"),
+            ("training.locator", "add_train_locator_command"), ("labeling.cli", "add_label_command"),
+            ("labeling.cli", "add_export_command"), ("labeling.bench", "add_bench_label_command"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="medagentseg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -206,22 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_replay)
-    for module, fn in (("routing.cli", "add_route_command"), ("evaluation.cli", "add_eval_command"),
-                       ("training.cli", "add_train_command"), ("evaluation.cli", "add_report_command"),
-                       ("agent.cli", "add_trajectories_command"), ("agent.cli", "add_train_policy_command"),
-                       ("evaluation.agent_report", "add_agent_report_command"),
-                       ("evaluation.encoder_check", "add_check_encoder_command"),
-                       ("web_cli", "add_web_command"),
-                       ("evaluation.bench", "add_bench_command"),
-                       ("training.locator", "add_train_locator_command"),
-                       ("labeling.cli", "add_label_command"), ("labeling.cli", "add_export_command"),
-                       ("labeling.bench", "add_bench_label_command")):
-        try:
-            mod = __import__(f"{__package__}.{module}", fromlist=[fn])
-        except ImportError:
-            continue
-        if hasattr(mod, fn):
-            getattr(mod, fn)(sub)
+    for module, fn in COMMANDS:  # the package's own: a module that fails to import is a bug, said at once
+        getattr(importlib.import_module(f"{__package__}.{module}"), fn)(sub)
+    for entry in entry_points(group="medagentseg.commands"):  # commands above the library (the browser app)
+        entry.load()(sub)
     return parser
 
 

@@ -10,10 +10,10 @@ import pytest
 from MedAgentSegLib.actions import AddBBox, AddPoint, StopAction
 from MedAgentSegLib.agent.expert import ExpertConfig, error_clicks, expert_trajectory
 from MedAgentSegLib.agent.heuristic import HeuristicPolicy
-from MedAgentSegLib.agent.training import reward
 from MedAgentSegLib.engines.base import Engine, Prediction, Prompts
 from MedAgentSegLib.observation import Decision, Observation, UndoTurn
 from MedAgentSegLib.session import Session, SessionError, replay
+from MedAgentSegLib.training.policy import reward
 
 
 class BoxEngine(Engine):

@@ -175,7 +175,7 @@ def test_train_policy_runs_end_to_end_on_a_tiny_dataset(tmp_path):
 def test_grpo_log_probabilities_match_the_sampled_choices():
     """The log-probability GRPO differentiates is the one the action was drawn with (same masking)."""
     from MedAgentSegLib.agent.learned import _blocked
-    from MedAgentSegLib.agent.training import _logp
+    from MedAgentSegLib.training.policy import _logp
 
     torch.manual_seed(0)
     net = build_controller(**CONTROLLER_ARCH).eval()

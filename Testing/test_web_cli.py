@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from MedAgentSegLib import cli, web_cli
+from MedAgentSegLib import cli
+from MedAgentSegWeb import cli as web_cli
 
 
 def test_the_cli_registers_web_without_importing_trame():

@@ -12,13 +12,14 @@ why, and the caller reports them. Only an unusable dataset (no readable dataset.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DatasetError", "Dataset", "Case", "Instance", "Skip", "read_dataset", "list_instances",
+__all__ = ["instance_seed", "DatasetError", "Dataset", "Case", "Instance", "Skip", "read_dataset", "list_instances",
            "load_instance", "split_patients", "SPLIT_SEED", "VAL_FRACTION"]
 
 SPLIT_SEED = 2026
@@ -266,3 +267,8 @@ def load_volume_instance(inst: Instance):
     case = Case(inst.case_id, Path(inst.image), Path(inst.mask), inst.patient)
     img, lab = _read_label_map(case, True)
     return img, lab == inst.label
+
+
+def instance_seed(seed: int, dataset: str, case_id: str, label: int, slice_index: int | None = None) -> int:
+    """Per-instance seed: the same box jitter for every engine and every run with the same --seed."""
+    return (seed * 1_000_003 + zlib.crc32(f"{dataset}/{case_id}/{label}/{slice_index}".encode())) % (2 ** 32)

@@ -14,8 +14,16 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .dataset import DatasetError, Skip, list_instances, load_instance, load_volume_instance, read_dataset
-from .protocols import MAX_NOC_CLICKS, PROTOCOLS, instance_seed, run_instance
+from .dataset import (
+    DatasetError,
+    Skip,
+    instance_seed,
+    list_instances,
+    load_instance,
+    load_volume_instance,
+    read_dataset,
+)
+from .protocols import MAX_NOC_CLICKS, PROTOCOLS, run_instance
 
 __all__ = ["evaluate", "summarize", "format_table", "plot_dice", "Progress", "DEGRADE_TOL", "run_volume"]
 

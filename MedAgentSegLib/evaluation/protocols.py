@@ -19,21 +19,15 @@ the `OraclePolicy` simulated user (RITM click rule). Step 0 is the box; step i i
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PROTOCOLS", "run_instance", "run_auto", "instance_seed", "noc_from_ious", "interior_point",
+__all__ = ["PROTOCOLS", "run_instance", "run_auto", "noc_from_ious", "interior_point",
            "MAX_NOC_CLICKS"]
 
 PROTOCOLS = ("box", "clicks", "noc", "agent", "propagate", "auto", "lone")
 MAX_NOC_CLICKS = 20
-
-
-def instance_seed(seed: int, dataset: str, case_id: str, label: int, slice_index: int | None = None) -> int:
-    """Per-instance seed: the same box jitter for every engine and every run with the same --seed."""
-    return (seed * 1_000_003 + zlib.crc32(f"{dataset}/{case_id}/{label}/{slice_index}".encode())) % (2 ** 32)
 
 
 def noc_from_ious(ious: list[float], threshold: float, max_clicks: int = MAX_NOC_CLICKS) -> tuple[int, bool]:

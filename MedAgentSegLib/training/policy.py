@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .controller import ACTIONS
-from .expert import ExpertConfig, State, expert_trajectory
-from .features import CELL, GRID, frame, pool_logits, state_maps
+from ..agent.controller import ACTIONS
+from ..agent.expert import ExpertConfig, State, expert_trajectory
+from ..agent.features import CELL, GRID, frame, pool_logits, state_maps
 
 __all__ = ["PolicyTrainConfig", "StateSet", "collect", "sft", "grpo", "reward", "train_instances"]
 
@@ -105,7 +105,7 @@ class StateSet:
 
 def _cells(region: np.ndarray, scale: float, new_hw: tuple[int, int]) -> np.ndarray:
     """(H, W) bool -> (64, 64) uint8 count of region pixels per cell of the 256 input frame."""
-    from ..training.cache import to_input_frame
+    from .cache import to_input_frame
 
     m = to_input_frame(region, scale, new_hw) if region.any() else np.zeros((256, 256), bool)
     return m.reshape(GRID, CELL, GRID, CELL).sum(axis=(1, 3)).astype(np.uint8)
@@ -126,8 +126,7 @@ def _row(state: State, key: str, gt: np.ndarray, hw: tuple[int, int]) -> dict[st
 def collect(instances: list[Any], engine: Any, store: Any, out_dir: Path, cfg: PolicyTrainConfig,
             log: Any = print) -> StateSet:
     """Expert trajectories on `instances`; writes out_dir/trajectories.jsonl and out_dir/states.npz."""
-    from ..evaluation.dataset import load_instance
-    from ..evaluation.protocols import instance_seed
+    from ..evaluation.dataset import instance_seed, load_instance
     from ..session import Session
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,9 +282,9 @@ def _rollout(net: Any, session: Any, gt: np.ndarray, rng: np.random.Generator, m
     """One sampled rollout from the session's box; returns (steps [(emb, state, blocked, a, cell)], reward, iou)."""
     import torch
 
+    from ..agent.common import box_action, click_action, mask_box
+    from ..agent.learned import _blocked, choose, controller_inputs, snap
     from ..metrics import dice, iou
-    from .common import box_action, click_action, mask_box
-    from .learned import _blocked, choose, controller_inputs, snap
 
     ious, dices = [iou(session.mask, gt)], [dice(session.mask, gt)]
     steps = []

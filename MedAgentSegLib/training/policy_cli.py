@@ -18,7 +18,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 
 def add_trajectories_command(subparsers: Any) -> argparse.ArgumentParser:
-    from .expert import ExpertConfig
+    from ..agent.expert import ExpertConfig
 
     d = ExpertConfig()
     p = subparsers.add_parser("make-trajectories", help="expert trajectories (needs reference masks) for training",
@@ -41,7 +41,7 @@ def _setup(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
     import torch
 
     from ..engines import create_engine
-    from ..training.cache import EmbeddingCache
+    from .cache import EmbeddingCache
 
     torch.set_num_threads(getattr(args, "threads", 2))
     engine = create_engine(getattr(args, "engine", None), device="cpu")
@@ -49,8 +49,8 @@ def _setup(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any]:
 
 
 def run_trajectories(args: argparse.Namespace) -> int:
-    from .expert import ExpertConfig
-    from .training import PolicyTrainConfig, collect, train_instances
+    from ..agent.expert import ExpertConfig
+    from .policy import PolicyTrainConfig, collect, train_instances
 
     roots = [Path(d) for d in args.datasets]
     missing = [str(r) for r in roots if not (r / "dataset.json").is_file()]
@@ -72,7 +72,7 @@ def run_trajectories(args: argparse.Namespace) -> int:
 
 
 def add_train_policy_command(subparsers: Any) -> argparse.ArgumentParser:
-    from .training import PolicyTrainConfig
+    from .policy import PolicyTrainConfig
 
     d = PolicyTrainConfig()
     p = subparsers.add_parser("train-policy", help="train the learned GT-free controller (SFT, then GRPO)",
@@ -96,9 +96,9 @@ def add_train_policy_command(subparsers: Any) -> argparse.ArgumentParser:
 def run_train_policy(args: argparse.Namespace) -> int:
     import torch
 
+    from ..agent.controller import CONTROLLER_ARCH, build_controller
     from ..engines.litemedsam import sha256_file
-    from .controller import CONTROLLER_ARCH, build_controller
-    from .training import PolicyTrainConfig, StateSet, collect, grpo, load_embeddings, sft, train_instances
+    from .policy import PolicyTrainConfig, StateSet, collect, grpo, load_embeddings, sft, train_instances
 
     cfg = PolicyTrainConfig(sft_steps=args.sft_steps, rl_groups=args.rl_groups, seed=args.seed, threads=args.threads,
                             rl_time_budget_s=args.rl_time_budget,
@@ -165,9 +165,9 @@ def collection_digest(cfg: Any, insts: list[Any]) -> str:
 def write_policy_card(out: Path, cfg: Any, command: str, times: dict[str, float], sset: Any, n_inst: int,
                       sft_log: list, rl_log: list, engine_name: str) -> Path:
     """`<out>.json`: SHA-256, data and licences, command, seed, times, last losses; validation added by report."""
+    from ..agent.controller import ACTIONS, CONTROLLER_ARCH
     from ..engines.litemedsam import sha256_file
-    from ..training.cli import DATASET_LICENCES
-    from .controller import ACTIONS, CONTROLLER_ARCH
+    from .cli import DATASET_LICENCES
 
     card_path = out.with_suffix(".json")
     old = json.loads(card_path.read_text()) if card_path.is_file() else {}
@@ -203,6 +203,6 @@ def write_policy_card(out: Path, cfg: Any, command: str, times: dict[str, float]
 
 
 def config_dict_safe(cfg: Any) -> dict[str, Any]:
-    from .training import config_dict
+    from .policy import config_dict
 
     return config_dict(cfg)

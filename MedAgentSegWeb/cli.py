@@ -1,7 +1,8 @@
 """`medagentseg web [IMAGE] [--host 127.0.0.1] [--port P] [--labeling DIR]`: the agent in the browser.
 
-The app (MedAgentSegWeb/, beside MedAgentSegLib in the source tree) runs on trame-slicer, an optional extra: it is
-imported only when the command runs, so the rest of the CLI works without it, and its absence is one sentence
+The browser package owns its command: `medagentseg` finds it through the `medagentseg.commands` entry point
+(pyproject.toml), so the library never imports the browser app. The app runs on trame-slicer, an optional extra:
+it is imported only when the command runs, so the rest of the CLI works without it, and its absence is one sentence
 saying how to install it.
 """
 
@@ -44,13 +45,13 @@ def load_web_app():
     if missing:
         raise ImportError(f"the browser app needs the 'web' extra ({', '.join(missing)} not installed): run "
                           "pip install -e '.[web]' (or bash scripts/setup.sh)")
-    from MedAgentSegWeb import app
+    from . import app
 
     return app
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from .pipeline.segment import UsageError
+    from MedAgentSegLib.pipeline.segment import UsageError
 
     if args.image and not Path(args.image).is_file():
         raise UsageError(f"there is no file {args.image}; give a volume file, or leave it out and open one in the page")
