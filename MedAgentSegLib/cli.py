@@ -15,6 +15,7 @@ import traceback
 from importlib.metadata import entry_points
 from typing import Any
 
+from .engines.options import add_engine_arguments
 from .pipeline.segment import UsageError
 from .sample import SAMPLE_IMAGE, SAMPLE_LABELS
 
@@ -141,7 +142,7 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", type=int, default=None, help="label value of the target in --gt (default: any > 0)")
     p.add_argument("--modality", help="override the modality guess (CT, MR, ...)")
     p.add_argument("--window", default=None, help="CT window name: abdomen, liver, lung, bone, brain, mediastinum")
-    _add_engine_args(p)
+    add_engine_arguments(p)
     p.add_argument("--policy", choices=["oracle", "scripted", "heuristic", "learned", "mllm"],
                    help="default: oracle with --gt; scripted (your prompts only) with --box/--click; else learned "
                         "from the locator's first box. heuristic, learned and mllm are GT-free agents that refine "
@@ -171,17 +172,6 @@ def _add_segment_args(p: argparse.ArgumentParser) -> None:
                    help="folder of model-library JSON entries (default $MEDAGENTSEG_LIBRARY, else Resources/Models); "
                         "an entry's runner.path names your nnU-Net v2 model folder or MONAI bundle")
     p.add_argument("--out", required=True, help="output folder")
-
-
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    from .engines import DEFAULT_ENGINE
-
-    p.add_argument("--engine", default=None, help=f"litemedsam-click, litemedsam, sam_vit_b|l|h (default "
-                                                  f"{DEFAULT_ENGINE})")
-    p.add_argument("--checkpoint", default=None, help="weights path (required for SAM engines)")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, ...")
-    p.add_argument("--encoder", default="auto", help="LiteMedSAM image encoder: auto (the fastest path checked on "
-                   "validation data; see check-encoder), torch, openvino-f32, openvino-bf16")
 
 
 class _Parser(argparse.ArgumentParser):

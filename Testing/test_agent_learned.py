@@ -18,7 +18,7 @@ from MedAgentSegLib.agent.controller import CONTROLLER_ARCH, build_controller  #
 from MedAgentSegLib.agent.features import GRID, STATE_CHANNELS, cell_to_pixel, frame, state_maps  # noqa: E402
 from MedAgentSegLib.agent.learned import POLICY_WEIGHTS, LearnedPolicy, choose, snap  # noqa: E402
 from MedAgentSegLib.engines.base import Prompts  # noqa: E402
-from MedAgentSegLib.engines.litemedsam import sha256_file  # noqa: E402
+from MedAgentSegLib.engines.weights import sha256_file  # noqa: E402
 
 SAMPLE = REPO / "Resources" / "Samples" / "lits117_liver_ct.nrrd"
 LABELS = REPO / "Resources" / "Samples" / "lits117_liver_ct_labels.nrrd"

@@ -63,7 +63,7 @@ def _read_library_entry(path: Path) -> None:
 
 
 def _read_dataset_manifest(path: Path) -> None:
-    from MedAgentSegLib.evaluation.dataset import read_dataset
+    from MedAgentSegLib.datasets import read_dataset
 
     shutil.move(path, path.with_name("dataset.json"))
     read_dataset(path.parent)
@@ -271,7 +271,7 @@ def test_a_wrong_base_checkpoint_hash_is_refused_before_torch_load(monkeypatch, 
 def test_weights_whose_hash_matches_but_hold_code_are_refused_by_weights_only(tmp_path, torch_load_spy):
     """An attacker who writes the card too gets past the hash; weights_only=True still refuses to run the code."""
     from MedAgentSegLib.agent.learned import LearnedPolicy
-    from MedAgentSegLib.engines.litemedsam import sha256_file
+    from MedAgentSegLib.engines.weights import sha256_file
 
     pt = tmp_path / "policy.pt"
     pt.write_bytes(pickle.dumps(_Exploit(tmp_path)))

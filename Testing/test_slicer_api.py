@@ -133,7 +133,8 @@ def is_known_ui_class(cls: str) -> bool:
 
 
 def module_sources() -> list[Path]:
-    return [MODULE_DIR / "MedAgentSeg.py", *sorted((MODULE_DIR / "MedAgentSegModuleLib").glob("*.py"))]
+    return [MODULE_DIR / "MedAgentSeg.py", *sorted((MODULE_DIR / "MedAgentSegModuleLib").glob("*.py")),
+            *sorted((MODULE_DIR / "MedAgentSegWidgets").glob("*.py"))]
 
 
 def test_names_file_records_its_slicer_source():

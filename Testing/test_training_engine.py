@@ -37,7 +37,7 @@ def test_simulate_click_targets_the_error():
 
 def test_model_card_matches_weights():
     from MedAgentSegLib.engines import CLICK_WEIGHTS
-    from MedAgentSegLib.engines.litemedsam import sha256_file
+    from MedAgentSegLib.engines.weights import sha256_file
 
     if not CLICK_WEIGHTS.is_file():
         pytest.skip(f"{CLICK_WEIGHTS} is not shipped in this checkout")
@@ -99,7 +99,8 @@ def test_base_first_turn_keeps_litemedsam_box_and_uses_overlay_after(tmp_path):
     import torch
 
     from MedAgentSegLib.engines import Prompts
-    from MedAgentSegLib.engines.litemedsam import LiteMedSAMEngine, sha256_file
+    from MedAgentSegLib.engines.litemedsam import LiteMedSAMEngine
+    from MedAgentSegLib.engines.weights import sha256_file
     from MedAgentSegLib.training.trainer import save_overlay
 
     base = LiteMedSAMEngine(device="cpu")

@@ -2,8 +2,7 @@
 
 `missing()` only looks for the packages (importlib.util.find_spec, no heavy import). The widget shows the
 result and, after the user confirms, calls `start_install()`: pip runs in a child process of Slicer's own Python
-and the widget's timer polls it, so Slicer keeps working for the minutes PyTorch takes (`install()` blocks; it is
-for the Python console). Nothing here runs on import.
+and the widget's timer polls it, so Slicer keeps working for the minutes PyTorch takes. Nothing here runs on import.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 
-__all__ = ["REQUIREMENTS", "missing", "install", "describe_missing", "start_install", "InstallJob"]
+__all__ = ["REQUIREMENTS", "missing", "describe_missing", "start_install", "InstallJob"]
 
 #: import name -> pip requirement (pins match pyproject.toml's "engine" extra)
 REQUIREMENTS: dict[str, str] = {
@@ -45,17 +44,6 @@ def describe_missing(requirements: list[str]) -> str:
         return "All Python dependencies are installed."
     return ("Missing Python packages: " + ", ".join(requirements) +
             ". Press 'Install dependencies' (downloads about 1 GB for PyTorch; Slicer keeps working).")
-
-
-def install(requirements: list[str], pip_install: Callable[[list[str]], None] | None = None) -> None:
-    """pip-install `requirements` into Slicer's Python. Call only after the user confirmed."""
-    if not requirements:
-        return
-    if pip_install is None:
-        import slicer.util
-
-        pip_install = slicer.util.pip_install
-    pip_install(list(requirements))  # a list: no shell quoting of the version specifiers
 
 
 class InstallJob:

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import slicer
 
+from MedAgentSegLib.pipeline.start import CHOICES as FIRST_CHOICES
 from MedAgentSegLib.propagation import Propagation
 from MedAgentSegLib.session import Session
 
-from MedAgentSegLib.pipeline.start import CHOICES as FIRST_CHOICES
 from .autostart import StartPlan, lps_geometry
 from .context import AgentError, Context
 from .factories import (

@@ -67,7 +67,7 @@ def load_controller(path: str | Path, sha256: str | None, device: str = "cpu") -
     import torch
 
     from ..engines.base import EngineError
-    from ..engines.litemedsam import load_verified_state
+    from ..engines.weights import load_verified_state
 
     try:
         state = load_verified_state(path, sha256)

@@ -12,7 +12,6 @@ grid); concepts of other datasets are not supervised on that image. 3D volumes a
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,18 +203,10 @@ class Locator:
                 f"{self.threshold_for(loc.concept):.2f}): give --box X1,Y1,X2,Y2 or --click X,Y,+ around it.")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_locator(path: str | Path | None = None) -> Locator:
     """The shipped locator (weights checked against the SHA-256 in the model card beside them)."""
     from ..engines.base import EngineError
-    from ..engines.litemedsam import load_verified_state
+    from ..engines.weights import load_verified_state
 
     path = Path(path or DEFAULT_WEIGHTS)
     card_path = path.with_suffix(".json")

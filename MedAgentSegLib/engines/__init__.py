@@ -104,7 +104,8 @@ def _build(name: str, checkpoint: str | Path | None, device: str, click_weights:
                    "give the .pt that `medagentseg train-engine --out` wrote (it writes the card beside it)")
             raise EngineError(f"the click-aware weights {weights} or their model card "
                               f"{weights.with_suffix('.json').name} are missing; {fix}")
-        from .litemedsam import LiteMedSAMEngine, verify_sha256
+        from .litemedsam import LiteMedSAMEngine
+        from .weights import verify_sha256
 
         card = _read_card(weights.with_suffix(".json"))
         verify_sha256(weights, card.get("sha256"))  # a tampered overlay is refused before any model is built

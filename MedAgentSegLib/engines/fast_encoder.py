@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .weights import sha256_file
+
 __all__ = ["ENCODER_PATHS", "TOLERANCE", "CHECK_FILE", "choose_encoder", "supported_paths", "OpenVINOEncoder",
            "OpenVINODecoder", "cache_dir", "checked_paths", "compile_module", "module_digest"]
 
@@ -81,14 +83,6 @@ def choose_encoder(requested: str = "auto", device: str = "cpu", check_file: Pat
     return requested
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def module_digest(module: Any) -> str:
     """SHA-256 of a module's parameters and buffers: the key its converted model is cached under."""
     h = hashlib.sha256()
@@ -132,7 +126,7 @@ def _load_or_build(ov: Any, module: Any, name: str, example: tuple, shapes: list
         except (ValueError, RecursionError):  # a damaged record: rebuild, as for a hash that does not match
             want = {"model.xml": ""}
         if isinstance(want, dict) and want and all(
-                (folder / str(n)).is_file() and _sha256(folder / str(n)) == h for n, h in want.items()):
+                (folder / str(n)).is_file() and sha256_file(folder / str(n)) == h for n, h in want.items()):
             return xml
         if log:
             log(f"the cached OpenVINO {name} in {folder} does not match its recorded SHA-256; rebuilding it")
@@ -150,7 +144,7 @@ def _load_or_build(ov: Any, module: Any, name: str, example: tuple, shapes: list
             kw = {} if shapes is None else {"input": [ov.PartialShape(s) for s in shapes]}
             model = ov.convert_model(module.eval(), example_input=example, **kw)
         ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
-        (tmp / "sha256.json").write_text(json.dumps({n: _sha256(tmp / n) for n in ("model.xml", "model.bin")}))
+        (tmp / "sha256.json").write_text(json.dumps({n: sha256_file(tmp / n) for n in ("model.xml", "model.bin")}))
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)  # whole folder at once: a killed build leaves only a .build-* folder

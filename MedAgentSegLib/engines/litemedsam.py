@@ -18,7 +18,6 @@ A negative click removes only the tissue that looks like the clicked spot (`clic
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import threading
 import time
@@ -29,47 +28,11 @@ import numpy as np
 
 from .base import Engine, EngineError, Prediction, Prompts, as_rgb_uint8, image_digest, resolve_device
 from .click_region import clicked_tissue, smooth_grid
+from .weights import load_verified_state, sha256_file
 
-__all__ = ["LiteMedSAMEngine", "INPUT_SIZE", "sha256_file", "load_verified_state", "verify_sha256"]
+__all__ = ["LiteMedSAMEngine", "INPUT_SIZE"]
 
 INPUT_SIZE = 256
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_sha256(path: str | Path, expected_sha256: str | None) -> None:
-    """EngineError unless the file exists and (when a hash is expected) has that SHA-256: checked before any load."""
-    path = Path(path)
-    if not path.is_file():
-        raise EngineError(f"weights file not found: {path}; reinstall the package that ships it or give a valid path")
-    if expected_sha256 is not None:
-        actual = sha256_file(path)
-        if actual != expected_sha256:
-            raise EngineError(f"weights file {path} has SHA-256 {actual[:12]}..., expected {expected_sha256[:12]}...; "
-                              "the file is corrupt or not the expected release: reinstall it")
-
-
-def load_verified_state(path: str | Path, expected_sha256: str | None):
-    """torch.load a state dict with weights_only=True after checking its SHA-256 (when one is expected)."""
-    import torch
-
-    path = Path(path)
-    verify_sha256(path, expected_sha256)
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, or one holding more than tensors (weights_only refuses it)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise EngineError(f"cannot read {path} as PyTorch weights ({first}); give a state dict saved with "
-                          "torch.save") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    return state
 
 
 def preprocess(image: np.ndarray):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Engine, EngineError, Prediction, Prompts, as_rgb_uint8, image_digest, resolve_device
-from .litemedsam import load_verified_state
+from .weights import load_verified_state
 
 __all__ = ["SAMEngine", "SAM_VARIANTS"]
 

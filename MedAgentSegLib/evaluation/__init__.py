@@ -5,7 +5,7 @@ Importing this package does not import torch; the engines are built only when a 
 
 from __future__ import annotations
 
-from .dataset import DatasetError, Instance, Skip, list_instances, load_instance, read_dataset, split_patients
+from ..datasets import DatasetError, Instance, Skip, list_instances, load_instance, read_dataset, split_patients
 from .harness import evaluate, format_table, plot_dice, summarize
 from .protocols import PROTOCOLS, run_instance
 

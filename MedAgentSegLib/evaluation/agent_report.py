@@ -50,7 +50,7 @@ def add_agent_report_command(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _ids(engine: Any, policy: str, weights: str | None) -> str:
-    from ..engines.litemedsam import sha256_file
+    from ..engines.weights import sha256_file
     from .report import _weights_id
 
     ident = _weights_id(engine)

@@ -121,7 +121,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     """Every dataset folder readable, --json and --plot writable: ValueError (one line) otherwise."""
     import os
 
-    from .dataset import read_dataset
+    from ..datasets import read_dataset
 
     for root in args.datasets:
         read_dataset(root)

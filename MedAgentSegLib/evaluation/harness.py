@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .dataset import (
+from ..datasets import (
     DatasetError,
     Skip,
     instance_seed,
@@ -330,7 +330,7 @@ def evaluate(dataset_dirs: list[str | Path], protocol: str, engine: Any = None, 
     """Evaluate one engine on one or more dataset folders; returns {"summary", "cases", "skipped", "config"}.
 
     summary also holds "per_dataset" (one summary per dataset). split: "val"/"train" to restrict to that side
-    of the patient split (evaluation.dataset.split_patients), None for every case. sample: N instances per
+    of the patient split (datasets.split_patients), None for every case. sample: N instances per
     dataset drawn at random (seeded by `seed`) from those listed, kept in dataset order.
     """
     if sample is not None and sample < 1:

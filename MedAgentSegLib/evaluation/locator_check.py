@@ -95,7 +95,7 @@ def zoomed_out(rgb: np.ndarray, mask: np.ndarray, factor: float = 2.0) -> tuple[
 def kvasir_val(data: Path, n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(case id, RGB (H, W, 3) uint8, reference mask (H, W) bool) of the first `n` Kvasir-SEG validation cases
     (patients the locator is not trained on), in dataset order."""
-    from ..evaluation.dataset import read_dataset, split_patients
+    from ..datasets import read_dataset, split_patients
     from ..images import load_image, load_mask
 
     ds = read_dataset(data / "kvasir-seg")

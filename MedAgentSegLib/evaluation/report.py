@@ -65,7 +65,7 @@ def render_markdown(results: dict[str, dict[str, dict[str, Any]]], command: str,
     """results: {engine: {dataset: evaluate() result}} -> Markdown tables (one per dataset)."""
     lines = ["## Click-aware engine: validation benchmark", "",
              f"Generated {meta['date']} by:", "", "```", command, "```", "",
-             f"Protocol: validation split (patient-level, `evaluation.dataset.split_patients`, seed 2026), one "
+             f"Protocol: validation split (patient-level, `datasets.split_patients`, seed 2026), one "
              f"instance per (case, label present; targets >= {meta['min_area']} px), 3D cases on the slice where "
              f"the label is largest. Box with each edge jittered by up to {meta['jitter']:.0%} of the box size "
              f"(seed {meta['seed']}), then RITM oracle clicks (interior of the larger error region) with the whole "
@@ -97,8 +97,8 @@ def render_markdown(results: dict[str, dict[str, dict[str, Any]]], command: str,
 
 
 def build_report(args: argparse.Namespace) -> int:
+    from ..datasets import read_dataset
     from ..engines import EngineError, create_engine
-    from .dataset import read_dataset
     from .harness import plot_dice
 
     data = Path(args.data)

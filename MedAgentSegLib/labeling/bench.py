@@ -45,7 +45,7 @@ def add_bench_label_command(sub: Any) -> argparse.ArgumentParser:
 
 def _inputs(data: Path, n: int, prompts: str, out: Path) -> tuple[Path, Path | None]:
     """OUT/input/dataset.json of the first n cases (absolute image paths) and, for `reference`, the prompts file."""
-    from ..evaluation.dataset import DatasetError, read_dataset
+    from ..datasets import DatasetError, read_dataset
     from ..images import load_image, load_mask
     from ..pipeline.segment import UsageError
 

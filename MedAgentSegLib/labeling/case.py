@@ -70,10 +70,9 @@ def _is_volume(image: str) -> bool:
 
 
 def _card_sha(name: str) -> str | None:
-    try:
-        return json.loads((WEIGHTS / name).read_text()).get("sha256")
-    except (OSError, ValueError, AttributeError):
-        return None
+    from ..engines.weights import card_sha256
+
+    return card_sha256(WEIGHTS / name)
 
 
 def _request(task: dict[str, Any], work: Path, volume: bool) -> Any:

@@ -49,7 +49,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_label_command(sub: argparse._SubParsersAction) -> None:
-    from ..cli import _add_engine_args
+    from ..engines.options import add_engine_arguments
 
     p = sub.add_parser("label", help="pre-label a folder of cases or a dataset.json with the agent (a manifest, "
                                      "resumable)")
@@ -70,7 +70,7 @@ def add_label_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", default=None, help="CT window name (see segment)")
     p.add_argument("--modality", default=None, help="override the modality guess (CT, MR, ...)")
     p.add_argument("--retry-failed", action="store_true", help="pre-label the cases recorded as failed again")
-    _add_engine_args(p)
+    add_engine_arguments(p)
     p.add_argument("--out", required=True, help="the labeling folder: manifest.jsonl and cases/<id>/")
     p.set_defaults(func=cmd_label)
 

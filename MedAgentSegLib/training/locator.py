@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..agent.locator import DEFAULT_WEIGHTS, GRID, Locator, _sha256, _torch_head, box_iou, concept_name, load_locator
+from ..agent.locator import DEFAULT_WEIGHTS, GRID, Locator, _torch_head, box_iou, concept_name, load_locator
+from ..engines.weights import sha256_file
 
 
 def _down64(mask256: np.ndarray) -> np.ndarray:
@@ -33,7 +34,7 @@ def build_samples(data_root: str | Path, datasets: tuple[str, ...], split: str, 
     dataset is "<dataset>:views". reverse: the same images, encoded last first (a second process filling the cache
     from the other end). gray: the share of colour (endoscopy) images also given as their grey luminance.
     fill: {dataset: n}, about n views per image of one structure (drawn by area) filling the frame."""
-    from ..evaluation.dataset import Case, _read_label_map, read_dataset, split_patients
+    from ..datasets import Case, _read_label_map, read_dataset, split_patients
     from ..images import extract_slice, to_engine_rgb
     from ..training.cache import image_key, to_input_frame
     from .locator_views import fill_views, gray_view, views_of
@@ -235,7 +236,7 @@ def validate(locator: Locator, data_root: str | Path, datasets: tuple[str, ...],
              ) -> list[dict[str, Any]]:
     """Per val instance (largest slice for 3D): the locator's box IoU with the reference box and confidence.
     max_instances: {dataset: n}, the first n of its validation instances (dataset order)."""
-    from ..evaluation.dataset import list_instances, load_instance, read_dataset
+    from ..datasets import list_instances, load_instance, read_dataset
     from ..oracle import box_from_mask
     from ..training.cache import image_key
 
@@ -361,7 +362,7 @@ def write_card(path: Path, head: Any, concepts: list[str], extra: dict[str, Any]
     state = {k: v.detach().clone().contiguous() for k, v in head.state_dict().items()}
     torch.save(state, path)
     card = {"model": "MedAgentSeg locator: heatmap head over the frozen LiteMedSAM image embedding",
-            "concepts": concepts, "sha256": _sha256(path),
+            "concepts": concepts, "sha256": sha256_file(path),
             "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **extra}
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
     return card
@@ -478,7 +479,7 @@ def run_train_locator(args: Any) -> int:
         if init_card["outputs"] != samples["concepts"]:
             raise ValueError(f"{args.init} has other outputs ({init_card['outputs']}) than these datasets give "
                              f"({samples['concepts']}); train from scratch (leave out --init)")
-        from ..engines.litemedsam import load_verified_state
+        from ..engines.weights import load_verified_state
 
         init = load_verified_state(Path(args.init), init_card.get("sha256"))
     head = train_locator(samples, cache, epochs=args.epochs, lr=args.lr, width=args.width, seed=args.seed,

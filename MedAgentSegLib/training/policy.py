@@ -54,7 +54,7 @@ class PolicyTrainConfig:
 def train_instances(data_root: str | Path, cfg: PolicyTrainConfig, store: Any, engine: Any, split: str = "train",
                     log: Any = print) -> list[Any]:
     """Instances of the split whose image embedding is in `store` (seeded subsample per dataset)."""
-    from ..evaluation.dataset import list_instances, read_dataset
+    from ..datasets import list_instances, read_dataset
 
     out = []
     for name in cfg.datasets:
@@ -126,7 +126,7 @@ def _row(state: State, key: str, gt: np.ndarray, hw: tuple[int, int]) -> dict[st
 def collect(instances: list[Any], engine: Any, store: Any, out_dir: Path, cfg: PolicyTrainConfig,
             log: Any = print) -> StateSet:
     """Expert trajectories on `instances`; writes out_dir/trajectories.jsonl and out_dir/states.npz."""
-    from ..evaluation.dataset import instance_seed, load_instance
+    from ..datasets import instance_seed, load_instance
     from ..session import Session
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -339,7 +339,7 @@ def grpo(net: Any, instances: list[Any], engine: Any, store: Any, cfg: PolicyTra
     """GRPO against the real engine; returns the log (mean reward and IoU per group)."""
     import torch
 
-    from ..evaluation.dataset import load_instance
+    from ..datasets import load_instance
     from ..oracle import box_from_mask
     from ..session import Session
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import shlex
 import sys
@@ -97,7 +96,7 @@ def run_train_policy(args: argparse.Namespace) -> int:
     import torch
 
     from ..agent.controller import CONTROLLER_ARCH, build_controller
-    from ..engines.litemedsam import sha256_file
+    from ..engines.weights import sha256_file
     from .policy import PolicyTrainConfig, StateSet, collect, grpo, load_embeddings, sft, train_instances
 
     cfg = PolicyTrainConfig(sft_steps=args.sft_steps, rl_groups=args.rl_groups, seed=args.seed, threads=args.threads,
@@ -165,24 +164,24 @@ def collection_digest(cfg: Any, insts: list[Any]) -> str:
 def write_policy_card(out: Path, cfg: Any, command: str, times: dict[str, float], sset: Any, n_inst: int,
                       sft_log: list, rl_log: list, engine_name: str) -> Path:
     """`<out>.json`: SHA-256, data and licences, command, seed, times, last losses; validation added by report."""
+    import numpy as np
+
     from ..agent.controller import ACTIONS, CONTROLLER_ARCH
-    from ..engines.litemedsam import sha256_file
+    from ..engines.weights import read_card, write_card
     from .cli import DATASET_LICENCES
 
-    card_path = out.with_suffix(".json")
-    old = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    import numpy as np
+    old = read_card(out)
 
     card = {
         "name": "medagentseg-learned-controller",
         "description": "GT-free controller over the frozen engine's image embedding: click heatmap (positive / "
                        "negative), action (click / rebox / stop) and predicted IoU. The engine is not changed.",
-        "file": out.name, "sha256": sha256_file(out), "size_bytes": out.stat().st_size, "dtype": "float32",
+        "dtype": "float32",
         "architecture": CONTROLLER_ARCH, "actions": list(ACTIONS), "engine_trained_with": engine_name,
         "drop": old.get("drop", 0.2),
         "licence": "trained on research-only / non-commercial data (see data): research use only",
         "data": {d: DATASET_LICENCES.get(d, "see dataset.json") for d in cfg.datasets},
-        "split": "training side of evaluation.dataset.split_patients (seed 2026, patient-level); validation side "
+        "split": "training side of datasets.split_patients (seed 2026, patient-level); validation side "
                  "never seen in training",
         "training": {"command": command, "seed": cfg.seed, "config": config_dict_safe(cfg), "instances": n_inst,
                      "states": len(sset), "state_actions": {a: int((np.asarray(sset.action) == i).sum())
@@ -194,12 +193,8 @@ def write_policy_card(out: Path, cfg: Any, command: str, times: dict[str, float]
                      "grpo_last": rl_log and {k: float(np.mean([r[k] for r in rl_log[-20:]]))
                                               for k in ("reward", "iou", "turns")},
                      "grpo_groups": len(rl_log)},
-        "created": _dt.date.today().isoformat(),
     }
-    if "validation" in old:
-        card["validation_previous_weights"] = old["validation"]
-    card_path.write_text(json.dumps(card, indent=1) + "\n")
-    return card_path
+    return write_card(out, card)
 
 
 def config_dict_safe(cfg: Any) -> dict[str, Any]:

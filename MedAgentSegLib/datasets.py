@@ -1,4 +1,4 @@
-"""Reading datasets in the ../shared/data format and listing evaluation instances.
+"""Reading datasets in the ../shared/data format and listing instances: shared by evaluation and training.
 
 A dataset folder holds `dataset.json` (name, modality, dimension "2D" | "3D", labels {"id": "name"}, cases[]
 with {id, image, mask, patient}, paths relative to the folder). An *instance* is one (case, label present in
@@ -158,7 +158,7 @@ def split_patients(ds: Dataset, seed: int = SPLIT_SEED, val_fraction: float = VA
 
 def _read_label_map(case: Case, is_3d: bool):
     """(LoadedImage of the image, int label map array on its grid). Raises ImageError/ValueError on problems."""
-    from ..images import ImageError, load_image
+    from .images import ImageError, load_image
 
     img = load_image(case.image)
     ref = load_image(case.mask)
@@ -249,7 +249,7 @@ def load_instance(inst: Instance) -> tuple[np.ndarray, np.ndarray]:
     modality guessed from the voxels (HU -> CT abdomen window, else MR percentile stretch). 2D images pass
     through (8-bit gray is replicated to RGB).
     """
-    from ..images import extract_slice, to_engine_rgb
+    from .images import extract_slice, to_engine_rgb
 
     case = Case(inst.case_id, Path(inst.image), Path(inst.mask), inst.patient)
     img, lab = _read_label_map(case, inst.is_3d)
