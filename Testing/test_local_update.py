@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[engine]'")
 pytest.importorskip("scipy")
 
-from MedAgentSegLib.engines.litemedsam import MAX_CLICK_RADIUS, local_update  # noqa: E402
+from MedAgentSegLib.click_rules.update import MAX_CLICK_RADIUS, local_update  # noqa: E402
 
 
 def _logits(mask: np.ndarray) -> torch.Tensor:
@@ -60,7 +60,7 @@ def test_first_click_after_the_box_takes_the_whole_answer_if_it_obeys_the_click(
 def _organ_with_lesion(noise: float = 0.0, seed: int = 0) -> np.ndarray:
     """(3, 256, 256) smoothed grid over _prev()'s square: an organ at 0.70 with a darker lesion at 0.57 inside
     it (liver ~178, tumour ~145 of 255 in the LiTS slice), background 0.2; optional Gaussian noise."""
-    from MedAgentSegLib.engines.click_region import smooth_grid
+    from MedAgentSegLib.click_rules.region import smooth_grid
 
     g = np.full((256, 256), 0.2, np.float32)
     g[100:150, 100:150] = 0.70
@@ -71,7 +71,7 @@ def _organ_with_lesion(noise: float = 0.0, seed: int = 0) -> np.ndarray:
 
 def test_negative_first_click_removes_only_the_clicked_tissue():
     """The LiTS failure: a click on a lesion inside the organ, and the decoder drops the whole organ."""
-    from MedAgentSegLib.engines.click_region import GROW
+    from MedAgentSegLib.click_rules.region import GROW
 
     prev = _prev()
     new = np.zeros_like(prev)
@@ -103,7 +103,7 @@ def test_negative_later_click_removes_its_component_only_in_the_clicked_tissue()
 
 def test_like_click_separates_a_darker_lesion_under_ct_like_noise():
     """Noise std 0.06 (15 of 255, as in the LiTS slice): smoothing keeps organ and lesion apart."""
-    from MedAgentSegLib.engines.click_region import clicked_tissue, like_click
+    from MedAgentSegLib.click_rules.region import clicked_tissue, like_click
 
     grid = _organ_with_lesion(noise=0.06)
     like = like_click(grid, 110, 110)

@@ -187,7 +187,7 @@ def test_engines_name_the_overlay_they_run(engines):
     assert orig.overlay_sha256 is None and _weights_id(orig) == "litemedsam"
     assert click.overlay_sha256 == card["sha256"]
     # What report --reuse compares: a new overlay or a new version of the click rule gives a new id.
-    from MedAgentSegLib.engines.litemedsam import LOCAL_RULE_VERSION
+    from MedAgentSegLib.click_rules.update import LOCAL_RULE_VERSION
 
     assert _weights_id(click) == f"litemedsam-click:{card['sha256'][:16]}:local-v{LOCAL_RULE_VERSION}"
     from types import SimpleNamespace

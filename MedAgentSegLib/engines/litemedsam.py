@@ -13,7 +13,7 @@ With `click_update="local"` (the click-aware engine's default), a corrective cli
 the region it touches: the connected part of the decoder's change (added for a positive click, removed for a
 negative one) that holds the newest click. The rest of the previous mask is kept, so one click cannot undo
 earlier work elsewhere in the image (see `local_update`). "global" lets the decoder's answer replace the mask.
-A negative click removes only the tissue that looks like the clicked spot (`click_region.clicked_tissue`).
+A negative click removes only the tissue that looks like the clicked spot (`click_rules.region.clicked_tissue`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..click_rules.region import smooth_grid
+from ..click_rules.update import FORCED_LOGIT, local_update
 from .base import Engine, EngineError, Prediction, Prompts, as_rgb_uint8, image_digest, resolve_device
-from .click_region import clicked_tissue, smooth_grid
 from .weights import load_verified_state, sha256_file
 
 __all__ = ["LiteMedSAMEngine", "INPUT_SIZE"]
@@ -66,7 +67,7 @@ class LiteMedSAMEngine(Engine):
     encoder: "torch" (the reference), "auto" (the fastest CPU path that passed the validation check, see
         `fast_encoder`), or a named path ("openvino-f32", "openvino-bf16").
     click_boxes: read clicks the networks cannot read through boxes answered by LiteMedSAM's own decoder
-        (`click_boxes`): a lone positive click, and a corrective click the overlay ignored (before the disk).
+        (`click_rules.boxes`): a lone positive click, and a corrective click the overlay ignored (before the disk).
     cache_mb: memory bound of the in-memory embedding cache (least recently used out first). Fast paths keep
         embeddings in fp16 (2 MB a slice), and use the fp16 value for every prediction, cached or not.
     """
@@ -311,7 +312,7 @@ class LiteMedSAMEngine(Engine):
     def _lone_click(self, prompts: Prompts, scale: float, valid_hw: tuple[int, int]):
         """Logits (1, 1, 256, 256) and score of the object at the first positive click (`click_boxes.object_at`);
         the other clicks of a first turn without a box are not read. Empty logits if no box finds one."""
-        from .click_boxes import object_at
+        from ..click_rules.boxes import object_at
 
         point = prompts.points[prompts.labels.index(1)]
         r, c = self._click_cell(point, scale, valid_hw)
@@ -327,7 +328,7 @@ class LiteMedSAMEngine(Engine):
     def _click_by_boxes(self, prompts: Prompts, scale: float, valid_hw: tuple[int, int], prev, painted):
         """A corrective click the overlay ignored, read through boxes (`click_boxes.corrective`):
         (logits, "local"); (painted, "disk") where the box decoder gives nothing to apply either."""
-        from .click_boxes import corrective
+        from ..click_rules.boxes import corrective
 
         h, w = valid_hw
         prev_fg = (prev[0, 0, :h, :w] > 0).cpu().numpy()
@@ -374,78 +375,3 @@ class LiteMedSAMEngine(Engine):
             low_res, iou = self._decode(pe, md, emb, points, box, None, True)
             full = F.interpolate(low_res[..., :new_h, :new_w], size=(h, w), mode="bilinear", align_corners=False)
         return (full[0] > 0).cpu().numpy(), iou[0].float().cpu().numpy()
-
-
-# Largest disk, in 256-grid cells, painted when the decoder ignores a click (about 4% of the image side).
-MAX_CLICK_RADIUS = 10
-FORCED_LOGIT = 8.0
-# Bumped when local_update changes what it keeps, so `report --reuse` does not take results of an older rule.
-# 2: a negative click removes only the clicked tissue.
-LOCAL_RULE_VERSION = 2
-
-
-def local_update(new, prev, points, labels, scale: float, valid_hw: tuple[int, int],
-                 image_grid: np.ndarray | None = None):
-    """Apply only the change that the newest click asked for; keep the previous logits everywhere else.
-    Returns (logits, "model" | "local" | "disk"), the second saying which rule below applied.
-
-    new, prev: (1, 1, 256, 256) logit tensors; points: [(x, y)] image pixels, newest last; labels: 1/0 each.
-    image_grid: for negative clicks, the (C, 256, 256) image on the decoder grid, smoothed
-    (`click_region.smooth_grid`); None skips the look at the image (the trainer's simulation).
-    - The decoder gave the clicked cell the clicked label:
-      - first click after the box: take its whole answer. The box mask came from LiteMedSAM's own decoder;
-        this is the turn where the click-aware decoder re-reads the whole shape.
-      - later clicks: take only the connected component (8-connected, on the 256 grid inside the image) of
-        "new foreground not in prev" (positive) or "prev foreground not in new" (negative) holding the click.
-      - a negative click, with image_grid, removes pixels only inside the clicked tissue
-        (`click_region.clicked_tissue`); what the decoder removed elsewhere stays. A click whose removal has
-        nothing in the clicked tissue (a click outside the mask) is taken as ignored (below). Out of its
-        training domain the decoder can drop most of an organ for one click on a lesion inside it (LiTS liver).
-    - The decoder ignored the click: a disk around it, as wide as its distance to the previous mask's edge
-      (at most MAX_CLICK_RADIUS cells), gets the clicked label. A click is never ignored, and never changes
-      the mask far from where the user pointed.
-    """
-    import torch
-    from scipy import ndimage
-
-    h, w = valid_hw
-    new_fg = (new[0, 0, :h, :w] > 0).cpu().numpy()
-    prev_fg = (prev[0, 0, :h, :w] > 0).cpu().numpy()
-    x, y = points[-1]
-    r, c = min(h - 1, max(0, int(y * scale))), min(w - 1, max(0, int(x * scale)))
-    label = labels[-1]
-    if new_fg[r, c] == bool(label):
-        changed = (new_fg & ~prev_fg) if label == 1 else (prev_fg & ~new_fg)
-        tissue = None
-        if label == 0 and image_grid is not None:
-            tissue = clicked_tissue(image_grid[:, :h, :w], r, c, prev_fg)
-        if len(points) == 1:  # the first corrective click: the whole answer
-            if tissue is None:
-                return new, "model"
-            if (changed & tissue).any():  # ... but removals only in the clicked tissue
-                return torch.where(_on_grid(changed & ~tissue, new), prev, new), "model"
-        else:
-            comps, _ = ndimage.label(changed, structure=np.ones((3, 3), bool))
-            keep = comps == comps[r, c] if comps[r, c] > 0 else np.zeros_like(changed)
-            if tissue is None:
-                return torch.where(_on_grid(keep, new), new, prev), "local"
-            if (keep & tissue).any():
-                return torch.where(_on_grid(keep & tissue, new), new, prev), "local"
-    # The decoder ignored the click: paint a disk that reaches the previous mask's edge.
-    side = prev_fg if label == 0 else ~prev_fg
-    radius = min(MAX_CLICK_RADIUS, float(ndimage.distance_transform_edt(side)[r, c]))
-    yy, xx = np.ogrid[:new.shape[-2], :new.shape[-1]]
-    disk = torch.from_numpy((yy - r) ** 2 + (xx - c) ** 2 <= max(radius, 1.0) ** 2).to(new.device)
-    disk[h:, :] = False
-    disk[:, w:] = False
-    painted = prev.clamp(min=FORCED_LOGIT) if label == 1 else prev.clamp(max=-FORCED_LOGIT)
-    return torch.where(disk, painted, prev), "disk"
-
-
-def _on_grid(cells: np.ndarray, like):
-    """(h, w) bool on the valid part of the grid -> (256, 256) bool tensor on `like`'s device, False in padding."""
-    import torch
-
-    out = torch.zeros(like.shape[-2:], dtype=torch.bool, device=like.device)
-    out[:cells.shape[0], :cells.shape[1]] = torch.from_numpy(cells).to(like.device)
-    return out

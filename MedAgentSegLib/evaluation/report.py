@@ -195,7 +195,7 @@ def render_volumes(results: dict[str, dict[str, dict[str, Any]]]) -> str:
 def _weights_id(engine: Any) -> str:
     """Which weights produced a result: the engine name, the click overlay's SHA-256 and its update rule (with
     the local rule's version, so --reuse does not take results of an older rule)."""
-    from ..engines.litemedsam import LOCAL_RULE_VERSION
+    from ..click_rules.update import LOCAL_RULE_VERSION
 
     name = getattr(engine, "name", "?")
     sha = getattr(engine, "overlay_sha256", None)

@@ -117,6 +117,6 @@ def write_model_card(out: Path, summary: dict[str, Any], command: str, cache_s: 
     }
     if cfg.get("first_turn") == "base":  # the engine then keeps LiteMedSAM's own modules for the box turn
         card["first_turn"] = "base"
-    # How the engine applies a corrective click (an inference rule, see engines.litemedsam.local_update).
+    # How the engine applies a corrective click (an inference rule, see click_rules.update.local_update).
     card["click_update"] = old.get("click_update", "local")
     return write_card(out, card)

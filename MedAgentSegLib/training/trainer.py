@@ -14,7 +14,7 @@ The loss (BCE + soft Dice on the 256x256 logits, plus MSE of the IoU head agains
 `click_weight` x BCE at the newest click's cell) is taken at every trained step and averaged.
 
 click_update="local" simulates sessions as the engine runs them with its local rule
-(`engines.litemedsam.local_update`): the mask fed to the next step is the previous one with only the change at
+(`click_rules.update.local_update`): the mask fed to the next step is the previous one with only the change at
 the newest click applied, or a disk where the decoder ignored it. The loss stays on the decoder's raw answer.
 The rule's look at the image (a negative click removes only the clicked tissue) is not simulated: the cache
 holds embeddings, not images.
@@ -203,7 +203,8 @@ def train(cache_root: str | Path, out: str | Path, cfg: TrainConfig, log: Any = 
 
     import torch
 
-    from ..engines.litemedsam import LiteMedSAMEngine, local_update
+    from ..click_rules.update import local_update
+    from ..engines.litemedsam import LiteMedSAMEngine
 
     if cfg.click_update not in ("global", "local"):
         raise ValueError(f"click_update must be 'global' or 'local', got {cfg.click_update!r}")
