@@ -87,9 +87,11 @@ def _fill(rgb: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tuple[n
     return _crop(rgb, lab, y0, x0, y3 - y0, x3 - x0)
 
 
-def _contrast(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Another intensity window: 8-bit windowed CT (BTCV) and a HU window (the sample) differ in contrast."""
-    lo, hi = rng.uniform(0, 60), rng.uniform(170, 255)
+def _contrast(rgb: np.ndarray, rng: np.random.Generator, wide: bool = False) -> np.ndarray:
+    """Another intensity window: 8-bit windowed CT (BTCV) and a HU window (the sample) differ in contrast. wide
+    (fill views): up to a narrow bright window, as BTCV's liver (grey ~115-140) against the bundled sample's
+    liver through the abdomen window (~165-195)."""
+    lo, hi = (rng.uniform(0, 90), rng.uniform(150, 255)) if wide else (rng.uniform(0, 60), rng.uniform(170, 255))
     out = (rgb.astype(np.float32) - lo) / (hi - lo) * 255.0
     return np.clip(out, 0, 255).astype(np.uint8)
 
@@ -107,7 +109,7 @@ def random_view(rgb: np.ndarray, lab: np.ndarray, rng: np.random.Generator, kind
         raise ValueError(f"unknown view {kind!r}; use one of {', '.join(KINDS)}")
     view, vlab = {"zoom_in": _zoom_in, "zoom_out": _zoom_out, "cut": _cut, "fill": _fill}[kind](rgb, lab, rng)
     if rng.random() < 0.5:
-        view = _contrast(view, rng)
+        view = _contrast(view, rng, wide=kind == "fill")
     return view, vlab, kind
 
 
