@@ -86,6 +86,12 @@ class Propagation:
     def slices(self) -> list[int]:
         return sorted(r.index for r in self.records)
 
+    def summary(self, kind: str = "propagate") -> dict[str, Any]:
+        """What the session's timeline records of it (Session.add_propagation): kind ("propagate" /
+        "repropagate"), axis, start (or the corrected slice it restarted at), the slices it made, voxels."""
+        return {"kind": kind, "axis": self.axis, "start": self.start, "restarted_at": self.restarted_at,
+                "stopped": self.stopped, "slices": self.slices, "voxels": int(self.mask.sum())}
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": PROPAGATION_FORMAT, "axis": self.axis, "start": self.start, "stopped": self.stopped,
                 "restarted_at": self.restarted_at, "config": self.config,

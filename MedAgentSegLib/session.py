@@ -27,7 +27,8 @@ from .observation import Observation, UndoTurn
 from .oracle import mask_box
 
 __all__ = ["Turn", "Session", "SessionError", "replay", "load_trajectory", "check_trajectory", "TRAJECTORY_FORMAT",
-           "TRAJECTORY_SCHEMA", "SPECIALIST", "HAND_EDIT", "HAND_TOOLS",
+           "TRAJECTORY_SCHEMA", "SPECIALIST", "HAND_EDIT", "HAND_TOOLS", "PROPAGATE", "SLICE_EDIT",
+           "VOLUME_ENTRIES",
            "SCENE_TRAJECTORY_FORMAT", "trajectory_sessions"]
 
 TRAJECTORY_FORMAT = "medagentseg-trajectory/1"
@@ -35,6 +36,12 @@ TRAJECTORY_FORMAT = "medagentseg-trajectory/1"
 SCENE_TRAJECTORY_FORMAT = "medagentseg-slicer-trajectory/1"
 SPECIALIST = "specialist"  # a turn whose mask a specialist model made (Session.add_mask); replayed from its RLE
 HAND_EDIT = "hand_edit"  # a turn whose mask the person drew (Session.add_edit); replayed from its RLE
+# the structure propagated through the volume from this slice (Session.add_propagation): an entry of the same
+# timeline, so Undo takes back a propagation or a turn in the order they were made; the slice's own mask, prompts
+# and logits do not change
+PROPAGATE = "propagate"
+SLICE_EDIT = "slice_edit"  # the person drew on another slice of the volume (Session.add_slice_edit): an entry too
+VOLUME_ENTRIES = (PROPAGATE, SLICE_EDIT)  # entries about the volume: the slice's own mask and prompts stay
 # "editor": any other Segment Editor effect (Slicer); "existing": what the segment held when the session began
 HAND_TOOLS = ("paint", "erase", "scissors", "editor", "existing")
 
@@ -67,7 +74,7 @@ class Turn:
 
     @property
     def produces_mask(self) -> bool:
-        return self.action["name"] != "stop_action"
+        return self.action["name"] != "stop_action" and self.action["name"] not in VOLUME_ENTRIES
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,16 +138,17 @@ class Session:
 
     def observe(self) -> Observation:
         """What a policy may see now (no reference mask, no metadata): see `observation.Observation`."""
-        made = [t for t in self.turns if t.produces_mask]
-        last = self.turns[-1] if self.turns else None
+        steps = [t for t in self.turns if t.action["name"] not in VOLUME_ENTRIES]  # the slice's own history
+        made = [t for t in steps if t.produces_mask]
+        last = steps[-1] if steps else None
         return Observation(
             image=_read_only(self.image), target=self.target, mask=self.mask,
             logits=None if self._last_logits() is None else self._last_logits().copy(),
             score=None if last is None else last.score,
             scores=tuple(float("nan") if t.score is None else float(t.score) for t in made),
             masks=tuple(_read_only(t.mask) for t in made), prompts=self.prompts,
-            history=tuple(copy.deepcopy(t.action) for t in self.turns),
-            sources=tuple(t.source for t in self.turns), mask_turns=len(made), max_turns=self.max_turns,
+            history=tuple(copy.deepcopy(t.action) for t in steps),
+            sources=tuple(t.source for t in steps), mask_turns=len(made), max_turns=self.max_turns,
             engine=_engine_view(self.engine, self.image))
 
     def _last_logits(self) -> np.ndarray | None:
@@ -284,6 +292,33 @@ class Session:
             arguments["box"] = [float(v) for v in prompts.box]
         return self._drawn_turn({"name": HAND_EDIT, "arguments": arguments}, source, prompts, mask)
 
+    def add_propagation(self, summary: dict[str, Any], source: str = "user") -> Turn:
+        """The structure was propagated through the volume from this slice (or re-propagated from a corrected
+        one): an entry of the timeline whose mask, prompts and logits are the slice's as they were. summary: what
+        the propagation did (kind, axis, slices, ...: JSON). Allowed after a stop; Undo removes it as any turn."""
+        return self._volume_entry(PROPAGATE, summary, source)
+
+    def add_slice_edit(self, tool: str, slices: list[int], axis: str, source: str = "user") -> Turn:
+        """The person drew on other slices of the volume (paint, erase, scissors) than this session's: an entry of
+        the timeline (so Undo takes it back in order, and a re-propagation from that slice starts from it) whose
+        mask, prompts and logits are this slice's as they were."""
+        if tool not in HAND_TOOLS:
+            raise SessionError(f"unknown hand tool {tool!r}; use one of {', '.join(HAND_TOOLS)}")
+        return self._volume_entry(SLICE_EDIT, {"tool": tool, "axis": axis, "slices": [int(k) for k in slices]},
+                                  source)
+
+    def _volume_entry(self, name: str, arguments: dict[str, Any], source: str) -> Turn:
+        if self.status == "accepted":
+            raise SessionError("the segment was accepted and is frozen; start a new session to change it")
+        last = self.turns[-1] if self.turns else None
+        prompts = self.prompts
+        turn = Turn(index=len(self.turns), action={"name": name, "arguments": dict(arguments)}, source=source,
+                    prompts=prompts, prompts_grid=_grid_prompts(prompts, self.height, self.width), mask=self.mask,
+                    score=None, timings={}, logits=None if last is None else last.logits, update=name,
+                    created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        self.turns.append(turn)
+        return turn
+
     def set_prompts(self, prompts: Prompts, source: str = "user") -> Turn:
         """Re-run the engine from an edited prompt state (a moved or deleted click, a resized box).
 
@@ -417,7 +452,7 @@ _PROMPTS_SCHEMA = {"type": "object", "properties": {
 _ACTION_SCHEMA = {
     "type": "object", "required": ["name"],
     "properties": {"name": {"enum": ["add_bbox", "add_point", "stop_action", "edit_prompts", SPECIALIST,
-                                     HAND_EDIT]},
+                                     HAND_EDIT, PROPAGATE, SLICE_EDIT]},
                    "arguments": {"type": ["object", "string"]}},
     "allOf": [
         {"if": {"properties": {"name": {"const": "add_bbox"}}}, "then": {"properties": {"pixels": _numbers(4)}}},
@@ -542,6 +577,8 @@ def replay(trajectory: dict[str, Any] | str | Path, engine: Engine, image: np.nd
         elif name == HAND_EDIT:  # the person's drawing: the recorded mask is the turn
             turn = session.add_edit(rle.decode(rec["mask_rle"]), act["arguments"]["tool"], source=src,
                                     box="box" in act["arguments"])
+        elif name in VOLUME_ENTRIES:  # about the volume, not here: replayed as recorded (its slice unchanged)
+            turn = session._volume_entry(name, act.get("arguments") or {}, src)
         elif name == "add_bbox" and "pixels" in act:
             turn = session.add_box(*act["pixels"], source=src)
         elif name == "add_point" and "pixels" in act:

@@ -457,7 +457,7 @@ def test_trajectory_json_is_written_next_to_the_saved_scene(ctx, tmp_path):
     (entry,) = data["runs"]
     assert entry["segment_id"] == run.segment_id and entry["slice"] == {**entry["slice"], "axis": "K",
                                                                           "index": ctx["k"]}
-    assert len(entry["turn_records"]) == len(run.records)
+    assert "turn_records" not in entry  # one history: the session's turns, written once
     assert [t["action"] for t in entry["session"]["turns"]] == [t.action for t in run.session.turns]
 
 
@@ -551,6 +551,39 @@ def test_a_hand_edit_is_a_turn_that_undo_takes_back_exactly_and_the_next_click_r
     logic.wait()
     assert [t.action["name"] for t in run.session.turns] == ["add_bbox", "hand_edit", "add_point"]
     assert run.session.turns[-1].used_prev_logits and not errors(ctx), errors(ctx)
+
+
+def test_a_stroke_on_another_slice_is_an_entry_of_the_history_that_undo_takes_back(ctx):
+    """With a hand tool on, paint on a slice that is not the session's (the person scrolled) becomes a slice-edit
+    entry; Undo puts every segment on that slice back, the session's slice and turns untouched (issue #24)."""
+    logic, seg, k, m = ctx["logic"], ctx["seg"], ctx["k"], ctx["m"]
+    run = start(ctx, policy="scripted", reference_segment_id=None)
+    ys, xs = np.nonzero(ctx["liver"][k])
+    _place_box(run, (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())))
+    logic.wait()
+    logic.watch_hand_edits()
+    own_before = segment_array(seg, run.segment_id, ctx["shape"])
+    other_before = segment_array(seg, ctx["other"], ctx["shape"])
+    elsewhere = k - 2
+    painted, other_after = own_before.copy(), other_before.copy()
+    painted[elsewhere, 20:30, 20:30] = True
+    other_after[elsewhere, 20:30, 20:30] = False  # the editor's overwrite took it from the other segment
+    set_segment(seg, run.segment_id, painted, m)
+    set_segment(seg, ctx["other"], other_after, m)
+
+    assert logic.record_hand_edit("paint") is True
+    entry = run.session.turns[-1]
+    assert entry.action == {"name": "slice_edit", "arguments": {"tool": "paint", "axis": "K", "slices": [elsewhere]}}
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox", "slice_edit"] and len(run.records) == 1
+    assert any(f"You painted on slice K={elsewhere}" in mm.text for mm in ctx["messages"])
+    assert logic.record_hand_edit("paint") is False  # the same stroke is not recorded twice
+
+    assert logic.undo()
+    assert np.array_equal(segment_array(seg, run.segment_id, ctx["shape"]), own_before)
+    assert np.array_equal(segment_array(seg, ctx["other"], ctx["shape"]), other_before)
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox"] and not run.slice_edits
+    logic.watch_hand_edits(False)
+    assert run.volume_seen is None
 
 
 def test_a_saved_session_with_a_hand_edit_replays_bit_for_bit(ctx, lite_engine):

@@ -209,6 +209,40 @@ def test_undo_right_after_propagate_restores_every_segment_bit_exactly(ctx):
     assert not segment_array(ctx["seg"], run.segment_id, ctx["shape"]).any()
 
 
+def test_propagation_is_an_entry_of_the_sessions_timeline_and_undo_follows_it(ctx):
+    """One history (issue #25): box, propagate, a click; Undo takes back the click, then the propagation, each to the
+    segments as they were; the saved trajectory holds the propagation in the session's own turns."""
+    logic = ctx["logic"]
+    run = start_with_box(ctx)
+    before_propagation = propagate(ctx, run)
+    after_propagation = all_segments(ctx)
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox", "propagate"]
+    assert run.propagations[-1].entry is run.session.turns[-1]
+    box = run.session.prompts.box
+    ys, xs = np.nonzero(ctx["ball"][K0])
+    run.prompts.write(Prompts(box=box, points=[(float(xs.mean()), float(ys.mean()))], labels=[1]), run.geom)
+    logic.sync_prompts_from_markups()
+    logic.wait()
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox", "propagate", "add_point"]
+
+    assert logic.undo() is True  # the click
+    assert_same_segments(all_segments(ctx), after_propagation)
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox", "propagate"] and run.propagations
+    assert logic.undo() is True  # then the propagation
+    assert_same_segments(all_segments(ctx), before_propagation)
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox"] and not run.propagations
+
+
+def test_reject_after_a_propagation_and_a_stop_takes_back_the_propagation_not_the_turn_under_it(ctx):
+    logic = ctx["logic"]
+    run = start_with_box(ctx)
+    before_propagation = propagate(ctx, run)
+    run.session.stop()  # the agent stopped after the propagation
+    assert logic.reject() is True
+    assert_same_segments(all_segments(ctx), before_propagation)
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox"] and len(run.records) == 1
+
+
 def test_stop_mid_propagation_keeps_the_slices_done_and_says_stopped(ctx):
     logic, engine = ctx["logic"], ctx["engine"]
     run = start_with_box(ctx)

@@ -195,3 +195,29 @@ def test_mask_logits_are_the_mask_in_the_engines_frame():
     back = F.interpolate(torch.from_numpy(logits)[None, :, :new_h], size=(90, 140), mode="bilinear",
                          align_corners=False)[0, 0].numpy() > 0  # as LiteMedSAM upsamples its logits
     assert dice(back, mask) > 0.97
+
+
+def test_a_propagation_is_an_entry_of_the_timeline_that_undo_and_replay_follow(session, kvasir_case, tmp_path,
+                                                                             lite_engine):
+    """One history (issue #25): the propagation is a turn of the session that leaves the slice's mask, prompts and
+    logits as they were, is not shown to a policy, may follow a stop, and replays; Undo takes it back first."""
+    image, gt = kvasir_case
+    box_turn = session.add_box(*box_from_mask(gt))
+    session.stop()
+    entry = session.add_propagation({"kind": "propagate", "axis": "axial", "slices": [3, 4, 5]})
+    assert entry.action == {"name": "propagate", "arguments": {"kind": "propagate", "axis": "axial",
+                                                               "slices": [3, 4, 5]}}
+    assert np.array_equal(entry.mask, box_turn.mask) and entry.prompts.box == box_turn.prompts.box
+    assert entry.logits is box_turn.logits and not entry.produces_mask and session.mask_turns == 1
+    assert [a["name"] for a in session.observe().history] == ["add_bbox", "stop_action"]
+
+    session.save(tmp_path / "t.json")
+    again = replay(load_trajectory(tmp_path / "t.json"), lite_engine, image)
+    assert [t.action["name"] for t in again.turns] == ["add_bbox", "stop_action", "propagate"]
+    assert again.turns[-1].action == entry.action
+
+    assert session.undo() is entry and session.turns[-1].action["name"] == "stop_action"
+    session.undo()
+    session.accept()
+    with pytest.raises(SessionError, match="accepted"):
+        session.add_propagation({"kind": "propagate"})

@@ -349,7 +349,7 @@ def test_09_save_and_read_the_files_back(fake, out):
     trajectory = json.loads((folder / "trajectory.json").read_text())
     assert trajectory["format"] == "medagentseg-slicer-trajectory/1"
     (entry,) = trajectory["runs"]
-    assert [t["action"]["name"] for t in entry["turn_records"]] == ["add_bbox", "add_point"]
+    assert [t["action"]["name"] for t in entry["session"]["turns"]] == ["add_bbox", "add_point"]
     assert int(np.count_nonzero(data)) == report["run"]["segment"]["area"]  # one slice, one segment: its voxels
     assert not list(folder.glob("partial-*")) and not list(folder.glob("*.tmp"))
 

@@ -275,9 +275,10 @@ def test_09_save_edit_writes_the_final_mask_with_its_provenance(served, folder):
     assert np.array_equal(voxels[:, :, others], original[:, :, others])  # the propagated slices kept
     review = json.loads((folder / rec["outputs"]["review"]).read_text())
     assert [(t["by"], t["action"], t["mask"]) for t in review["turns"]][-1] == ("human", "hand_edit", "final")
-    # the pre-label's three prompt turns (box, click, stop from the prompts file: a person's), then the session's
+    # the pre-label's three prompt turns (box, click, stop from the prompts file: a person's) and its propagation
+    # (the label batch's: the agent's), then the session's
     users, agents = run["sources"].count("user"), run["sources"].count("agent")
-    assert rec["provenance"] == {"agent": agents, "human": 3 + users} and rec["reviewer"] == "alice"
+    assert rec["provenance"] == {"agent": 1 + agents, "human": 3 + users} and rec["reviewer"] == "alice"
     assert not server.scene()["labeling"]["dirty"]
 
 

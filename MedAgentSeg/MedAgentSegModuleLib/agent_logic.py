@@ -10,7 +10,8 @@ changed, submit, busy, scene, words) rather than the logic itself:
 - `runs`: `TargetRun` / `TurnRecord` and starting, resuming, moving and discarding runs;
 - `opening`: the engine, the policy and the agent's own first turn on the worker (issue #16, `autostart`);
 - `agent_turns`: Run / Step / Stop and what a finished turn does next;
-- `turn_writer`: a turn written into MRML (mask, markups, sequence item, tags) with rollback; revert, hand edits;
+- `turn_writer`: a turn written into MRML (mask, markups, sequence item, tags) with rollback; revert, Accept;
+- `hand_edits`: paint, erase, scissors as entries of the history, on the session's slice or any other;
 - `markups_sync`: the person's edits of the box and clicks (a drag is one edit) and arming a placement;
 - `propagation`: 3D propagation in the scene, one undo step, its review sequence;
 - `factories`: engine and policy choices, defaults and checks; `wording`: chat sentences; `trajectory`: saving.
@@ -47,6 +48,7 @@ from .factories import (
     guess_modality,
     learned_weights_available,
 )
+from .hand_edits import HandEdits
 from .markups_sync import MarkupsSync
 from .mrml_writer import ensure_scene_logics, volume_array_kji
 from .opening import SessionOpening, first_turn, open_session_job
@@ -96,6 +98,7 @@ class AgentSegLogic:
         self._ctx = Context(scene, words, self._say, self._changed, self._submit, lambda: self.busy, self._report_error)
         self._factories = Factories(engine_factory, policy_factory, device, locator_factory)
         self._writer = TurnWriter(self._ctx)
+        self._hand = HandEdits(self._ctx)
         self._markups = MarkupsSync(self._ctx, self._writer, self._find_run,
                                     lambda run, kind, payload: self._turns.run_user_turn(run, kind, payload))
         self._runs = Runs(self._ctx, self._factories, self._markups, self.sequences_logic, self._open_session, library)
@@ -416,6 +419,8 @@ class AgentSegLogic:
         run.auto_turns_left = 0
         if self._propagation.on_top(run):
             return self._propagation.revert(run, what)
+        if self._hand.on_top(run):
+            return self._hand.revert(run, what)
         return self._writer.revert_last(run, what)
 
     def accept(self) -> None:
@@ -441,10 +446,10 @@ class AgentSegLogic:
         self._markups.on_markups_edited(None, None)
 
     def record_hand_edit(self, tool: str = "editor") -> bool:
-        """Record what the person drew on the session's slice (paint, erase, scissors; main thread, after the stroke)
-        as one turn of the session: the segment's slice is read from MRML, the box and clicks stay, the next click
-        refines the drawn mask, and Undo puts every segment on the slice back as it was before the stroke. False if
-        the segment's slice is what the session already holds (nothing to record)."""
+        """Record what the person drew (paint, erase, scissors; main thread, after the stroke) in the session's one
+        history: on the session's slice as a turn (the box and clicks stay, the next click refines the drawn mask);
+        with `watch_hand_edits` on, on any other slice as a slice-edit entry. Undo puts every segment on the slice
+        back as it was before the stroke. False if nothing changed (nothing to record)."""
         run = self._require_run()
         self._require_idle("Recording your edit")
         require_writable(run, "Recording your edit")
@@ -452,7 +457,17 @@ class AgentSegLogic:
             raise AgentError("The slice is still being prepared; draw again once the chat says it is ready.")
         if tool not in HAND_TOOLS:
             raise AgentError(f"Unknown hand tool '{tool}': use one of {', '.join(HAND_TOOLS)}.")
-        return self._writer.record_hand_edit(run, tool)
+        return self._hand.record(run, tool)
+
+    def watch_hand_edits(self, on: bool = True, run: TargetRun | None = None) -> None:
+        """A hand tool is on (off) for `run` (default: the active one): from now a stroke on any slice of the
+        volume, not only the session's, becomes an entry of the history that Undo takes back (the logic keeps a copy
+        of the segments while it is on)."""
+        run = run or self._require_run()
+        if on:
+            self._hand.watch(run)
+        else:
+            self._hand.unwatch(run)
 
     def sync_prompts_from_markups(self) -> None:
         """Re-run the engine from the prompt state now shown in the markups (after edits by script)."""

@@ -19,7 +19,7 @@ from MedAgentSegLib.propagation import Propagation, PropagationConfig, Propagati
 from .context import AgentError, Context
 from .geometry import GeometryError
 from .mrml_writer import TAG_PREFIX, MRMLInputError, SliceReviewRecorder, slice_geometry, view_slice, volume_array_kji
-from .runs import AXIS_NAMES, PropagationStep, TargetRun
+from .runs import AXIS_NAMES, PropagationStep, TargetRun, last_entry, see_volume, undo_entry
 from .wording import NOUN, sentence
 from .worker import JobResult
 
@@ -172,9 +172,14 @@ class ScenePropagation:
             self.ctx.say("error", f"The propagation could not be written into the scene: {exc}. The segment is "
                                   "unchanged; check that the segmentation and volume still exist and try again.")
             return
-        step = PropagationStep(job.kind, prop, len(run.records), len(run.session.turns), before, sorted(masks),
-                               masked)
+        try:
+            entry = run.session.add_propagation(prop.summary(job.kind))
+        except Exception:  # e.g. accepted meanwhile: nothing of it stays in the scene either
+            self._restore_slices(run, before)
+            raise
+        step = PropagationStep(job.kind, prop, entry, before, sorted(masks), masked)
         run.propagations.append(step)
+        see_volume(run)
         self._show_review(run)
         self._set_propagation_tag(run)
         self.ctx.say("agent", self._describe_propagation(run, step))
@@ -210,15 +215,14 @@ class ScenePropagation:
 
     @staticmethod
     def on_top(run: TargetRun) -> bool:
-        """True when the last thing written for this run is a propagation (Undo / Reject revert it first)."""
-        if not run.propagations or run.session is None:
-            return False
-        step = run.propagations[-1]
-        return step.after_turns >= len(run.records) and step.after_session_turns >= len(run.session.turns)
+        """True when the session's last entry (past a stop) is the last propagation: Undo / Reject revert it first."""
+        return bool(run.propagations) and last_entry(run) is run.propagations[-1].entry
 
     def revert(self, run: TargetRun, what: str) -> bool:
         step = run.propagations.pop()
+        undo_entry(run, step.entry)
         self._restore_slices(run, step.slices_before)
+        see_volume(run)
         self._show_review(run)
         self._set_propagation_tag(run)
         self.ctx.say("info", f"{what}: the {NOUN[step.kind]} was reverted; the {len(step.written)} slice(s) it "

@@ -154,6 +154,14 @@ def propagation_sequence(scene: Any, volume: Any, segmentation: Any, segment_id:
     return recorder
 
 
+def _in_scene(run: Any) -> list[Any]:
+    """The session's timeline as the scene shows it: the turns written into it, its propagations and slice edits
+    (a stop writes nothing; a turn the worker made is not in the scene until the main thread writes it)."""
+    shown = {id(r.turn) for r in run.records} | {id(s.entry) for s in run.propagations} | \
+        {id(s.entry) for s in run.slice_edits}
+    return [t for t in run.session.turns if id(t) in shown]
+
+
 class LabelingReviewLogic:
     """One reviewer going through a labeling folder in `scene`.
 
@@ -180,7 +188,7 @@ class LabelingReviewLogic:
         self._nodes: list[Any] = []
         self._pending: list[dict[str, Any]] = []  # provenance since the last save
         self._explained: np.ndarray | None = None  # the mask as the last save or agent change left it
-        self._seen: dict[Any, tuple[int, int]] = {}  # agent run key -> (turns, propagations) accounted for
+        self._seen: dict[Any, list[Any]] = {}  # agent run key -> its session's timeline (Turns) as accounted for
         self._renewed = 0.0
         self._rows_read, self._rows_seen = float("-inf"), None  # the list as a front end's timer last saw it
         if agent is not None:
@@ -427,21 +435,33 @@ class LabelingReviewLogic:
         mask = segment_kji(self.segmentation, self.segment_id, self.volume)
         touched = np.zeros(mask.shape, bool)  # where the new turns and propagations may have written
         painted, entries = False, []
-        for key, (turns, props) in counts.items():
+        for key, timeline in counts.items():  # the session's timeline is the history: what changed since last seen
             run = self.agent.runs[key]
-            seen_turns, seen_props = self._seen.get(key, (0, 0))
-            if turns < seen_turns or props < seen_props:
+            seen = self._seen.get(key, [])
+            kept = next((i for i, (a, b) in enumerate(zip(seen, timeline)) if a is not b),
+                        min(len(seen), len(timeline)))
+            if kept < len(seen):  # entries seen before are gone: undone
                 entries.append({"by": "human", "action": "undo"})
                 touched[...] = True  # what an undo put back is not known here
-            for i, rec in enumerate(run.records[seen_turns:turns]):
-                painted |= i == 0 and self._painted_before(run, rec)  # one turn per change: later ones follow it
-                run.geom.extract(touched)[...] = True
-                entries.append({"by": "agent" if rec.record.get("source") == "agent" else "human",
-                                "action": rec.record["action"]["name"]})
-            for step in run.propagations[seen_props:props]:
-                axis = "KJI".index(run.geom.axis)  # KJI arrays: K is axis 0
-                touched[(slice(None),) * axis + (list(step.written),)] = True
-                entries.append({"by": "agent", "action": step.kind})
+            written = {id(r.turn): r for r in run.records}
+            steps = {id(s.entry): s for s in run.propagations}
+            edits = {id(s.entry): s for s in run.slice_edits}
+            first = True
+            for turn in timeline[kept:]:
+                if id(turn) in written:
+                    painted |= first and self._painted_before(run, written[id(turn)])  # later ones follow the first
+                    first = False
+                    run.geom.extract(touched)[...] = True
+                    entries.append({"by": "agent" if turn.source == "agent" else "human",
+                                    "action": turn.action["name"]})
+                elif id(turn) in steps:
+                    axis = "KJI".index(run.geom.axis)  # KJI arrays: K is axis 0
+                    touched[(slice(None),) * axis + (list(steps[id(turn)].written),)] = True
+                    entries.append({"by": "agent", "action": steps[id(turn)].kind})
+                elif id(turn) in edits:  # the person's stroke on another slice
+                    axis = "KJI".index(run.geom.axis)
+                    touched[(slice(None),) * axis + (sorted(edits[id(turn)].slices_before),)] = True
+                    entries.append({"by": "human", "action": turn.action["name"]})
         painted |= bool(((mask != self._explained) & ~touched).any())  # no turn wrote there: a person did
         self._pending += [{"by": "human", "action": "segment editor"}] * painted + entries
         self._seen = counts
@@ -452,11 +472,12 @@ class LabelingReviewLogic:
         before = rec.segments_before.get(self.segment_id)
         return before is not None and not np.array_equal(before, run.geom.extract(self._explained))
 
-    def _agent_counts(self) -> dict[Any, tuple[int, int]]:
+    def _agent_counts(self) -> dict[Any, list[Any]]:
         if self.agent is None or self.segmentation is None:
             return {}
-        return {key: (len(run.records), len(run.propagations)) for key, run in self.agent.runs.items()
-                if run.segmentation_node is self.segmentation and run.segment_id == self.segment_id}
+        return {key: _in_scene(run) for key, run in self.agent.runs.items()
+                if run.session is not None and run.segmentation_node is self.segmentation
+                and run.segment_id == self.segment_id}
 
     # -- the lease ---------------------------------------------------------------------------------------------------
     def tick(self) -> None:

@@ -14,7 +14,7 @@ import slicer
 
 from MedAgentSegLib.pipeline.start import CHOICES as FIRST_CHOICES
 from MedAgentSegLib.propagation import Propagation
-from MedAgentSegLib.session import Session
+from MedAgentSegLib.session import Session, Turn
 
 from .autostart import StartPlan, lps_geometry
 from .context import AgentError, Context
@@ -44,24 +44,45 @@ from .mrml_writer import (
 )
 from .words import Words
 
-__all__ = ["TurnRecord", "PropagationStep", "TargetRun", "Runs", "AXIS_NAMES", "set_tags", "require_writable",
-           "jump_slice_views", "box_tool", "largest_slice"]
+__all__ = ["turn_record", "TurnRecord", "PropagationStep", "SliceEditStep", "TargetRun", "last_entry", "see_volume",
+           "undo_entry", "Runs", "AXIS_NAMES", "set_tags", "require_writable", "jump_slice_views", "box_tool",
+           "largest_slice"]
 
 AXIS_NAMES = {"K": "axial", "J": "coronal", "I": "sagittal"}  # the library's names for the KJI array's axes 0, 1, 2
 
 
+def turn_record(number: int, turn: Turn) -> dict[str, Any]:
+    """The JSON record of a written turn: the segment's LastTurn tag, the sequence item, the chat's review."""
+    return {"turn": number, "session_index": turn.index, "source": turn.source, "action": turn.action,
+            "prompts": turn.prompts.to_dict(),
+            "score": None if turn.score is None else round(float(turn.score), 4),
+            "timings": {k: round(float(v), 4) for k, v in turn.timings.items()},
+            "area_px": int(turn.mask.sum()), "update": turn.update, "created": turn.created}
+
+
 @dataclass
 class TurnRecord:
-    """What MRML needs to revert one mask-producing turn exactly.
+    """What MRML needs to revert one mask-producing turn exactly; the turn itself is the library session's.
 
-    segments_before: segment ID -> (H, W) bool slice of every segment before the turn. The markups need no copy:
-    they always show the session's prompt state, so reverting writes the session's prompts after its undo.
+    number: the turn's number in the chat (mask-producing turns written into the scene). turn: the session's Turn
+    (not a copy: the session is the one history). segments_before: segment ID -> (H, W) bool slice of every
+    segment before the turn. The markups need no copy: they always show the session's prompt state, so reverting
+    writes the session's prompts after its undo. masked_voxels: voxels the Segment Editor's masking kept.
     """
 
     number: int
-    session_index: int
+    turn: Turn
     segments_before: dict[str, np.ndarray]
-    record: dict[str, Any]
+    masked_voxels: int = 0
+
+    @property
+    def session_index(self) -> int:
+        return self.turn.index
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The turn's JSON record, made from the session's turn when asked."""
+        return {**turn_record(self.number, self.turn), "masked_voxels": self.masked_voxels}
 
 
 @dataclass
@@ -69,18 +90,28 @@ class PropagationStep:
     """One propagation written into the segment: the library's result and what Undo needs to put back.
 
     slices_before: slice index -> segment ID -> (H, W) bool slice of every segment before it was written.
-    after_turns / after_session_turns: len(run.records) / len(session.turns) when it was written (undo order).
+    entry: the session's timeline entry for it (Session.add_propagation): Undo takes it back when it is the last.
     written: the slices it changed: those it made (its mask added) and those where it took out what an earlier
     propagation had written (its mask there, possibly empty, is what it leaves of the propagations on that slice).
     """
 
     kind: str  # "propagate" | "repropagate"
     result: Propagation
-    after_turns: int
-    after_session_turns: int
+    entry: Turn
     slices_before: dict[int, dict[str, np.ndarray]]
     written: list[int]
     masked_voxels: int = 0
+
+
+@dataclass
+class SliceEditStep:
+    """A hand edit on other slices than the session's (Session.add_slice_edit) and what Undo puts back.
+
+    entry: the session's timeline entry. slices_before: slice index -> segment ID -> (H, W) bool slice of every
+    segment before the stroke."""
+
+    entry: Turn
+    slices_before: dict[int, dict[str, np.ndarray]]
 
 
 @dataclass
@@ -107,6 +138,10 @@ class TargetRun:
     modality: str = "CT"
     window: Any = None
     propagations: list[PropagationStep] = field(default_factory=list)
+    slice_edits: list[SliceEditStep] = field(default_factory=list)
+    # while a hand tool is on: every segment (ID -> (K, J, I) bool) as the logic last left the volume, so a stroke on
+    # another slice than the session's can be found and undone; None otherwise (no copy of the volume is kept)
+    volume_seen: dict[str, np.ndarray] | None = None
     review: SliceReviewRecorder | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # read from MRML on the main thread, for the worker
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"checkpoint": PATH} for SAM
@@ -128,6 +163,31 @@ class TargetRun:
 
     def segment(self) -> Any:
         return self.segmentation_node.GetSegmentation().GetSegment(self.segment_id)
+
+
+def last_entry(run: TargetRun) -> Turn | None:
+    """The session's last entry past a stop: what Undo / Reject take back first."""
+    if run.session is None:
+        return None
+    return next((t for t in reversed(run.session.turns) if t.action["name"] != "stop_action"), None)
+
+
+def undo_entry(run: TargetRun, entry: Turn) -> None:
+    """Take `entry` (and a stop after it) off the session's timeline; nothing else, if it is not there."""
+    turns = run.session.turns
+    if not any(t is entry for t in turns):
+        return
+    while turns and turns[-1] is not entry:
+        run.session.undo()  # a stop after it
+    run.session.undo()
+
+
+def see_volume(run: TargetRun, start: bool = False) -> None:
+    """Take every segment's volume as the logic leaves it (start: begin watching; else only while watching)."""
+    if run.volume_seen is None and not start:
+        return
+    seg = run.segmentation_node
+    run.volume_seen = {sid: segment_kji(seg, sid, run.volume_node) for sid in seg.GetSegmentation().GetSegmentIDs()}
 
 
 def set_tags(run: TargetRun) -> None:

@@ -21,7 +21,7 @@ def propagation_dict(run: Any, step: Any) -> dict[str, Any]:
     """The library's record (replay_propagation reads it as it is) plus what the Slicer side did with it."""
     window = list(run.window) if isinstance(run.window, tuple) else run.window
     return {**step.result.to_dict(), "slicer": {
-        "kind": step.kind, "ijk_axis": run.geom.axis, "after_turn": step.after_turns,
+        "kind": step.kind, "ijk_axis": run.geom.axis, "session_index": step.entry.index,
         "written_slices": step.written, "masked_voxels": step.masked_voxels, "modality": run.modality,
         "window": window}}
 
@@ -44,7 +44,6 @@ def trajectory_dict(runs: Iterable[Any]) -> dict[str, Any]:
                         "negative": run.prompts.negative.GetID()},
             "sequence_browser": run.recorder.browser.GetID(),
             "policy": run.policy_name,
-            "turn_records": [r.record for r in run.records],
             "session": run.session.to_dict(),
             "propagations": [propagation_dict(run, step) for step in run.propagations],
             "propagation_browser": None if run.review is None else run.review.browser.GetID(),

@@ -1,30 +1,18 @@
 """Writing a session's turns into MRML: the segment slice, the markups, the sequence item and the tags together,
-all put back if any write fails; revert (Undo / Reject), a hand edit recorded as a turn, Accept's freeze."""
+all put back if any write fails; revert (Undo / Reject), Accept's freeze. A person's hand edits are hand_edits.py."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import slicer
 
 from MedAgentSegLib.session import Turn
 
 from .context import Context
 from .mrml_writer import TAG_PREFIX, MRMLInputError
-from .runs import TargetRun, TurnRecord, set_tags
+from .runs import TargetRun, TurnRecord, see_volume, set_tags
 from .wording import describe_action, describe_decision
 
-__all__ = ["TurnWriter", "turn_record"]
-
-
-def turn_record(number: int, turn: Turn) -> dict[str, Any]:
-    """The JSON record of a written turn: the segment's LastTurn tag, the sequence item, the trajectory."""
-    return {"turn": number, "session_index": turn.index, "source": turn.source, "action": turn.action,
-            "prompts": turn.prompts.to_dict(),
-            "score": None if turn.score is None else round(float(turn.score), 4),
-            "timings": {k: round(float(v), 4) for k, v in turn.timings.items()},
-            "area_px": int(turn.mask.sum()), "update": turn.update, "created": turn.created}
+__all__ = ["TurnWriter"]
 
 
 class TurnWriter:
@@ -45,16 +33,17 @@ class TurnWriter:
             run.session.undo()
             raise MRMLInputError(f"segment '{run.segment_id}' was deleted")
         number = len(run.records) + 1
-        rec = TurnRecord(number, turn.index, run.writer.read_all(run.geom), turn_record(number, turn))
+        rec = TurnRecord(number, turn, run.writer.read_all(run.geom))
         self.writing = True
         try:
             stored = run.writer.write_slice(run.segment_id, turn.mask, run.geom)
             run.prompts.write(turn.prompts, run.geom)
-            rec.record["masked_voxels"] = int((stored != turn.mask).sum())
+            rec.masked_voxels = int((stored != turn.mask).sum())
             run.records.append(rec)
             set_tags(run)
             run.recorder.record(number, run.segmentation_node, run.segment_id, run.prompts, rec.record)
             run.shown = run.writer.read_all(run.geom)
+            see_volume(run)
         except Exception:
             if run.records and run.records[-1] is rec:
                 run.records.pop()
@@ -67,8 +56,7 @@ class TurnWriter:
             raise
         finally:
             self.writing = False
-        extra = f"; the editor's masking kept {rec.record['masked_voxels']} voxel(s) unchanged" \
-            if rec.record["masked_voxels"] else ""
+        extra = f"; the editor's masking kept {rec.masked_voxels} voxel(s) unchanged" if rec.masked_voxels else ""
         if turn.update == "disk":  # tell the user the model did not follow the click
             extra += "; the model ignored this click, so only a small disk around it was changed"
         score = "n/a" if turn.score is None else f"{turn.score:.2f}"
@@ -98,6 +86,7 @@ class TurnWriter:
             run.records.pop()
             set_tags(run)
             run.shown = run.writer.read_all(run.geom)
+            see_volume(run)
         finally:
             self.writing = False
         return rec
@@ -121,51 +110,17 @@ class TurnWriter:
         finally:
             self.writing = False
 
-    def record_hand_edit(self, run: TargetRun, tool: str) -> bool:
-        """Record what the person drew on the session's slice (main thread, after the stroke; the facade checked the
-        run and the tool) as one turn. False if the segment's slice is what the session already holds."""
-        mask = run.writer.read_slice(run.segment_id, run.geom)
-        if np.array_equal(mask, run.session.mask):
-            return False
-        before = run.shown
-        if before is None:  # nothing written yet: the segments as they are, with this segment as the session had it
-            before = run.writer.read_all(run.geom)
-            before[run.segment_id] = run.session.mask
-        if run.session.status == "stopped":
-            run.session.undo()
-        turn = run.session.add_edit(mask, tool, source="user")
-        number = len(run.records) + 1
-        rec = TurnRecord(number, turn.index, before, turn_record(number, turn))
-        run.records.append(rec)
-        try:
-            set_tags(run)
-            run.recorder.record(number, run.segmentation_node, run.segment_id, run.prompts, rec.record)
-        except Exception:
-            run.records.pop()
-            run.session.undo()
-            while run.recorder.count > len(run.records):
-                run.recorder.remove_last()
-            set_tags(run)
-            raise
-        run.shown = run.writer.read_all(run.geom)
-        run.auto_turns_left = 0
-        verb = {"paint": "painted", "erase": "erased", "scissors": "cut with scissors"}.get(tool, "edited by hand")
-        self.ctx.say("agent", f"Turn {number} (You): {verb} on slice {run.geom.axis}={run.geom.index} - "
-                              f"{int(mask.sum())} px. Undo takes it back; a click or Run refines from it.", number)
-        self.ctx.changed()
-        return True
-
     def revert_last(self, run: TargetRun, what: str) -> bool:
         """Revert the last mask-producing turn (what: "Undo" / "Reject turn", for the chat). False if there is none."""
         if not run.records:
             self.ctx.say("info", f"Nothing to {what.lower()}: no turn has been written yet.")
             return False
         rec = run.records[-1]
+        undone = describe_action(rec.turn.action, rec.turn.prompts.to_dict())
         while run.session.turns and len(run.session.turns) - 1 > rec.session_index:
             run.session.undo()  # a stop after the mask turn
         run.session.undo()
         self.unwrite_last(run)
-        undone = describe_action(rec.record["action"], rec.record.get("prompts"))
         self.ctx.say("info", f"{what}: turn {rec.number} reverted ({undone}).",
                      rec.number)
         self.ctx.changed()

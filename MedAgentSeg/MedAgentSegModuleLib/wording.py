@@ -73,5 +73,4 @@ def describe_action(action: dict[str, Any], prompts: dict[str, Any] | None = Non
 
 def last_score(run: Any) -> str:
     """The engine's predicted IoU of the run's last written turn, or "n/a"."""
-    return f"{run.records[-1].record['score']:.2f}" if run.records and run.records[-1].record["score"] is not None \
-        else "n/a"
+    return f"{run.records[-1].turn.score:.2f}" if run.records and run.records[-1].turn.score is not None else "n/a"

@@ -21,6 +21,7 @@ class Words:
     details: str  # where a traceback is shown
     install: str  # how to install missing packages
     open_volume: str  # how to load a volume
+    repropagate: str  # how to propagate again from a corrected slice
 
 
 SLICER = Words(
@@ -31,6 +32,7 @@ SLICER = Words(
     details="the Python console",
     install="the 'Install dependencies' button",
     open_volume="File > Add Data or Sample Data",
+    repropagate='typing "re-propagate" in the chat with that slice in the Red view',
 )
 
 WEB = Words(
@@ -41,4 +43,5 @@ WEB = Words(
     details="the server's console",
     install="pip install 'medagentseg[engine]' on the server",
     open_volume="Load sample, Open or Upload",
+    repropagate='typing "re-propagate" in the chat with that slice in the axial view',
 )

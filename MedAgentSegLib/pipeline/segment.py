@@ -158,7 +158,7 @@ def segment(args: SegmentRequest) -> dict[str, Any]:
     from ..metrics import dice
     from ..policies import GT_FREE_POLICIES, OraclePolicy
     from ..render import filmstrip
-    from ..session import Session
+    from ..session import PROPAGATE, Session
 
     if args.max_turns < 1:
         raise UsageError(f"--max-turns must be at least 1, got {args.max_turns}")
@@ -269,6 +269,7 @@ def segment(args: SegmentRequest) -> dict[str, Any]:
         images.insert_slice(mask3, index, args.axis, session.mask)
     elif img.is_3d and args.mode == "3d":
         prop = _propagate(args, engine, img, index, session, agent is not None and policy_name)
+        session.add_propagation(prop.summary(), source="agent")  # --mode 3d: the machine's step, as in review
         mask3 = prop.mask
     elif img.is_3d:
         images.insert_slice(mask3, index, args.axis, session.mask)
@@ -299,7 +300,7 @@ def segment(args: SegmentRequest) -> dict[str, Any]:
                "turns": [{"action": t.action["name"], "source": t.source, "score": t.score,
                           "reason": t.action.get("reason"), "confidence": t.action.get("confidence"),
                           **({"dice": round(dice(t.mask, gt), 4)} if gt is not None else {})}
-                         for t in session.turns], "out": str(out)}
+                         for t in session.turns if t.action["name"] != PROPAGATE], "out": str(out)}
     return summary
 
 

@@ -1,10 +1,11 @@
 """Paint, erase and scissors in the axial view: trame-slicer's segment editor effects on the session's segment.
 
-Each finished stroke becomes a human turn of the session (`AgentSegLogic.record_hand_edit`), so Undo takes it back
-and the next click or Run refines from it. The effects apply a stroke when the mouse button is released, and the
-editor then signals that the segmentation changed; the poll loop records it once the logic is idle (the logic
-compares the slice with the session's mask, so a signal from a turn the agent wrote records nothing). Scissors cut
-the slice in view only: a stroke elsewhere could not be undone with the session's slice.
+Each finished stroke becomes an entry of the session's history (`AgentSegLogic.record_hand_edit`), so Undo takes it
+back: on the session's slice a human turn that the next click or Run refines; on any other slice (the person scrolled)
+a slice edit, which a re-propagation from that slice carries (the logic watches the volume while a tool is on:
+`watch_hand_edits`). The effects apply a stroke when the mouse button is released, and the editor then signals that
+the segmentation changed; the poll loop records it once the logic is idle (the logic compares with what it last
+wrote, so a signal from a turn the agent wrote records nothing). Scissors cut the slice in view only.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class HandEditFeature:
             editor.set_active_segmentation(run.segmentation_node, run.volume_node)
         editor.set_active_segment_id(run.segment_id)
         editor.set_active_effect_type(TOOLS[tool])
+        logic.watch_hand_edits()  # from now a stroke on any slice can be found and undone
         self.app.state.tool, self._run = tool, run
         self._configure()
         logic.say("info", HINTS[tool])
@@ -81,6 +83,8 @@ class HandEditFeature:
         if self.tool:
             self.editor.deactivate_effect()
             self.app.state.tool = ""
+            if self._run is not None:
+                self.app.logic.watch_hand_edits(False, self._run)  # no copy of the segments kept without a tool
 
     def _configure(self) -> None:
         effect = self.editor.active_effect
