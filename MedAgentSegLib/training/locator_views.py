@@ -89,8 +89,8 @@ def _fill(rgb: np.ndarray, lab: np.ndarray, rng: np.random.Generator) -> tuple[n
 
 def _contrast(rgb: np.ndarray, rng: np.random.Generator, wide: bool = False) -> np.ndarray:
     """Another intensity window: 8-bit windowed CT (BTCV) and a HU window (the sample) differ in contrast. wide
-    (fill views): up to a narrow bright window, as BTCV's liver (grey ~115-140) against the bundled sample's
-    liver through the abdomen window (~165-195)."""
+    (fill views): up to a narrow bright window, as BTCV's 8-bit liver is darker than the bundled sample's liver
+    through the abdomen HU window."""
     lo, hi = (rng.uniform(0, 90), rng.uniform(150, 255)) if wide else (rng.uniform(0, 60), rng.uniform(170, 255))
     out = (rgb.astype(np.float32) - lo) / (hi - lo) * 255.0
     return np.clip(out, 0, 255).astype(np.uint8)
