@@ -260,3 +260,22 @@ def test_eval_cli_protocol_auto_defaults_to_the_learned_agent(tmp_path):
     res = json.loads(out.read_text())
     assert res["config"]["policy"] == "learned" and res["config"]["locator_weights"] == str(pt.resolve())
     assert res["summary"]["asked_rate"] == 1.0 and all(c["asked"] for c in res["cases"])
+
+
+def test_the_upper_quartile_confidence_does_not_doubt_a_structure_that_fills_the_frame(tmp_path):
+    """A right box over a frame-filling structure spreads middling probabilities: the mean calls it unsure, the
+    upper quartile less so; the card says which measure its thresholds were chosen for, and the locator uses it."""
+    from MedAgentSegLib.agent.locator import heatmap_confidence
+
+    prob = np.full((GRID, GRID), 0.55, np.float32)
+    prob[8:56, 8:56] = np.linspace(0.55, 0.99, 48 * 48).reshape(48, 48)
+    mean, q75 = heatmap_confidence(prob), heatmap_confidence(prob, measure="q75")
+    assert mean == pytest.approx(float(prob.mean()), rel=1e-6) and q75 > mean + 0.05
+    with pytest.raises(ValueError, match="unknown confidence measure 'max'; use one of mean, q75"):
+        heatmap_confidence(prob, measure="max")
+    pt = _write_locator(tmp_path / "loc.pt", 0.3)
+    card = json.loads(pt.with_suffix(".json").read_text())
+    assert load_locator(pt).measure == "mean"  # a card without the field: the measure its thresholds were made for
+    card["confidence_measure"] = "q75"
+    pt.with_suffix(".json").write_text(json.dumps(card))
+    assert load_locator(pt).measure == "q75"

@@ -15,7 +15,6 @@ the box plus disks at the clicks) so these run in seconds. What is checked:
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -246,10 +245,7 @@ def test_engine_default_is_the_librarys_and_every_engine_is_offered(ctx):
     ctx["logic"].engine_factory = lambda name, **kw: asked.append((name, kw)) or FakeEngine()
     ctx["logic"].start(ctx["vol"], ctx["seg"], "liver", slice_index=ctx["k"], policy="scripted")
     ctx["logic"].wait()
-    assert asked == [(DEFAULT_ENGINE, {})]
-    module = (REPO / "MedAgentSeg" / "MedAgentSeg.py").read_text()
-    assert "ENGINES = engine_choices()" in module
-    assert re.search(r"engine: Annotated\[str, Choice\(ENGINES\)\] = default_engine\(\)", module)
+    assert asked == [(DEFAULT_ENGINE, {})]  # the Qt parameter's default is wired to it: test_ui_widgets.py
 
 
 def test_sam_needs_its_checkpoint_and_gets_it(ctx, tmp_path):
@@ -272,11 +268,7 @@ def test_sam_needs_its_checkpoint_and_gets_it(ctx, tmp_path):
     ctx["logic"].start(ctx["vol"], ctx["seg"], "liver", slice_index=ctx["k"], engine="sam_vit_b", policy="scripted",
                        engine_options={"checkpoint": str(checkpoint)})
     ctx["logic"].wait()
-    assert asked == [("sam_vit_b", {"checkpoint": str(checkpoint)})]
-    module = (REPO / "MedAgentSeg" / "MedAgentSeg.py").read_text()
-    ui = (REPO / "MedAgentSeg" / "Resources" / "UI" / "MedAgentSeg.ui").read_text()
-    assert "samCheckpoint: str" in module and '"checkpoint": p.samCheckpoint' in module
-    assert 'name="samCheckpointLineEdit"' in ui and "<string>samCheckpoint</string>" in ui
+    assert asked == [("sam_vit_b", {"checkpoint": str(checkpoint)})]  # the widget's field: test_ui_widgets.py
 
 
 # -- chat requests -----------------------------------------------------------------------------------------------
@@ -427,15 +419,6 @@ def test_dependencies_install_in_a_child_process_without_blocking():
         time.sleep(0.05)
     assert done == (0, "installed")
     assert deps.start_install([]) is None
-
-
-def test_the_self_test_downloads_nothing_and_is_not_registered_with_ctest():
-    module = (REPO / "MedAgentSeg" / "MedAgentSeg.py").read_text()
-    self_test = module[module.index("class MedAgentSegTest"):]
-    assert "SampleData" not in self_test and "shared" not in self_test
-    assert "lits117_liver_ct.nrrd" in self_test and "deps.missing()" in self_test
-    assert "slicer_add_python_unittest" not in (REPO / "MedAgentSeg" / "CMakeLists.txt").read_text()
-    assert re.search(r"foreach\(_dir [^)]*Samples", (REPO / "CMakeLists.txt").read_text())
 
 
 def test_a_wheel_carries_the_shipped_weights(tmp_path):

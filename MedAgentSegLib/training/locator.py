@@ -14,7 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from ..agent.locator import DEFAULT_WEIGHTS, GRID, Locator, _torch_head, box_iou, concept_name, load_locator
+from ..agent.locator import (
+    CONFIDENCE_MEASURES,
+    DEFAULT_WEIGHTS,
+    GRID,
+    Locator,
+    _torch_head,
+    box_iou,
+    concept_name,
+    load_locator,
+)
 from ..engines.weights import sha256_file
 
 
@@ -407,6 +416,9 @@ def add_train_locator_command(subparsers: Any) -> Any:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--embedding-cache", default=str(repo / ".cache" / "litemedsam"))
     p.add_argument("--out", default=str(DEFAULT_WEIGHTS))
+    p.add_argument("--confidence", default="mean", choices=["mean", "q75"],
+                   help="the locator's confidence: the mean (default) or the upper quartile of the heatmap inside its "
+                        "box (its card records which; with --calibrate-only the thresholds are chosen for it)")
     p.add_argument("--calibrate-only", action="store_true",
                    help="keep the weights at --out; re-run validation and the threshold choice into its card")
     p.set_defaults(func=run_train_locator)
@@ -428,14 +440,14 @@ def _calibrate(args: Any, names: tuple[str, ...], cache: Any, engine: Any) -> in
 
     path = Path(args.out)
     loc = load_locator(path)
-    loc.thresholds, loc.threshold = {}, 0.0
+    loc.thresholds, loc.threshold, loc.measure = {}, 0.0, args.confidence
     rows = validate(loc, args.data, names, cache, engine, max_instances=_per_dataset(args.max_val, int))
     threshold, per, val = calibrate(rows)
     val["max_instances"] = _per_dataset(args.max_val, int)
     print(f"[locator] thresholds {threshold:.2f} {per} (chosen on the 'threshold' half); {json.dumps(val)}")
     card = json.loads(path.with_suffix(".json").read_text())
     card.update({"threshold": threshold, "thresholds": per, "validation": val, "encoder": engine.encoder_tag,
-                 "confidence": "mean probability inside the largest component of the thresholded heatmap",
+                 "confidence": CONFIDENCE_MEASURES[args.confidence], "confidence_measure": args.confidence,
                  "calibrated_by": "medagentseg train-locator " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
                  "threshold_rule": THRESHOLD_RULE})
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
@@ -489,13 +501,14 @@ def run_train_locator(args: Any) -> int:
                       for c, k, t in zip(samples["concepts"], kn, row) if k and t.any()})
     trained = [c for c in samples["concepts"] if c in trained]
     loc = Locator(head, samples["concepts"], known=trained)
+    loc.measure = args.confidence
     rows = validate(loc, args.data, names, cache, engine, max_instances=_per_dataset(args.max_val, int))
     threshold, per, val = calibrate(rows)
     val["max_instances"] = _per_dataset(args.max_val, int)
     print(f"[locator] thresholds {threshold:.2f} {per} (chosen on the 'threshold' half); {json.dumps(val)}")
     card = write_card(Path(args.out), head, trained, {"outputs": samples["concepts"],
         "width": args.width, "threshold": threshold, "thresholds": per,
-        "confidence": "mean probability inside the largest component of the thresholded heatmap",
+        "confidence": CONFIDENCE_MEASURES[args.confidence], "confidence_measure": args.confidence,
         "threshold_rule": THRESHOLD_RULE,
         "data": {"root": "../shared/data", "split": "train (split_patients, seed 0)", "images": samples["counts"],
                  "targets": "every label of the image; 3D: largest slice of each label + 1 random slice; "
