@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,6 +227,44 @@ def test_08_a_paint_stroke_is_a_human_turn_that_undo_removes_exactly(real):
     assert run["segment"]["sha"] == STATE["turn1"]
     press(page, "Escape")
     server.wait_for(lambda r: r["display"]["tool"] == "", "the tool put down")
+
+
+def test_08b_a_stroke_on_another_slice_is_an_entry_that_undo_removes(real):
+    """The person scrolls the axial view with its slider and paints there: the stroke is an entry of the history
+    (not a turn of the session's slice), the chat says where, and Undo takes it out of the segment (issue #24)."""
+    server, page, _ = real
+    report = server.scene()
+    k, voxels = report["run"]["slice"], report["run"]["voxels"]
+    names = report["run"]["turn_names"]
+    press(page, "d")
+    server.wait_for(lambda r: r["display"]["tool"] == "paint", "the paint tool")
+    thumb = page.locator("#view-Red").locator("xpath=..").locator(".slice-slider [role=slider]")
+    thumb.focus()
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    report = server.wait_for(lambda r: not r["display"]["slice_labels"]["Red"].startswith(f"Axial K={k} "),
+                             "the axial view on another slice")
+    other = report["display"]["slice_labels"]["Red"].split(" ")[1]  # "K=10"
+    x, y = outside_the_mask(STATE["mask"])
+    page.mouse.move(*page_xy(page, report, x, y))
+    page.mouse.down()
+    page.mouse.move(*page_xy(page, report, x, y + 6.0), steps=10)
+    page.mouse.up()
+    report = server.wait_for(lambda r: r["run"]["turn_names"] == names + ["slice_edit"], "the stroke's entry")
+    page.get_by_text(f"You painted on slice {other}").wait_for(timeout=20_000)  # what the person reads
+    if os.environ.get("MEDAGENTSEG_SCENARIO_SHOTS"):  # a page to look at: the stroke and the chat line
+        page.screenshot(path=str(Path(os.environ["MEDAGENTSEG_SCENARIO_SHOTS"]) / "08b-stroke-on-another-slice.png"))
+    assert report["run"]["voxels"] > voxels and report["run"]["segment"]["sha"] == STATE["turn1"]
+    assert any(t.startswith(f"You painted on slice {other}") for t in chat(report, "agent")), chat(report)[-3:]
+    press(page, "Control+z")
+    report = server.wait_for(lambda r: r["run"]["turn_names"] == names, "Undo of the stroke")
+    assert report["run"]["voxels"] == voxels and report["run"]["segment"]["sha"] == STATE["turn1"]
+    press(page, "Escape")
+    server.wait_for(lambda r: r["display"]["tool"] == "", "the tool put down")
+    thumb.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    server.wait_for(lambda r: r["display"]["slice_labels"]["Red"].startswith(f"Axial K={k} "), "the session's slice")
 
 
 def test_09_shortcuts_do_nothing_while_typing(real):

@@ -109,6 +109,7 @@ def _matrix(m) -> np.ndarray:
 def scene_report(app) -> dict[str, Any]:
     """What the test asserts on: the volume, the active run's segment, markups and trajectory, the view geometry."""
     from MedAgentSegModuleLib.mrml_writer import markups_positions, volume_ijk_to_ras
+    from MedAgentSegModuleLib.slice_writer import segment_kji
 
     out: dict[str, Any] = {"volume": None, "run": None, "view": None}
     vol = app.volume_node
@@ -152,6 +153,7 @@ def scene_report(app) -> dict[str, Any]:
             "review_mask_sha": _review_sha(run),
             "live_visible": bool(seg.GetDisplayNode().GetVisibility()),
             "surface_points": _surface_points(seg, run.segment_id),
+            "voxels": int(segment_kji(seg, run.segment_id, app.volume_node).sum()),  # the whole volume's
         }
     out["labeling"] = labeling_report(app)
     out["display"] = display_report(app)
