@@ -1,6 +1,6 @@
 """What a negative click points at in the image: the tissue around the clicked spot that looks like it.
 
-Used by `litemedsam.local_update`: when the decoder obeys a negative click, it may remove only pixels of the
+Used by `click_rules.update.local_update`: when the decoder obeys a negative click, it may remove only pixels of the
 clicked tissue. Out of its training domain the decoder can answer one negative click by dropping most of the
 target (on LiTS CT, a click on a tumour inside the liver took the liver with it); a click on a tumour says
 that this tumour is not the target, nothing about the liver around it. Works on the 256-cell grid the decoder

@@ -29,14 +29,14 @@ def local_update(new, prev, points, labels, scale: float, valid_hw: tuple[int, i
 
     new, prev: (1, 1, 256, 256) logit tensors; points: [(x, y)] image pixels, newest last; labels: 1/0 each.
     image_grid: for negative clicks, the (C, 256, 256) image on the decoder grid, smoothed
-    (`click_region.smooth_grid`); None skips the look at the image (the trainer's simulation).
+    (`region.smooth_grid`); None skips the look at the image (the trainer's simulation).
     - The decoder gave the clicked cell the clicked label:
       - first click after the box: take its whole answer. The box mask came from LiteMedSAM's own decoder;
         this is the turn where the click-aware decoder re-reads the whole shape.
       - later clicks: take only the connected component (8-connected, on the 256 grid inside the image) of
         "new foreground not in prev" (positive) or "prev foreground not in new" (negative) holding the click.
       - a negative click, with image_grid, removes pixels only inside the clicked tissue
-        (`click_region.clicked_tissue`); what the decoder removed elsewhere stays. A click whose removal has
+        (`region.clicked_tissue`); what the decoder removed elsewhere stays. A click whose removal has
         nothing in the clicked tissue (a click outside the mask) is taken as ignored (below). Out of its
         training domain the decoder can drop most of an organ for one click on a lesion inside it (LiTS liver).
     - The decoder ignored the click: a disk around it, as wide as its distance to the previous mask's edge

@@ -41,7 +41,7 @@ def create_engine(name: str | None = None, checkpoint: str | Path | None = None,
     replaces the whole mask on every click), kept to measure what the local updates add; 'litemedsam-local' is
     the original LiteMedSAM with the click-local updates, to measure what the fine-tuning adds.
     'litemedsam-click-noboxes' (not listed: a measuring variant, not offered to users) is the click-aware engine
-    without reading clicks through boxes (`click_boxes`): a lone click answered by LiteMedSAM's own decoder and
+    without reading clicks through boxes (`click_rules.boxes`): a lone click answered by LiteMedSAM's own decoder and
     an ignored corrective click painted as a disk, as before issue #24; `eval` compares the two.
 
     checkpoint: for SAM, the path of Meta's checkpoint (required); for LiteMedSAM, an optional full state dict.

@@ -310,7 +310,7 @@ class LiteMedSAMEngine(Engine):
         return min(h - 1, max(0, int(point[1] * scale))), min(w - 1, max(0, int(point[0] * scale)))
 
     def _lone_click(self, prompts: Prompts, scale: float, valid_hw: tuple[int, int]):
-        """Logits (1, 1, 256, 256) and score of the object at the first positive click (`click_boxes.object_at`);
+        """Logits (1, 1, 256, 256) and score of the object at the first positive click (`click_rules.boxes.object_at`);
         the other clicks of a first turn without a box are not read. Empty logits if no box finds one."""
         from ..click_rules.boxes import object_at
 
@@ -326,7 +326,7 @@ class LiteMedSAMEngine(Engine):
         return out, score
 
     def _click_by_boxes(self, prompts: Prompts, scale: float, valid_hw: tuple[int, int], prev, painted):
-        """A corrective click the overlay ignored, read through boxes (`click_boxes.corrective`):
+        """A corrective click the overlay ignored, read through boxes (`click_rules.boxes.corrective`):
         (logits, "local"); (painted, "disk") where the box decoder gives nothing to apply either."""
         from ..click_rules.boxes import corrective
 
