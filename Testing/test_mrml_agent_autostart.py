@@ -243,7 +243,8 @@ def test_an_unsure_or_unknowing_locator_asks_in_the_chat_and_writes_nothing(ctx,
         question = "I cannot find the left kidney on my own yet: draw a box around it."
     # one short sentence (issue #24): no list of the targets it knows, no library settings
     assert [t for t in texts(ctx, "agent") if "box" in t] == [question], texts(ctx)
-    assert any("Draw the box" in t and "positive click" in t for t in texts(ctx, "info")), texts(ctx)
+    assert any("box" in t and "positive click" in t and f"slice K={run.geom.index}" in t
+               for t in texts(ctx, "info")), texts(ctx)
     assert not texts(ctx, "error"), texts(ctx, "error")
     assert run.session.turns == [] and not run.records and run.recorder.count == 0
     assert not segment_array(ctx["seg"], run.segment_id, SHAPE).any()

@@ -251,7 +251,7 @@ def test_run_before_any_box_asks_for_one_and_writes_nothing(ctx, no_learned_weig
     new = [m.text for m in ctx["messages"][n_messages:]]
     assert any(m.role == "agent" and "no box yet: draw a box" in m.text.lower()
                for m in ctx["messages"][n_messages:]), new
-    assert any(run.prompts.roi.GetName() in t and "press Run" in t for t in new), new
+    assert any(run.prompts.roi.GetName() in t and "then Run lets the agent refine" in t for t in new), new
     # the next placement in a slice view draws the session's box
     assert scene.GetNodeByID("vtkMRMLSelectionNodeSingleton").GetActivePlaceNodeID() == run.prompts.roi.GetID()
     assert interaction.GetCurrentInteractionMode() == interaction.Place

@@ -230,7 +230,7 @@ def test_01_load_the_bundled_sample(fake):
 def test_02_segment_the_liver_asks_for_a_box(fake):
     server, page = fake
     send(page, "segment the liver")
-    report = server.wait_for(lambda r: r["run"] is not None and any("Draw the box" in t for t in chat(r)),
+    report = server.wait_for(lambda r: r["run"] is not None and any("box tool is ready" in t for t in chat(r)),
                              "the agent to ask for a box")
     run = report["run"]
     assert run["target"] == "liver" and run["turns"] == 0 and run["axis"] == "K"
@@ -405,7 +405,7 @@ def faulty(browser, out):
     page.locator("#load-sample").click()
     server.wait_for(lambda r: r["volume"] is not None, "the sample to load")
     send(page, "segment the liver")
-    report = server.wait_for(lambda r: r["run"] is not None and any("Draw the box" in t for t in chat(r)),
+    report = server.wait_for(lambda r: r["run"] is not None and any("box tool is ready" in t for t in chat(r)),
                              "the agent to ask for a box")
     a, b = page_xy(page, report, BOX[0], BOX[1]), page_xy(page, report, BOX[2], BOX[3])
     page.mouse.click(*a)
@@ -495,7 +495,7 @@ def test_the_real_engine_segments_the_liver_from_a_box(browser, out):
         page.locator("#load-sample").click()
         server.wait_for(lambda r: r["volume"] is not None, "the sample to load")
         send(page, "segment the liver")
-        report = server.wait_for(lambda r: r["run"] is not None and any("Draw the box" in t for t in chat(r)),
+        report = server.wait_for(lambda r: r["run"] is not None and any("box tool is ready" in t for t in chat(r)),
                                  "the agent to ask for a box", timeout=120)
         k = report["run"]["slice"]
         liver = labels[:, :, k].T == 1  # (y, x)

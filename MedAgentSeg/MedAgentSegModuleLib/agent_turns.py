@@ -170,7 +170,9 @@ class AgentTurns:
         """The agent does not guess: it says why, and the next placement in a slice view draws the session's box."""
         self.ctx.say("agent", question)
         armed = self.markups.arm(run.prompts.roi)
-        how = "the view is ready: click two opposite corners" if armed else self.ctx.words.place_box
-        name = f"{box_tool(self.ctx.words, run)}, " if self.ctx.words.names_nodes else ""
-        self.ctx.say("info", f"Draw the box ({name}{how}) around the {run.target} on slice "
-                             f"{run.geom.axis}={run.geom.index}, or place a positive click on it, then press Run.")
+        name = f" ({box_tool(self.ctx.words, run)})" if self.ctx.words.names_nodes else ""
+        where = f"on slice {run.geom.axis}={run.geom.index}"
+        # how, in one line: the question already said what (issue #24: no repeated "draw the box")
+        self.ctx.say("info", (f"The box tool{name} is ready {where}: click two opposite corners, or place a positive "
+                              "click" if armed else f"Place the box{name} with {self.ctx.words.place_box} {where}, "
+                              "or a positive click") + "; then Run lets the agent refine.")
