@@ -185,7 +185,8 @@ class Session:
         if isinstance(action, StopAction):
             turn = Turn(index=len(self.turns), action=action.to_dict(), source=source, prompts=self.prompts,
                         prompts_grid=_grid_prompts(self.prompts, self.height, self.width), mask=self.mask,
-                        score=self.turns[-1].score if self.turns else None, timings={},
+                        score=next((t.score for t in reversed(self.turns) if t.action["name"] not in VOLUME_ENTRIES),
+                                   None), timings={},
                         logits=self._last_logits(),
                         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             self.turns.append(turn)
@@ -215,7 +216,10 @@ class Session:
         return self._run(action, source, prompts, feed_logits=True)
 
     def _take_back(self, source: str) -> Turn:
-        """UndoTurn: remove the agent's own last turn (kept in `reverted` for review), then stop."""
+        """UndoTurn: remove the agent's own last turn (kept in `reverted` for review), then stop. After a propagation
+        or a slice edit (which the policy does not see) the turn is under them: the agent stops instead."""
+        if self.turns and self.turns[-1].action["name"] in VOLUME_ENTRIES:
+            return self.act(StopAction(), source=source)
         if not self.turns or self.turns[-1].source != "agent" or not self.turns[-1].produces_mask:
             raise SessionError("the agent can only take back its own last turn, and the last turn is not one")
         self.reverted.append(self.turns.pop().to_dict())
@@ -308,8 +312,12 @@ class Session:
                                   source)
 
     def _volume_entry(self, name: str, arguments: dict[str, Any], source: str) -> Turn:
+        """Append an entry about the volume. After a stop it goes under the stop, so a stopped session still ends
+        with its stop (what Run, a click and Undo resume from)."""
         if self.status == "accepted":
             raise SessionError("the segment was accepted and is frozen; start a new session to change it")
+        stop = self.turns.pop() if self.status == "stopped" and self.turns and \
+            self.turns[-1].action["name"] == "stop_action" else None
         last = self.turns[-1] if self.turns else None
         prompts = self.prompts
         turn = Turn(index=len(self.turns), action={"name": name, "arguments": dict(arguments)}, source=source,
@@ -317,7 +325,25 @@ class Session:
                     score=None, timings={}, logits=None if last is None else last.logits, update=name,
                     created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
         self.turns.append(turn)
+        if stop is not None:
+            stop.index = len(self.turns)
+            self.turns.append(stop)
         return turn
+
+    def remove_entry(self, entry: Turn) -> None:
+        """Take a propagation or a slice edit off the timeline (Undo in the front ends); a stop after it stays.
+        Nothing happens if it is not there; SessionError if it is not the last entry (past a stop)."""
+        if self.status == "accepted":
+            raise SessionError("the segment was accepted and is frozen; it cannot be undone here")
+        i = next((i for i, t in enumerate(self.turns) if t is entry), None)
+        if i is None:
+            return
+        if entry.action["name"] not in VOLUME_ENTRIES or \
+                any(t.action["name"] != "stop_action" for t in self.turns[i + 1:]):
+            raise SessionError("only the last propagation or slice edit can be taken off the timeline")
+        del self.turns[i]
+        for j, t in enumerate(self.turns[i:], start=i):
+            t.index = j
 
     def set_prompts(self, prompts: Prompts, source: str = "user") -> Turn:
         """Re-run the engine from an edited prompt state (a moved or deleted click, a resized box).

@@ -240,7 +240,31 @@ def test_reject_after_a_propagation_and_a_stop_takes_back_the_propagation_not_th
     run.session.stop()  # the agent stopped after the propagation
     assert logic.reject() is True
     assert_same_segments(all_segments(ctx), before_propagation)
-    assert [t.action["name"] for t in run.session.turns] == ["add_bbox"] and len(run.records) == 1
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox", "stop_action"] and len(run.records) == 1
+    assert run.session.status == "stopped"  # the stop is not the propagation's: it stays
+
+
+def test_a_click_after_a_stop_and_a_propagation_resumes_and_undo_follows_the_order(ctx):
+    """The agent stopped, the person propagated, then clicks: the click resumes the session (the stop goes, the
+    propagation stays); Undo takes back the click, then the propagation."""
+    logic = ctx["logic"]
+    run = start_with_box(ctx)
+    run.session.stop()
+    before_propagation = propagate(ctx, run)
+    after_propagation = all_segments(ctx)
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox", "propagate", "stop_action"]
+    ys, xs = np.nonzero(ctx["ball"][K0])
+    run.prompts.write(Prompts(box=run.session.prompts.box, points=[(float(xs.mean()), float(ys.mean()))],
+                              labels=[1]), run.geom)
+    logic.sync_prompts_from_markups()
+    logic.wait()
+    assert not texts(ctx, "error"), texts(ctx, "error")
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox", "propagate", "add_point"]
+    assert logic.undo() is True
+    assert_same_segments(all_segments(ctx), after_propagation)
+    assert logic.undo() is True
+    assert_same_segments(all_segments(ctx), before_propagation)
+    assert [t.action["name"] for t in run.session.turns] == ["add_bbox"] and not run.propagations
 
 
 def test_stop_mid_propagation_keeps_the_slices_done_and_says_stopped(ctx):

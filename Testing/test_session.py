@@ -8,6 +8,7 @@ import pytest
 from MedAgentSegLib.actions import AddBBox, AddPoint, StopAction
 from MedAgentSegLib.engines import Prompts
 from MedAgentSegLib.metrics import dice
+from MedAgentSegLib.observation import UndoTurn
 from MedAgentSegLib.oracle import box_from_mask
 from MedAgentSegLib.policies import OraclePolicy, ScriptedPolicy
 from MedAgentSegLib.session import Session, SessionError, load_trajectory, replay
@@ -200,7 +201,8 @@ def test_mask_logits_are_the_mask_in_the_engines_frame():
 def test_a_propagation_is_an_entry_of_the_timeline_that_undo_and_replay_follow(session, kvasir_case, tmp_path,
                                                                              lite_engine):
     """One history (issue #25): the propagation is a turn of the session that leaves the slice's mask, prompts and
-    logits as they were, is not shown to a policy, may follow a stop, and replays; Undo takes it back first."""
+    logits as they were, is not shown to a policy, and replays; after a stop it goes under the stop (a stopped
+    session ends with its stop, which Run and a click resume from); taking it off keeps the stop."""
     image, gt = kvasir_case
     box_turn = session.add_box(*box_from_mask(gt))
     session.stop()
@@ -210,14 +212,24 @@ def test_a_propagation_is_an_entry_of_the_timeline_that_undo_and_replay_follow(s
     assert np.array_equal(entry.mask, box_turn.mask) and entry.prompts.box == box_turn.prompts.box
     assert entry.logits is box_turn.logits and not entry.produces_mask and session.mask_turns == 1
     assert [a["name"] for a in session.observe().history] == ["add_bbox", "stop_action"]
+    assert [t.action["name"] for t in session.turns] == ["add_bbox", "propagate", "stop_action"]
+    assert [t.index for t in session.turns] == [0, 1, 2] and session.status == "stopped"
+    assert session.turns[-1].score == box_turn.score  # the stop keeps the slice's score, not the entry's None
 
     session.save(tmp_path / "t.json")
     again = replay(load_trajectory(tmp_path / "t.json"), lite_engine, image)
-    assert [t.action["name"] for t in again.turns] == ["add_bbox", "stop_action", "propagate"]
-    assert again.turns[-1].action == entry.action
+    assert [t.action["name"] for t in again.turns] == ["add_bbox", "propagate", "stop_action"]
+    assert again.turns[1].action == entry.action and again.status == "stopped"
 
-    assert session.undo() is entry and session.turns[-1].action["name"] == "stop_action"
-    session.undo()
+    session.remove_entry(entry)
+    assert [t.action["name"] for t in session.turns] == ["add_bbox", "stop_action"] and session.status == "stopped"
+    assert [t.index for t in session.turns] == [0, 1]
+    session.undo()  # the stop: open again
+    later = session.add_propagation({"kind": "propagate"})
+    assert session.act(UndoTurn()).action["name"] == "stop_action"  # the agent's turn is under the propagation
+    assert session.reverted == [] and session.turns[1] is later
+    with pytest.raises(SessionError, match="only the last propagation"):
+        session.remove_entry(box_turn)
     session.accept()
     with pytest.raises(SessionError, match="accepted"):
         session.add_propagation({"kind": "propagate"})

@@ -77,7 +77,7 @@ class AgentSegLogic:
 
     scene: the MRML scene. executor: the worker (one is created if None). engine_factory(name) -> Engine,
     called on the worker thread (default: MedAgentSegLib.engines.create_engine). policy_factory(name, gt)
-    -> Policy (default: MedAgentSegLib.policies.create_policy). sequences_logic: Slicer's
+    -> Policy (default: MedAgentSegLib.agent.registry.create_policy). sequences_logic: Slicer's
     (``slicer.modules.sequences.logic()``; created for slicer-core if None).
     """
 
@@ -402,7 +402,7 @@ class AgentSegLogic:
         run = self._require_run()
         self._require_idle("Undo")
         if run.session.status == "stopped" and run.session.turns and not run.session.turns[-1].produces_mask \
-                and not self._propagation.on_top(run):
+                and not self._propagation.on_top(run) and not self._hand.on_top(run):
             run.session.undo()
             set_tags(run)
             self._say("info", "Undid the stop; press Run or Step to continue.")

@@ -69,7 +69,7 @@ class Factories:
     """Builds engines (cached per name and options; on the worker thread), policies and the locator.
 
     engine_factory(name, **options) -> Engine (default: MedAgentSegLib.engines.create_engine). policy_factory(name,
-    gt, **options) -> Policy (default: MedAgentSegLib.policies.create_policy). locator_factory() -> Locator
+    gt, **options) -> Policy (default: MedAgentSegLib.agent.registry.create_policy). locator_factory() -> Locator
     (default: the shipped one)."""
 
     def __init__(self, engine_factory: Callable[..., Any] | None = None,

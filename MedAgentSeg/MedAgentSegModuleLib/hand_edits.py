@@ -85,8 +85,6 @@ class HandEdits:
         return out
 
     def _record_slices(self, run: TargetRun, tool: str, before: dict[int, dict[str, np.ndarray]]) -> None:
-        if run.session.status == "stopped":
-            run.session.undo()
         entry = run.session.add_slice_edit(tool, sorted(before), run.geom.axis)
         run.slice_edits.append(SliceEditStep(entry, before))
         where = ", ".join(f"{run.geom.axis}={k}" for k in sorted(before))

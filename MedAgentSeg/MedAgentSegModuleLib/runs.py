@@ -173,13 +173,8 @@ def last_entry(run: TargetRun) -> Turn | None:
 
 
 def undo_entry(run: TargetRun, entry: Turn) -> None:
-    """Take `entry` (and a stop after it) off the session's timeline; nothing else, if it is not there."""
-    turns = run.session.turns
-    if not any(t is entry for t in turns):
-        return
-    while turns and turns[-1] is not entry:
-        run.session.undo()  # a stop after it
-    run.session.undo()
+    """Take a propagation or slice-edit `entry` off the session's timeline (a stop after it stays)."""
+    run.session.remove_entry(entry)
 
 
 def see_volume(run: TargetRun, start: bool = False) -> None:

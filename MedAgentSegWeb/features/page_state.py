@@ -40,7 +40,7 @@ class PageState:
         s.path = ""
         s.save_dir = str(Path(out_dir) if out_dir else Path.cwd() / "medagentseg-web")
         s.turn, s.turn_count = 0, 0
-        s.has_volume = s.has_run = s.can_act = s.can_revert = s.can_run = s.can_stop = s.can_edit = False
+        s.has_volume = s.has_run = s.can_act = s.can_revert = s.can_undo = s.can_run = s.can_stop = s.can_edit = False
         s.volume_name = ""
         s.cases, s.case_id, s.review_note = [], "", ""
         s.case_turn, s.case_turn_count, s.case_turn_text = 0, 0, ""
@@ -59,6 +59,8 @@ class PageState:
             values = {"busy": busy, "busy_text": self._busy_text(run) if busy else "",
                       "has_volume": self.app.volume_node is not None, "has_run": run is not None,
                       "can_act": ready and not busy, "can_revert": ready and not busy and bool(run.records),
+                      # Undo also takes back a propagation or a stroke on another slice, with no turn written
+                      "can_undo": ready and not busy and bool(run.records or run.propagations or run.slice_edits),
                       "can_run": ready and not busy, "can_stop": open_run, "can_edit": ready and not busy,
                       "status": self._status(run, busy), **self._progress()}
             for key, value in values.items():

@@ -38,7 +38,7 @@ def _buttons(session: Any) -> None:
     rows = ((("Run", "run", session.run, "!can_run"), ("Step", "step", session.step, "!can_act"),
              ("Stop", "stop", session.stop, "!can_stop")),
             (("Accept", "accept", session.accept, "!can_revert"), ("Reject", "reject", session.reject, "!can_revert"),
-             ("Undo", "undo", session.undo, "!can_revert")))
+             ("Undo", "undo", session.undo, "!can_undo")))
     for row in rows:
         with html.Div(classes="d-flex mt-2"):
             for text, key, fn, disabled in row:
