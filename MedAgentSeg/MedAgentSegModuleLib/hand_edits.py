@@ -40,8 +40,7 @@ class HandEdits:
             recorded = True
         if self._record_session_slice(run, tool):
             recorded = True
-        if recorded:
-            see_volume(run)
+        if recorded:  # _other_slices already took the volume as the stroke left it: no second read
             run.auto_turns_left = 0
             self.ctx.changed()
         return recorded
