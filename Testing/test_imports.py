@@ -23,7 +23,7 @@ ROOTS = {"MedAgentSegLib": REPO / "MedAgentSegLib",
 LAYERS = [
     ["MedAgentSegLib", "MedAgentSegLib.rle", "MedAgentSegLib.metrics", "MedAgentSegLib.fileio", "MedAgentSegLib.images",
      "MedAgentSegLib.actions", "MedAgentSegLib.oracle", "MedAgentSegLib.sample", "MedAgentSegLib.language",
-     "MedAgentSegLib.datasets", "MedAgentSegLib.click_rules"],
+     "MedAgentSegLib.datasets", "MedAgentSegLib.click_rules", "MedAgentSegLib.trajectory_schema"],
     ["MedAgentSegLib.engines"],
     ["MedAgentSegLib.observation", "MedAgentSegLib.session", "MedAgentSegLib.render", "MedAgentSegLib.policies",
      "MedAgentSegLib.propagation"],
